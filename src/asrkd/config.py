@@ -1,0 +1,409 @@
+"""Every run's configuration: frozen dataclasses, the ONLY place defaults live.
+
+YAML files mirror the dataclasses section by section; an unknown key is an error. The CLI
+overrides single values with ``--set section.key=value`` and declares no defaults of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Policies for bad input, shared by `prepare` and data loading.
+AUDIO_POLICIES = ("skip", "fail")
+RATE_POLICIES = ("resample", "skip", "fail")
+CHANNEL_POLICIES = ("downmix", "skip", "fail")
+TEXT_POLICIES = ("drop", "skip", "fail")  # drop = remove the offending characters
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or inconsistent."""
+
+
+def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel filterbank features, computed once by `asrkd prepare` and stored."""
+
+    sample_rate: int = 16000
+    n_mels: int = 80
+    frame_shift: float = 0.01  # 10 ms hop -> 100 frames per second
+    frame_length: float = 0.025
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0 or self.n_mels <= 0:
+            raise ConfigError("features.sample_rate and features.n_mels must be positive")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How `asrkd prepare` treats a corpus, bad files included."""
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    on_bad_audio: str = "skip"  # unreadable, truncated, zero-length audio
+    on_wrong_rate: str = "resample"
+    on_multichannel: str = "downmix"
+    on_bad_text: str = "skip"  # empty or missing transcript, missing audio
+    on_oov_chars: str = "drop"  # characters outside the tokenizer's vocabulary
+    on_too_long: str = "skip"  # longer than max_seconds, or too short for its transcript in CTC
+    max_seconds: float = 30.0
+    num_jobs: int = 1
+
+    def __post_init__(self) -> None:
+        _check_choice("prepare.on_bad_audio", self.on_bad_audio, AUDIO_POLICIES)
+        _check_choice("prepare.on_wrong_rate", self.on_wrong_rate, RATE_POLICIES)
+        _check_choice("prepare.on_multichannel", self.on_multichannel, CHANNEL_POLICIES)
+        _check_choice("prepare.on_bad_text", self.on_bad_text, AUDIO_POLICIES)
+        _check_choice("prepare.on_oov_chars", self.on_oov_chars, TEXT_POLICIES)
+        _check_choice("prepare.on_too_long", self.on_too_long, AUDIO_POLICIES)
+        if self.max_seconds <= 0:
+            raise ConfigError("prepare.max_seconds must be positive")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The embedded synthetic corpus (`asrkd corpus`), written in the LibriSpeech layout.
+
+    Speakers are synthetic voices, disjoint between train, dev and test; within each part they take
+    turns over `engines` (see asrkd.data.tts: hibari is Apache-2.0, espeak is GPL-3.0 and optional).
+    The audio is a function of these fields (and the engines' versions) only, except num_jobs.
+    """
+
+    seed: int = 0
+    hours: float = 0.6  # train + dev + test
+    engines: tuple[str, ...] = ("hibari", "espeak")
+    n_train_voices: int = 40
+    n_dev_voices: int = 6
+    n_test_voices: int = 6
+    chapters_per_speaker: int = 2
+    voice_pitch: tuple[float, float] = (0.75, 1.3)  # times the engine's default F0
+    voice_rate: tuple[float, float] = (0.85, 1.2)  # times the engine's default speaking rate
+    voice_formant: tuple[float, float] = (0.88, 1.15)  # vocal-tract warp (hibari voices only)
+    min_words: int = 4
+    max_words: int = 14
+    sample_rate: int = 16000
+    level_db: float = -25.0  # RMS of the clean speech, dBFS, before volume_db is applied
+    noise_prob: float = 0.5
+    noise_types: tuple[str, ...] = ("white", "pink", "babble")
+    snr_db: tuple[float, float] = (10.0, 30.0)
+    reverb_prob: float = 0.3
+    rt60: tuple[float, float] = (0.2, 0.7)  # seconds
+    drr_db: tuple[float, float] = (0.0, 10.0)  # direct-to-reverberant ratio
+    speed_range: tuple[float, float] = (0.9, 1.1)
+    volume_db: tuple[float, float] = (-6.0, 3.0)
+    dev_fraction: float = 0.1
+    test_fraction: float = 0.1
+    num_jobs: int = 2  # worker processes; does not change the output
+
+    def __post_init__(self) -> None:
+        from asrkd.data.tts import ENGINES  # lazy: config stays importable on its own
+
+        if self.hours <= 0:
+            raise ConfigError("corpus.hours must be positive")
+        if not self.engines:
+            raise ConfigError("corpus.engines must name at least one engine")
+        for name in self.engines:
+            _check_choice("corpus.engines", name, ENGINES)
+        for name in self.noise_types:
+            _check_choice("corpus.noise_types", name, ("white", "pink", "babble"))
+        n_voices = (self.n_train_voices, self.n_dev_voices, self.n_test_voices)
+        if min(n_voices) < 1 or max(n_voices) > 999:
+            raise ConfigError("corpus needs 1 to 999 train, dev and test voices each")
+        if not 1 <= self.min_words <= self.max_words:
+            raise ConfigError("corpus.min_words must be in [1, max_words]")
+        for name in ("voice_pitch", "voice_rate", "voice_formant", "snr_db", "rt60", "drr_db",
+                     "speed_range", "volume_db"):  # fmt: skip
+            low, high = getattr(self, name)
+            if low > high:
+                raise ConfigError(f"corpus.{name} must be (low, high) with low <= high")
+        if min(self.voice_pitch + self.voice_rate + self.voice_formant + self.speed_range) <= 0:
+            raise ConfigError("corpus voice and speed factors must be positive")
+        if not (0 <= self.noise_prob <= 1 and 0 <= self.reverb_prob <= 1):
+            raise ConfigError("corpus.noise_prob and corpus.reverb_prob must be in [0, 1]")
+        if self.rt60[0] <= 0 or self.chapters_per_speaker < 1 or self.num_jobs < 1:
+            raise ConfigError("corpus.rt60, chapters_per_speaker and num_jobs must be positive")
+        if min(self.dev_fraction, self.test_fraction) <= 0 or (
+            self.dev_fraction + self.test_fraction >= 1
+        ):
+            raise ConfigError("corpus dev/test fractions must be positive and sum below 1")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Prepared cut manifests (from `asrkd prepare`) and how batches are drawn from them."""
+
+    train_cuts: str = ""
+    dev_cuts: str = ""
+    test_cuts: tuple[str, ...] = ()
+    unlabelled_cuts: str = ""  # audio without transcripts, used by distillation strategies
+    labelled_fraction: float = 1.0  # keep transcripts for this fraction of train speakers
+    max_batch_seconds: float = 120.0  # total audio per batch (duration-bucketed)
+    num_buckets: int = 6
+    max_frames_per_token: float = 1.0  # CTC needs >= 1 output frame per token (+ repeats)
+    spec_augment: bool = True
+    n_freq_masks: int = 2
+    freq_mask_width: int = 15
+    n_time_masks: int = 2
+    time_mask_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.max_batch_seconds <= 0:
+            raise ConfigError("data.max_batch_seconds must be positive")
+        if not 0.0 < self.labelled_fraction <= 1.0:
+            raise ConfigError("data.labelled_fraction must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which named preset (see asrkd.models.PRESETS) and its dropout."""
+
+    preset: str = "tiny"
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        from asrkd.models import PRESETS  # lazy: keeps config importable without torch
+
+        _check_choice("model.preset", self.preset, PRESETS)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("model.dropout must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Where the teacher comes from and whether its outputs are cached."""
+
+    kind: str = "checkpoint"
+    path: str = ""
+    cache: bool = True  # False: run the teacher online at every step
+    cache_dir: str = ""  # default: beside the cut manifests
+    cache_topk: int = 0  # 0 = keep the full distribution
+
+    def __post_init__(self) -> None:
+        from asrkd.distill.teachers import TEACHERS
+
+        _check_choice("teacher.kind", self.kind, TEACHERS)
+        if self.cache_topk < 0:
+            raise ConfigError("teacher.cache_topk must be >= 0")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Which strategy trains the student, and the weights of its loss terms.
+
+    `strategy` is one name from asrkd.distill.strategies.STRATEGIES or several joined by '+'
+    (e.g. ``logit+hidden``). Logit KD: total = (1 - weight) * CTC + weight * KD.
+    """
+
+    strategy: str = "none"
+    weight: float = 0.02
+    temperature: float = 1.0
+    sequence_weight: float = 0.5  # teacher-transcript CTC vs ground-truth CTC
+    hidden_weight: float = 1.0
+    hidden_layer_map: tuple[tuple[int, int], ...] = ()  # (student layer, teacher layer); () = auto
+    init_from_teacher: bool = False
+
+    def __post_init__(self) -> None:
+        from asrkd.distill.strategies import STRATEGIES
+
+        for name in self.strategy.split("+"):
+            _check_choice("distill.strategy", name, STRATEGIES)
+        if not 0.0 <= self.weight <= 1.0 or not 0.0 <= self.sequence_weight <= 1.0:
+            raise ConfigError("distill.weight and distill.sequence_weight must be in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError("distill.temperature must be positive")
+        taken = self.weight * ("logit" in self.strategies)
+        taken += self.sequence_weight * ("sequence" in self.strategies)
+        if taken > 1.0 + 1e-9:
+            raise ConfigError(
+                "distill.weight + distill.sequence_weight exceed 1: the CTC term would be negative"
+            )
+
+    @property
+    def strategies(self) -> tuple[str, ...]:
+        return tuple(self.strategy.split("+"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "runs/default"
+    seed: int = 0
+    max_steps: int = 1000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 1e-3
+    grad_clip: float = 5.0
+    checkpoint_every: int = 100
+    eval_every: int = 200
+    keep_checkpoints: int = 2
+    threads: int = 0  # 0 = torch's default
+    device: str = "auto"  # auto = cuda when available, else cpu
+    max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_steps <= 0 or self.checkpoint_every <= 0 or self.eval_every <= 0:
+            raise ConfigError("train.max_steps, checkpoint_every and eval_every must be positive")
+        if self.lr <= 0:
+            raise ConfigError("train.lr must be positive")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    threads: int = 0
+    batch_seconds: float = 60.0  # batch used for the throughput measurement
+    latency_utterances: int = 20  # utterances timed one at a time for latency and RTF
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training or distillation run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        needs_teacher = self.distill.strategies != ("none",) or self.distill.init_from_teacher
+        if needs_teacher and not self.teacher.path:
+            raise ConfigError(
+                f"distill.strategy={self.distill.strategy!r} needs a teacher: set teacher.path"
+            )
+        if self.data.unlabelled_cuts and self.distill.strategies == ("none",):
+            raise ConfigError("data.unlabelled_cuts is only used by a distillation strategy")
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion between dataclasses, dicts, YAML and `--set` overrides.
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, JSON/YAML-safe dict of a (nested) config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build a (nested) config dataclass from a plain dict; unknown keys are an error."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where or 'config'}: {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}".lstrip("."))
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where or 'config'}: {err}") from err
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Convert a YAML value to the field's declared type, with a clear error."""
+    if is_dataclass(hint):
+        return from_dict(hint, value or {}, where)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where} must have {len(args)} items, got {value!r}")
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return "" if value is None else str(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}") from err
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (value parsed as YAML) to a nested plain dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file into a plain dict (empty file -> {})."""
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def load_config(
+    path: str | Path | None, overrides: typing.Sequence[str] = (), cls: type = Config
+) -> Any:
+    """Load a config dataclass from YAML (or defaults when path is None) plus overrides."""
+    data = load_yaml(path) if path else {}
+    apply_overrides(data, overrides)
+    return from_dict(cls, data)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (round-trips through load_config)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def replace(cfg: Any, overrides: typing.Sequence[str]) -> Any:
+    """A copy of a config with ``a.b=value`` overrides applied (validated again)."""
+    return from_dict(type(cfg), apply_overrides(to_dict(cfg), overrides))
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Options of `asrkd sweep` (the grid itself comes from --grid on the command line)."""
+
+    seeds: int = 1
+    jobs: int = 1
+    storage: str = ""  # default: sqlite:///<sweep dir>/study.db
+    study_name: str = "asrkd-sweep"
+    n_trials: int = 0  # for TPE over ranges; 0 = the full grid
+    prune: bool = False  # median pruner on dev WER
+    metric: str = "dev_wer"
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1 or self.jobs < 1:
+            raise ConfigError("sweep.seeds and sweep.jobs must be >= 1")

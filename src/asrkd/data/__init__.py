@@ -1,0 +1,1 @@
+"""Data: LibriSpeech preparation, the embedded corpus, batches and the tokenizer."""

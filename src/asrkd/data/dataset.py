@@ -1,0 +1,155 @@
+"""Batches of precomputed features: duration-bucketed sampling, collation, SpecAugment.
+
+Dimension legend: B batch, T frames, F mel bins, S target tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler
+from lhotse.utils import fastcopy
+from torch import Tensor
+
+from asrkd.config import DataConfig
+from asrkd.data.text import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A manifest or its contents cannot be used; the message names the file."""
+
+
+@dataclass
+class Batch:
+    """feats (B, T, F) zero-padded, feat_lens (B,), targets (B, S) zero-padded, target_lens (B,),
+    labelled (B,) bool: utterances with a transcript; cut_ids and durations (s) per utterance."""
+
+    feats: Tensor
+    feat_lens: Tensor
+    targets: Tensor
+    target_lens: Tensor
+    labelled: Tensor
+    cut_ids: list[str]
+    durations: list[float]
+
+    @property
+    def audio_seconds(self) -> float:
+        return float(sum(self.durations))
+
+    def to(self, device: torch.device) -> "Batch":
+        move = {
+            k: getattr(self, k).to(device)
+            for k in ("feats", "feat_lens", "targets", "target_lens", "labelled")
+        }
+        return Batch(**move, cut_ids=self.cut_ids, durations=self.durations)
+
+
+def load_cuts(path: str | Path) -> CutSet:
+    """An eager CutSet whose cuts all carry features, or a DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such cut manifest (run `asrkd prepare` first)")
+    try:
+        cuts = CutSet.from_file(path).to_eager()
+    except Exception as err:  # lhotse raises many types for a broken manifest
+        raise DataError(f"{path}: unreadable cut manifest ({err})") from err
+    missing = [c.id for c in cuts if not c.has_features]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} cuts have no features, e.g. {missing[0]}")
+    return cuts
+
+
+def cut_text(cut) -> str:
+    """The cut's transcript ('' for unlabelled audio)."""
+    return " ".join((s.text or "").strip() for s in cut.supervisions).strip()
+
+
+def speaker_of(cut) -> str:
+    sups = cut.supervisions
+    return sups[0].speaker if sups and sups[0].speaker else cut.recording_id.split("-")[0]
+
+
+def split_by_speaker(cuts: CutSet, fraction: float, seed: int) -> tuple[CutSet, CutSet]:
+    """(labelled, unlabelled): the transcripts of a `fraction` of speakers, chosen by a hash of
+    the speaker id and seed (stable across runs and machines); the rest as untranscribed audio."""
+    speakers = sorted({speaker_of(c) for c in cuts})
+    ranked = sorted(speakers, key=lambda s: hashlib.sha1(f"{seed}:{s}".encode()).hexdigest())
+    n_keep = max(1, round(fraction * len(speakers)))
+    keep = set(ranked[:n_keep])
+    labelled = cuts.filter(lambda c: speaker_of(c) in keep).to_eager()
+    unlabelled = cuts.filter(lambda c: speaker_of(c) not in keep).to_eager()
+    return labelled, strip_text(unlabelled)
+
+
+def strip_text(cuts: CutSet) -> CutSet:
+    """The same cuts with their transcripts removed (untranscribed audio)."""
+    return CutSet.from_cuts(
+        fastcopy(c, supervisions=[fastcopy(s, text="") for s in c.supervisions]) for c in cuts
+    )
+
+
+def make_sampler(
+    cuts: CutSet, cfg: DataConfig, shuffle: bool, seed: int
+) -> DynamicBucketingSampler:
+    """Batches of at most cfg.max_batch_seconds of audio, grouped by duration."""
+    n_buckets = max(1, min(cfg.num_buckets, len(cuts) // 2))
+    return DynamicBucketingSampler(
+        cuts,
+        max_duration=cfg.max_batch_seconds,
+        num_buckets=n_buckets,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=False,
+    )
+
+
+def collate(cuts: CutSet, tokenizer: Tokenizer) -> Batch:
+    """Load features and encode transcripts of one batch of cuts."""
+    feats, ids, cut_ids, durations = [], [], [], []
+    for cut in cuts:
+        try:
+            feats.append(torch.from_numpy(np.asarray(cut.load_features(), dtype=np.float32)))
+        except Exception as err:
+            raise DataError(f"cut {cut.id}: cannot load its features ({err})") from err
+        ids.append(tokenizer.encode(cut_text(cut)))
+        cut_ids.append(cut.id)
+        durations.append(float(cut.duration))
+    feat_lens = torch.tensor([f.shape[0] for f in feats])
+    padded = torch.zeros(len(feats), int(feat_lens.max()), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        padded[i, : f.shape[0]] = f
+    target_lens = torch.tensor([len(x) for x in ids])
+    targets = torch.zeros(len(ids), max(1, int(target_lens.max())), dtype=torch.long)
+    for i, x in enumerate(ids):
+        targets[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+    return Batch(padded, feat_lens, targets, target_lens, target_lens > 0, cut_ids, durations)
+
+
+def spec_augment(feats: Tensor, feat_lens: Tensor, cfg: DataConfig, gen: torch.Generator) -> Tensor:
+    """Frequency and time masks (filled with each utterance's mean), drawn from `gen`.
+
+    feats (B, T, F), feat_lens (B,) -> masked copy (B, T, F). Time masks stay inside each
+    utterance's valid frames, so padding and lengths are untouched.
+    """
+    out = feats.clone()
+    n_freq = feats.shape[2]
+    for i, n in enumerate(feat_lens.tolist()):
+        fill = out[i, :n].mean()
+        for _ in range(cfg.n_freq_masks):
+            w = int(torch.randint(0, cfg.freq_mask_width + 1, (1,), generator=gen))
+            f0 = int(torch.randint(0, max(1, n_freq - w), (1,), generator=gen))
+            out[i, :n, f0 : f0 + w] = fill
+        max_w = int(cfg.time_mask_fraction * n)
+        for _ in range(cfg.n_time_masks):
+            w = int(torch.randint(0, max_w + 1, (1,), generator=gen))
+            t0 = int(torch.randint(0, max(1, n - w), (1,), generator=gen))
+            out[i, t0 : t0 + w] = fill
+    return out

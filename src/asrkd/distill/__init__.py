@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses, strategies, teachers, the teacher-output cache, student init."""

@@ -1,0 +1,190 @@
+"""Teacher-output cache: run the teacher once over a cut set and store what strategies need.
+
+Layout of a cache folder (beside the manifests by default)::
+
+    teacher_cache/<manifest stem>/index.json        key, request, cut id -> (shard, row), texts
+    teacher_cache/<manifest stem>/shard-00000.safetensors   per cut: logits (fp16, T' x V, or
+                                                    top-k values + ids) and hidden states (fp16)
+
+`index.json` holds a key hashed from the teacher's fingerprint, the manifest's bytes, the feature
+settings and the request; a cache whose key differs is stale and is rebuilt. The folder is written
+under a temporary name and renamed, so an interrupted build never looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from lhotse import CutSet
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from asrkd.data.dataset import collate
+from asrkd.distill.teachers import Teacher, TeacherOutput, TeacherRequest, file_sha256
+
+log = logging.getLogger(__name__)
+
+SHARD_SIZE = 2000  # utterances per shard file
+
+
+def cache_key(teacher: Teacher, cuts_path: str | Path, request: TeacherRequest, topk: int) -> str:
+    first = next(iter(CutSet.from_file(cuts_path)))
+    feats = first.features
+    parts = {
+        "teacher": teacher.fingerprint(),
+        "manifest": file_sha256(cuts_path),
+        "features": [feats.type, feats.num_features, feats.frame_shift, feats.sampling_rate],
+        "request": [request.logits, request.transcripts, list(request.hidden_layers)],
+        "topk": topk,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def cache_dir_for(cuts_path: str | Path, cache_root: str | Path | None) -> Path:
+    cuts_path = Path(cuts_path)
+    stem = cuts_path.name.split(".")[0]
+    root = Path(cache_root) if cache_root else cuts_path.parent / "teacher_cache"
+    return root / stem
+
+
+def _pack(out: TeacherOutput, i: int, topk: int) -> dict[str, Tensor]:
+    n = int(out.lengths[i])
+    tensors = {}
+    if out.logits is not None:
+        logits = out.logits[i, :n].float()
+        if topk:
+            vals, ids = logits.topk(topk, dim=-1)
+            tensors["topk_vals"], tensors["topk_ids"] = vals.half(), ids.to(torch.int32)
+        else:
+            tensors["logits"] = logits.half()
+    for layer, h in out.hidden.items():
+        tensors[f"hidden{layer}"] = h[i, :n].half()
+    return tensors
+
+
+def build_cache(
+    teacher: Teacher,
+    cuts_path: str | Path,
+    request: TeacherRequest,
+    topk: int = 0,
+    cache_root: str | Path | None = None,
+    batch_seconds: float = 200.0,
+    progress: bool = True,
+) -> "TeacherCache":
+    """Run `teacher` over every cut of the manifest (clean features) and store its outputs;
+    reuse the existing cache when its key matches."""
+    directory = cache_dir_for(cuts_path, cache_root)
+    key = cache_key(teacher, cuts_path, request, topk)
+    index_path = directory / "index.json"
+    if index_path.is_file():
+        if json.loads(index_path.read_text())["key"] == key:
+            log.info("teacher cache %s is up to date", directory)
+            return TeacherCache(directory)
+        log.warning("teacher cache %s is stale (teacher, data or request changed): rebuilding",
+                    directory)
+    cuts = CutSet.from_file(cuts_path).to_eager()
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    entries, texts, shard, rows = {}, {}, {}, 0
+    ordered = sorted(cuts, key=lambda c: c.duration)
+    batches, current, seconds = [], [], 0.0
+    for cut in ordered:
+        if current and seconds + cut.duration > batch_seconds:
+            batches.append(current)
+            current, seconds = [], 0.0
+        current.append(cut)
+        seconds += cut.duration
+    if current:
+        batches.append(current)
+    full_request = TeacherRequest(request.logits, True, request.hidden_layers)
+    for group in tqdm(batches, desc="teacher cache", unit="batch", disable=not progress):
+        batch = collate(CutSet.from_cuts(group), teacher.tokenizer)
+        out = teacher(batch.feats, batch.feat_lens, full_request)
+        for i, cut_id in enumerate(batch.cut_ids):
+            n_shard = rows // SHARD_SIZE
+            for name, tensor in _pack(out, i, topk).items():
+                shard[f"{rows}.{name}"] = tensor.contiguous()
+            entries[cut_id] = [n_shard, rows, int(out.lengths[i])]
+            texts[cut_id] = out.transcripts[i]
+            rows += 1
+            if rows % SHARD_SIZE == 0:
+                save_file(shard, str(tmp / f"shard-{n_shard:05d}.safetensors"))
+                shard = {}
+    if shard:
+        save_file(shard, str(tmp / f"shard-{(rows - 1) // SHARD_SIZE:05d}.safetensors"))
+    index = {"key": key, "topk": topk, "vocab_size": _vocab(teacher), "entries": entries,
+             "texts": texts, "hidden_layers": list(request.hidden_layers)}
+    (tmp / "index.json").write_text(json.dumps(index))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    return TeacherCache(directory)
+
+
+def _vocab(teacher: Teacher) -> int:
+    return teacher.tokenizer.vocab_size
+
+
+class TeacherCache:
+    """Stored teacher outputs, looked up by cut id and padded into batches."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        index = json.loads((self.directory / "index.json").read_text())
+        self.key, self.topk, self.vocab_size = index["key"], index["topk"], index["vocab_size"]
+        self.entries, self.texts = index["entries"], index["texts"]
+        self.hidden_layers = tuple(index["hidden_layers"])
+        self._shards: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _shard(self, n: int):
+        if n not in self._shards:
+            path = self.directory / f"shard-{n:05d}.safetensors"
+            self._shards[n] = safe_open(str(path), framework="pt")
+        return self._shards[n]
+
+    def _logits(self, shard, row: int) -> Tensor:
+        if not self.topk:
+            return shard.get_tensor(f"{row}.logits").float()
+        vals = shard.get_tensor(f"{row}.topk_vals").float()
+        ids = shard.get_tensor(f"{row}.topk_ids").long()
+        dense = torch.full((vals.shape[0], self.vocab_size), float("-inf"))
+        return dense.scatter_(1, ids, vals)
+
+    def get(self, cut_ids: list[str], request: TeacherRequest) -> TeacherOutput:
+        """Batch (B = len(cut_ids)) of stored outputs, zero-padded to the longest."""
+        missing = [c for c in cut_ids if c not in self.entries]
+        if missing:
+            raise KeyError(f"teacher cache {self.directory} lacks cuts, e.g. {missing[0]}")
+        absent = set(request.hidden_layers) - set(self.hidden_layers)
+        if absent:
+            raise KeyError(f"teacher cache {self.directory} holds no hidden layers {absent}")
+        lengths = torch.tensor([self.entries[c][2] for c in cut_ids])
+        t_max = int(lengths.max())
+        out = TeacherOutput(lengths=lengths)
+        if request.logits:
+            out.logits = torch.zeros(len(cut_ids), t_max, self.vocab_size)
+        for layer in request.hidden_layers:
+            out.hidden[layer] = None
+        for i, cut_id in enumerate(cut_ids):
+            n_shard, row, n = self.entries[cut_id]
+            shard = self._shard(n_shard)
+            if request.logits:
+                out.logits[i, :n] = self._logits(shard, row)
+            for layer in request.hidden_layers:
+                h = shard.get_tensor(f"{row}.hidden{layer}").float()
+                if out.hidden[layer] is None:
+                    out.hidden[layer] = torch.zeros(len(cut_ids), t_max, h.shape[1])
+                out.hidden[layer][i, :n] = h
+        if request.transcripts:
+            out.transcripts = [self.texts[c] for c in cut_ids]
+        return out

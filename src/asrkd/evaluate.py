@@ -1,0 +1,218 @@
+"""Evaluation: greedy CTC decoding, WER/CER, and the cost of running the model.
+
+For each test set NAME, `evaluate` writes into its output folder::
+
+    hyps-NAME-greedy.txt     cut id <TAB> reference <TAB> hypothesis
+    errors-NAME-greedy.txt   per-utterance word alignment and error counts, worst first
+    wer-NAME-greedy.json     WER, CER, error counts
+    summary.json             all sets plus parameters, bytes on disk, peak memory, latency, RTF
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jiwer
+import torch
+from lhotse import CutSet
+
+from asrkd.config import EvalConfig
+from asrkd.data.dataset import collate, cut_text, load_cuts
+from asrkd.data.text import Tokenizer, normalize_text
+from asrkd.models.checkpoint import load_model
+from asrkd.models.conformer import ConformerCTC
+from asrkd.models.ctc import greedy_decode
+
+Result = tuple[str, str, str]  # cut id, reference, hypothesis
+
+
+def _batches(cuts: CutSet, batch_seconds: float) -> list[list]:
+    """Cuts sorted by duration and grouped into batches of at most batch_seconds of audio."""
+    out, current, total = [], [], 0.0
+    for cut in sorted(cuts, key=lambda c: (c.duration, c.id)):
+        if current and total + cut.duration > batch_seconds:
+            out.append(current)
+            current, total = [], 0.0
+        current.append(cut)
+        total += cut.duration
+    return out + ([current] if current else [])
+
+
+@torch.inference_mode()
+def decode_cuts(
+    model: ConformerCTC,
+    cuts: CutSet,
+    tokenizer: Tokenizer,
+    batch_seconds: float,
+    device: torch.device | str = "cpu",
+) -> list[Result]:
+    """Greedy-decode every cut; results sorted by cut id."""
+    was_training = model.training
+    model.eval()
+    results = []
+    for group in _batches(cuts, batch_seconds):
+        batch = collate(CutSet.from_cuts(group), tokenizer)
+        out = model(batch.feats.to(device), batch.feat_lens.to(device))
+        for cut, ids in zip(group, greedy_decode(out.logits, out.lengths, tokenizer.blank_id)):
+            results.append((cut.id, normalize_text(cut_text(cut)), tokenizer.decode(ids)))
+    model.train(was_training)
+    return sorted(results)
+
+
+def error_rates(results: list[Result]) -> tuple[float, float]:
+    """Corpus-level (WER, CER) over utterances with a non-empty reference."""
+    refs = [r for _, r, _ in results if r]
+    hyps = [h for _, r, h in results if r]
+    if not refs:
+        raise ValueError("no utterance with a reference transcript to score")
+    return float(jiwer.wer(refs, hyps)), float(jiwer.cer(refs, hyps))
+
+
+def score(results: list[Result]) -> dict:
+    """WER/CER with their error counts (substitutions, deletions, insertions)."""
+    refs = [r for _, r, _ in results if r]
+    hyps = [h for _, r, h in results if r]
+    w = jiwer.process_words(refs, hyps)
+    c = jiwer.process_characters(refs, hyps)
+    n_words = w.hits + w.substitutions + w.deletions
+    return {
+        "wer": w.wer, "cer": c.cer, "n_utterances": len(refs), "n_words": n_words,
+        "substitutions": w.substitutions, "deletions": w.deletions, "insertions": w.insertions,
+    }
+
+
+def write_results(results: list[Result], out_dir: Path, name: str) -> dict:
+    """The hypotheses, errors and summary files of one test set; returns the summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"{name}-greedy"
+    with open(out_dir / f"hyps-{tag}.txt", "w", encoding="utf-8") as fh:
+        for cut_id, ref, hyp in results:
+            fh.write(f"{cut_id}\t{ref}\t{hyp}\n")
+    rows = []
+    for cut_id, ref, hyp in results:
+        if not ref:
+            continue
+        w = jiwer.process_words(ref, hyp)
+        errors = w.substitutions + w.deletions + w.insertions
+        rows.append((errors, cut_id, jiwer.visualize_alignment(w, show_measures=False)))
+    with open(out_dir / f"errors-{tag}.txt", "w", encoding="utf-8") as fh:
+        for errors, cut_id, text in sorted(rows, key=lambda r: (-r[0], r[1])):
+            fh.write(f"{cut_id}: {errors} word errors\n{text.strip()}\n\n")
+    summary = score(results)
+    (out_dir / f"wer-{tag}.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+@torch.inference_mode()
+def measure_speed(model: ConformerCTC, cuts: CutSet, cfg: EvalConfig) -> dict:
+    """Latency at batch size 1 (mean over the first cfg.latency_utterances cuts by id), its
+    real-time factor, and throughput at batches of cfg.batch_seconds of audio."""
+    model.eval()
+    tok = Tokenizer()
+    chosen = sorted(cuts, key=lambda c: c.id)[: cfg.latency_utterances]
+    singles = [collate(CutSet.from_cuts([c]), tok) for c in chosen]
+    model(singles[0].feats, singles[0].feat_lens)  # warm-up
+    times = []
+    for b in singles:
+        t0 = time.perf_counter()
+        model(b.feats, b.feat_lens)
+        times.append(time.perf_counter() - t0)
+    audio = sum(b.audio_seconds for b in singles)
+    batches = [collate(CutSet.from_cuts(g), tok) for g in _batches(cuts, cfg.batch_seconds)]
+    t0 = time.perf_counter()
+    for b in batches:
+        model(b.feats, b.feat_lens)
+    elapsed = time.perf_counter() - t0
+    return {
+        "latency_ms": 1000 * sum(times) / len(times),
+        "rtf": sum(times) / audio,
+        "throughput_audio_s_per_s": sum(b.audio_seconds for b in batches) / elapsed,
+        "latency_utterances": len(singles),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def measure_memory(model_path: str | Path, cuts_path: str | Path, n_utts: int,
+                   threads: int) -> dict:
+    """Peak resident memory of loading the model and decoding n_utts utterances one at a time,
+    measured in a fresh process so nothing else this process holds is counted."""
+    code = (
+        "import json,sys; from asrkd.evaluate import _memory_probe; "
+        "print(json.dumps(_memory_probe(sys.argv[1], sys.argv[2], int(sys.argv[3]), "
+        "int(sys.argv[4]))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(model_path), str(cuts_path), str(n_utts), str(threads)],
+        capture_output=True, text=True, check=False, env=dict(os.environ),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _status_mb(field: str) -> float:
+    """A memory figure (VmRSS, VmHWM) of this process from /proc, in MiB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _memory_probe(model_path: str, cuts_path: str, n_utts: int, threads: int) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    tok = Tokenizer()
+    cuts = sorted(load_cuts(cuts_path), key=lambda c: c.id)[:n_utts]
+    batches = [collate(CutSet.from_cuts([c]), tok) for c in cuts]
+    with torch.inference_mode():  # let torch allocate its thread pools before the baseline
+        torch.nn.functional.linear(batches[0].feats, torch.zeros(4, batches[0].feats.shape[-1]))
+    base = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the high-water mark VmHWM to the current RSS
+    model, _ = load_model(model_path)
+    with torch.inference_mode():
+        for b in batches:
+            model(b.feats, b.feat_lens)
+    peak = _status_mb("VmHWM")
+    return {"peak_rss_mb": peak, "baseline_rss_mb": base, "model_memory_mb": peak - base}
+
+
+def evaluate(
+    model_path: str | Path,
+    cuts_paths: list[str | Path],
+    out_dir: str | Path,
+    cfg: EvalConfig,
+    measure: bool = True,
+) -> dict:
+    """Score a model file on each cut manifest and (optionally) measure its cost."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out_dir = Path(out_dir)
+    model, tok = load_model(model_path)
+    summary: dict = {
+        "model": str(model_path),
+        "n_params": model.n_params(),
+        "bytes_fp32": 4 * model.n_params(),
+        "bytes_on_disk": Path(model_path).stat().st_size,
+        "dims": model.dims.__dict__,
+        "sets": {},
+    }
+    for path in cuts_paths:
+        cuts = load_cuts(path)
+        name = Path(path).name.split(".")[0].removeprefix("cuts_")
+        results = decode_cuts(model, cuts, tok, cfg.batch_seconds)
+        summary["sets"][name] = write_results(results, out_dir, name)
+    if measure and cuts_paths:
+        cuts = load_cuts(cuts_paths[0])
+        summary["speed"] = measure_speed(model, cuts, cfg)
+        summary["memory"] = measure_memory(model_path, cuts_paths[0], cfg.latency_utterances,
+                                           cfg.threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

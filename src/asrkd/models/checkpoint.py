@@ -1,0 +1,119 @@
+"""Model files and training checkpoints: safetensors tensors plus JSON metadata, never pickle.
+
+A file holds tensors named ``model.*`` (and, for training checkpoints, ``optim.*`` and ``rng.*``)
+and a JSON header entry per metadata key: ``dims`` (ConformerDims), ``tokenizer``, ``config`` (the
+resolved run config) and, in training checkpoints, ``train_state``. Files are written to a
+temporary name and renamed, so a crash never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from asrkd.data.text import Tokenizer
+from asrkd.models.conformer import ConformerCTC, ConformerDims
+
+FORMAT = "asrkd/1"
+
+
+class CheckpointError(RuntimeError):
+    """A model or checkpoint file is missing, truncated, or not an asrkd file."""
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(tmp_path) and rename the result over `path` (same directory, so atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: ConformerCTC,
+    tokenizer: Tokenizer,
+    config: dict[str, Any] | None = None,
+    extra_tensors: dict[str, Tensor] | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> None:
+    """Write model weights (+ optional training state) atomically."""
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    for key, value in (extra_tensors or {}).items():
+        tensors[key] = value.detach().contiguous()
+    metadata = {
+        "format": FORMAT,
+        "dims": json.dumps(dataclasses.asdict(model.dims)),
+        "tokenizer": tokenizer.to_json(),
+        "config": json.dumps(config or {}),
+    }
+    if train_state is not None:
+        metadata["train_state"] = json.dumps(train_state)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """All tensors and the decoded metadata of a checkpoint, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            raw = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({err})") from err
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an asrkd checkpoint (format={raw.get('format')!r})")
+    meta = {k: (v if k == "format" else json.loads(v)) for k, v in raw.items()}
+    return tensors, meta
+
+
+def model_from_tensors(tensors: dict[str, Tensor], meta: dict[str, Any]) -> ConformerCTC:
+    """Rebuild the model from a checkpoint's own dims and weights (strict: no missing keys)."""
+    model = ConformerCTC(ConformerDims(**meta["dims"]))
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_model(path: str | Path) -> tuple[ConformerCTC, Tokenizer]:
+    """Rebuild a model and its tokenizer from the file alone (eval mode, CPU)."""
+    tensors, meta = read_checkpoint(path)
+    return model_from_tensors(tensors, meta), Tokenizer.from_json(json.dumps(meta["tokenizer"]))
+
+
+def rng_state() -> dict[str, Tensor]:
+    """Torch RNG states as tensors (CPU, and CUDA where present)."""
+    state = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"rng.cuda{i}"] = s
+    return state
+
+
+def set_rng_state(tensors: dict[str, Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda")]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)

@@ -1,0 +1,193 @@
+"""Conformer-CTC encoder: 4x convolutional subsampling, Conformer blocks with rotary position
+information, and a linear CTC head.
+
+Dimension legend: B batch, T input frames, T' = subsampled frames, F mel bins, D model width,
+H attention heads, V vocabulary (CTC blank at index 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ConformerDims:
+    """Everything needed to rebuild a model; stored in every checkpoint."""
+
+    n_mels: int = 80
+    vocab_size: int = 29
+    d_model: int = 144
+    n_layers: int = 4
+    n_heads: int = 4
+    ff_mult: int = 4
+    conv_kernel: int = 15
+    subsampling_channels: int = 0  # 0 = d_model
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError("d_model must split into an even head size over n_heads")
+        if self.conv_kernel % 2 == 0:
+            raise ValueError("conv_kernel must be odd so frames stay aligned")
+
+
+@dataclass
+class ModelOutput:
+    """logits (B, T', V) before softmax; lengths (B,) valid frames; hidden_states: one (B, T', D)
+    tensor per Conformer block, in order."""
+
+    logits: Tensor
+    lengths: Tensor
+    hidden_states: tuple[Tensor, ...]
+
+
+def subsampled_lengths(lengths: Tensor) -> Tensor:
+    """Valid output frames of the 4x subsampling for `lengths` input frames (two 3x3, stride 2,
+    unpadded convolutions): ((T - 1) // 2 - 1) // 2, never below 0."""
+    return torch.clamp(((lengths - 1) // 2 - 1) // 2, min=0)
+
+
+def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """(B, max_len) bool, True on valid frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class Subsampling(nn.Module):
+    """(B, T, F) -> (B, T', D) with T' = subsampled_lengths(T)."""
+
+    def __init__(self, n_mels: int, channels: int, d_model: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, channels, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2),
+            nn.ReLU(),
+        )
+        n_freq = ((n_mels - 1) // 2 - 1) // 2
+        self.proj = nn.Linear(channels * n_freq, d_model)
+
+    def forward(self, feats: Tensor) -> Tensor:
+        x = self.conv(feats.unsqueeze(1))  # (B, C, T', F')
+        b, c, t, f = x.shape
+        return self.proj(x.transpose(1, 2).reshape(b, t, c * f))
+
+
+def rotary_tables(n_frames: int, head_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos, sin tables (T', head_dim / 2) for rotary position embeddings."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=device) / head_dim))
+    angles = torch.arange(n_frames, device=device)[:, None].float() * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, H, T', Dh) pairs of channels by position-dependent angles."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.flatten(-2)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        b, t, d = x.shape
+        qkv = self.qkv(self.norm(x)).view(b, t, 3, self.n_heads, d // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T', Dh)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        attn_mask = mask[:, None, None, :]  # keys only: padded queries are masked downstream
+        p = self.dropout.p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        return self.dropout(self.out(y.transpose(1, 2).reshape(b, t, d)))
+
+
+class ConvModule(nn.Module):
+    """Pointwise -> GLU -> depthwise -> LayerNorm -> SiLU -> pointwise. LayerNorm rather than
+    BatchNorm so an utterance's output never depends on what else is in the batch."""
+
+    def __init__(self, d_model: int, kernel: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.pointwise_in = nn.Conv1d(d_model, 2 * d_model, 1)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
+        self.conv_norm = nn.LayerNorm(d_model)
+        self.pointwise_out = nn.Conv1d(d_model, d_model, 1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        y = F.glu(self.pointwise_in(self.norm(x).transpose(1, 2)), dim=1)  # (B, D, T')
+        y = y.masked_fill(~mask[:, None, :], 0.0)  # padding must not leak into valid frames
+        y = self.depthwise(y).transpose(1, 2)
+        y = F.silu(self.conv_norm(y)).transpose(1, 2)
+        return self.dropout(self.pointwise_out(y).transpose(1, 2))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, mult: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(d_model),
+            nn.Linear(d_model, mult * d_model),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(mult * d_model, d_model),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ConformerBlock(nn.Module):
+    """Macaron block: half FF, self-attention, convolution, half FF, LayerNorm."""
+
+    def __init__(self, dims: ConformerDims) -> None:
+        super().__init__()
+        d, p = dims.d_model, dims.dropout
+        self.ff1 = FeedForward(d, dims.ff_mult, p)
+        self.attn = SelfAttention(d, dims.n_heads, p)
+        self.conv = ConvModule(d, dims.conv_kernel, p)
+        self.ff2 = FeedForward(d, dims.ff_mult, p)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        x = x + 0.5 * self.ff1(x)
+        x = x + self.attn(x, mask, rope)
+        x = x + self.conv(x, mask)
+        x = x + 0.5 * self.ff2(x)
+        return self.norm(x)
+
+
+class ConformerCTC(nn.Module):
+    def __init__(self, dims: ConformerDims) -> None:
+        super().__init__()
+        self.dims = dims
+        channels = dims.subsampling_channels or dims.d_model
+        self.subsampling = Subsampling(dims.n_mels, channels, dims.d_model)
+        self.blocks = nn.ModuleList(ConformerBlock(dims) for _ in range(dims.n_layers))
+        self.ctc_head = nn.Linear(dims.d_model, dims.vocab_size)
+
+    def forward(self, feats: Tensor, feat_lens: Tensor) -> ModelOutput:
+        """feats (B, T, F) log-mel, feat_lens (B,) -> ModelOutput with T' = T // 4 roughly."""
+        feats = feats.masked_fill(~padding_mask(feat_lens, feats.shape[1])[..., None], 0.0)
+        x = self.subsampling(feats)
+        lengths = subsampled_lengths(feat_lens)
+        mask = padding_mask(lengths, x.shape[1])
+        rope = rotary_tables(x.shape[1], self.dims.d_model // self.dims.n_heads, x.device)
+        hidden = []
+        for block in self.blocks:
+            x = block(x, mask, rope)
+            hidden.append(x)
+        return ModelOutput(self.ctc_head(x), lengths, tuple(hidden))
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,207 @@
+"""What a training run needs around its loop: device, data, teacher source, checkpoint state."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from torch import Tensor
+
+from asrkd.config import Config, ConfigError
+from asrkd.data.dataset import Batch, DataError, cut_text, load_cuts, split_by_speaker
+from asrkd.data.text import Tokenizer
+from asrkd.distill.cache import TeacherCache, build_cache
+from asrkd.distill.teachers import TeacherOutput, TeacherRequest, load_teacher
+from asrkd.models.checkpoint import CheckpointError, read_checkpoint, rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    from asrkd.train import Trainer
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says what to check."""
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def load_training_data(cfg: Config, distilling: bool) -> tuple[CutSet, CutSet]:
+    """(train, dev) cuts. With data.labelled_fraction < 1 only some speakers keep transcripts;
+    a distilling run keeps the rest as untranscribed audio, a baseline run drops it."""
+    if not cfg.data.train_cuts or not cfg.data.dev_cuts:
+        raise ConfigError("data.train_cuts and data.dev_cuts must be set")
+    train = load_cuts(cfg.data.train_cuts)
+    unlabelled = CutSet.from_cuts([])
+    n_empty = sum(1 for c in train if not cut_text(c))
+    if n_empty:
+        raise DataError(f"{cfg.data.train_cuts}: {n_empty} cuts have no transcript; put "
+                        "untranscribed audio in data.unlabelled_cuts instead")
+    if cfg.data.labelled_fraction < 1.0:
+        train, unlabelled = split_by_speaker(train, cfg.data.labelled_fraction, cfg.train.seed)
+    if cfg.data.unlabelled_cuts:
+        from asrkd.data.dataset import strip_text
+
+        unlabelled = unlabelled + strip_text(load_cuts(cfg.data.unlabelled_cuts))
+    if distilling and len(unlabelled):
+        train = (train + unlabelled).to_eager()
+    log.info("train: %d cuts (%d untranscribed used)", len(train),
+             len(unlabelled) if distilling else 0)
+    return train, load_cuts(cfg.data.dev_cuts)
+
+
+# -- teacher ----------------------------------------------------------------------------------
+
+
+class TeacherSource:
+    """Teacher outputs for a batch: from the cache (built once per manifest) or online."""
+
+    def __init__(self, cfg: Config, tokenizer: Tokenizer) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.teacher = load_teacher(cfg.teacher.kind, cfg.teacher.path)
+        self.caches: list[TeacherCache] = []
+        self.request = TeacherRequest()
+        self.device = torch.device("cpu")
+
+    def attach(self, request: TeacherRequest, device: torch.device) -> None:
+        """Check compatibility and build (or reuse) the caches the request needs."""
+        self.request, self.device = request, device
+        if request.logits and self.teacher.tokenizer.symbols != self.tokenizer.symbols:
+            raise ConfigError(
+                f"teacher {self.cfg.teacher.path} has a different vocabulary from the student: "
+                "frame-level logit KD needs the same symbols; use sequence or hidden KD"
+            )
+        if hasattr(self.teacher, "to"):
+            self.teacher.to(device)
+        if not self.cfg.teacher.cache:
+            return
+        manifests = [self.cfg.data.train_cuts, self.cfg.data.unlabelled_cuts]
+        self.caches = [
+            build_cache(self.teacher, m, request, self.cfg.teacher.cache_topk,
+                        self.cfg.teacher.cache_dir or None, progress=self.cfg.train.progress)
+            for m in manifests if m
+        ]
+
+    def __call__(self, batch: Batch) -> TeacherOutput:
+        if not self.caches:
+            return self.teacher(batch.feats.to(self.device), batch.feat_lens.to(self.device),
+                                self.request)
+        ids = batch.cut_ids
+        for cache in self.caches:
+            if all(c in cache.entries for c in ids):
+                return cache.get(ids, self.request)
+        parts = [next(c for c in self.caches if i in c.entries) for i in ids]
+        rows = [cache.get([i], self.request) for cache, i in zip(parts, ids)]
+        return _stack(rows)
+
+
+def _stack(rows: list[TeacherOutput]) -> TeacherOutput:
+    """Pad and stack single-utterance outputs (a batch mixing labelled and unlabelled cuts)."""
+    lengths = torch.cat([r.lengths for r in rows])
+    t_max = int(lengths.max())
+
+    def pad(x: Tensor) -> Tensor:
+        return torch.nn.functional.pad(x, (0, 0, 0, t_max - x.shape[1]))
+
+    out = TeacherOutput(lengths=lengths)
+    if rows[0].logits is not None:
+        out.logits = torch.cat([pad(r.logits) for r in rows])
+    for layer in rows[0].hidden:
+        out.hidden[layer] = torch.cat([pad(r.hidden[layer]) for r in rows])
+    if rows[0].transcripts is not None:
+        out.transcripts = [t for r in rows for t in r.transcripts]
+    return out
+
+
+def prepare_teacher(cfg: Config, tokenizer: Tokenizer):
+    """(TeacherSource or None, teacher dims or None, teacher model or None)."""
+    if cfg.distill.strategies == ("none",) and not cfg.distill.init_from_teacher:
+        return None, None, None
+    source = TeacherSource(cfg, tokenizer)
+    model = getattr(source.teacher, "model", None)
+    dims = model.dims if model is not None else None
+    if cfg.distill.strategies == ("none",):
+        return None, dims, model
+    return source, dims, model
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+_STEP_RE = re.compile(r"step-(\d+)\.safetensors$")
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest readable checkpoint; an unreadable newest one is reported and skipped."""
+    found = sorted(
+        (p for p in directory.glob("step-*.safetensors") if _STEP_RE.search(p.name)),
+        key=lambda p: int(_STEP_RE.search(p.name).group(1)),
+        reverse=True,
+    )
+    for path in found:
+        try:
+            read_checkpoint(path)
+            return path
+        except CheckpointError as err:
+            log.error("skipping unusable checkpoint: %s", err)
+    return None
+
+
+def checkpoint_tensors(trainer: "Trainer") -> tuple[dict[str, Tensor], dict]:
+    """Optimiser, distiller and RNG tensors, plus JSON-able optimiser/scheduler metadata."""
+    tensors = dict(rng_state())
+    tensors["rng.specaug"] = trainer.aug_gen.get_state()
+    for k, v in trainer.distiller.state_dict().items():
+        tensors[f"distill.{k}"] = v
+    opt = trainer.optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
+    meta = {
+        "param_groups": [{k: v for k, v in g.items()} for g in opt["param_groups"]],
+        "scheduler": trainer.scheduler.state_dict(),
+    }
+    return tensors, meta
+
+
+def restore_checkpoint(path: Path, trainer: "Trainer") -> None:
+    """Load everything `checkpoint_tensors` and the train state saved."""
+    from asrkd.train import TrainState
+
+    tensors, meta = read_checkpoint(path)
+    state = dict(meta["train_state"])
+    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    trainer.model.load_state_dict(model_state, strict=True)
+    distill_state = {k[8:]: v for k, v in tensors.items() if k.startswith("distill.")}
+    trainer.distiller.load_state_dict(distill_state, strict=True)
+    opt_state: dict = {"state": {}, "param_groups": state.pop("param_groups")}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(idx), {})[name] = value
+    trainer.optimizer.load_state_dict(opt_state)
+    trainer.scheduler.load_state_dict(state.pop("scheduler"))
+    trainer.aug_gen.set_state(tensors["rng.specaug"])
+    set_rng_state(tensors)
+    trainer.state = TrainState(**state)
+    st = trainer.state
+    if st.python_rng is not None:
+        random.setstate((3, tuple(st.python_rng), None))
+    if st.numpy_rng is not None:
+        keys, pos, has_gauss, gauss = st.numpy_rng
+        np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    json.dumps(st.history)  # history must stay JSON-able

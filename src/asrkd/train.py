@@ -1,0 +1,312 @@
+"""Training and distillation: one loop for every strategy (`none` is plain CTC training).
+
+A run folder holds::
+
+    config.yaml            the resolved config
+    checkpoints/step-*.safetensors   model + optimiser + scheduler + sampler position + RNG states
+    model.safetensors      best model on dev (what `evaluate`, `export` and teachers use)
+    final.safetensors      model after the last step
+    metrics.jsonl          one JSON object per logged step and per dev evaluation
+    summary.json           written when the run completes
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from asrkd.config import Config, save_config, to_dict
+from asrkd.data.dataset import Batch, collate, make_sampler, spec_augment
+from asrkd.data.text import Tokenizer
+from asrkd.distill.strategies import Distiller
+from asrkd.evaluate import decode_cuts, error_rates
+from asrkd.models import build_model
+from asrkd.models.checkpoint import save_checkpoint
+from asrkd.models.conformer import ConformerCTC
+from asrkd.runtime import (
+    TrainingError,
+    checkpoint_tensors,
+    latest_checkpoint,
+    load_training_data,
+    prepare_teacher,
+    restore_checkpoint,
+    select_device,
+)
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY = 10  # steps between metrics.jsonl rows
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a checkpoint must restore."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already consumed
+    bad_steps: int = 0
+    consecutive_bad: int = 0
+    best_dev_wer: float = math.inf
+    best_step: int = -1
+    audio_seconds: float = 0.0
+    train_seconds: float = 0.0
+    python_rng: Any = None
+    numpy_rng: Any = None
+    history: list[dict] = field(default_factory=list)  # dev evaluations so far
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to min_ratio at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Owns the model, optimiser, data and teacher of one run."""
+
+    def __init__(self, cfg: Config, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.train.out_dir)
+        self.device = select_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self._check_out_dir(resume)
+        seed_everything(cfg.train.seed)
+        self.tokenizer = Tokenizer()
+        distilling = cfg.distill.strategies != ("none",)
+        self.train_cuts, self.dev_cuts = load_training_data(cfg, distilling)
+        self.teacher_source, teacher_dims, teacher_model = prepare_teacher(cfg, self.tokenizer)
+        self.model = self._build_student(teacher_model, self.train_cuts[0].num_features)
+        self.distiller = Distiller(cfg.distill, self.tokenizer, self.model.dims, teacher_dims)
+        self.distiller.to(self.device)
+        if self.teacher_source is not None:
+            self.teacher_source.attach(self.distiller.request, self.device)
+        params = list(self.model.parameters()) + list(self.distiller.parameters())
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, cfg.train.warmup_steps, cfg.train.max_steps,
+                                cfg.train.min_lr_ratio),
+        )
+        self.aug_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+        self.state = TrainState()
+        if resume:
+            self._resume()
+
+    def _check_out_dir(self, resume: bool) -> None:
+        has_ckpt = latest_checkpoint(self.out / "checkpoints") is not None
+        if has_ckpt and not resume:
+            raise TrainingError(
+                f"{self.out} already holds checkpoints: pass --resume to continue that run, "
+                "or choose another train.out_dir"
+            )
+        (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.out / "config.yaml")
+
+    def _build_student(self, teacher_model: ConformerCTC | None, n_mels: int) -> ConformerCTC:
+        cfg = self.cfg
+        model = build_model(cfg.model.preset, self.tokenizer.vocab_size, n_mels,
+                            cfg.model.dropout)
+        if cfg.distill.init_from_teacher:
+            from asrkd.distill.student_init import init_from_teacher
+
+            init_from_teacher(model, teacher_model)
+        return model.to(self.device)
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.out / "checkpoints")
+        if path is None:
+            log.warning("no checkpoint in %s: starting from scratch", self.out)
+            return
+        restore_checkpoint(path, self)
+        self._truncate_metrics(self.state.step)
+        log.info("resumed %s at step %d", path, self.state.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric rows written after the checkpoint we resume from."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            rows = [r for r in path.read_text().splitlines() if r.strip()]
+            keep = [r for r in rows if json.loads(r).get("step", 0) <= step]
+            path.write_text("".join(r + "\n" for r in keep))
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def batches(self):
+        """Yield (epoch, index in epoch, cuts) forever, skipping what a resumed run consumed."""
+        sampler = make_sampler(self.train_cuts, self.cfg.data, shuffle=True,
+                               seed=self.cfg.train.seed)
+        while True:
+            sampler.set_epoch(self.state.epoch)
+            for i, cuts in enumerate(sampler):
+                if i < self.state.batch_in_epoch:
+                    continue  # already trained on before the checkpoint we resumed from
+                yield i, cuts
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+
+    def step(self, batch: Batch) -> dict[str, float] | None:
+        """One optimisation step; None when the loss or gradients were not finite."""
+        cfg = self.cfg
+        self.model.train()
+        self.distiller.train()
+        feats = batch.feats
+        teacher_out = None
+        if self.teacher_source is not None:
+            teacher_out = self.teacher_source(batch)  # clean features
+        if cfg.data.spec_augment:
+            feats = spec_augment(feats, batch.feat_lens, cfg.data, self.aug_gen)
+        out = self.model(feats.to(self.device), batch.feat_lens.to(self.device))
+        batch = batch.to(self.device)
+        total, terms = self.distiller(out, teacher_out, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(total):
+            return None
+        total.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        row = {"loss": float(total), "grad_norm": float(norm)}
+        row.update({k: float(v) for k, v in terms.items()})
+        return row
+
+    def run(self, on_eval: Callable[[int, dict], None] | None = None) -> dict:
+        cfg, st = self.cfg, self.state
+        bar = tqdm(total=cfg.train.max_steps, initial=st.step, desc=f"train {self.out.name}",
+                   disable=not cfg.train.progress, dynamic_ncols=True)
+        t_last, audio_last = time.perf_counter(), 0.0
+        for i, cuts in self.batches():
+            if st.step >= cfg.train.max_steps:
+                break
+            t0 = time.perf_counter()
+            batch = collate(cuts, self.tokenizer)
+            row = self.step(batch)
+            st.batch_in_epoch = i + 1
+            self._account(row, batch, time.perf_counter() - t0)
+            if row is None:
+                continue
+            st.step += 1
+            audio_last += batch.audio_seconds
+            if st.step % LOG_EVERY == 0 or st.step == cfg.train.max_steps:
+                speed = audio_last / max(1e-9, time.perf_counter() - t_last)
+                self._log({"step": st.step, "epoch": st.epoch, **row,
+                           "lr": self.scheduler.get_last_lr()[0], "audio_s_per_s": speed})
+                bar.set_postfix(loss=f"{row['loss']:.3f}",
+                                lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                                audio_s_per_s=f"{speed:.0f}")
+                t_last, audio_last = time.perf_counter(), 0.0
+            bar.update(1)
+            if st.step % cfg.train.eval_every == 0 or st.step == cfg.train.max_steps:
+                self._evaluate(on_eval)
+            if st.step % cfg.train.checkpoint_every == 0 or st.step == cfg.train.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        return self._finish()
+
+    def _account(self, row: dict | None, batch: Batch, seconds: float) -> None:
+        st = self.state
+        st.train_seconds += seconds
+        if row is not None:
+            st.audio_seconds += batch.audio_seconds
+            st.consecutive_bad = 0
+            return
+        st.bad_steps += 1
+        st.consecutive_bad += 1
+        log.warning("non-finite loss or gradient at step %d (batch %s...): batch skipped",
+                    st.step, batch.cut_ids[0])
+        if st.consecutive_bad >= self.cfg.train.max_bad_steps:
+            raise TrainingError(
+                f"{st.consecutive_bad} consecutive batches gave a non-finite loss or gradient. "
+                "Check: train.lr (try lower) and train.grad_clip; features with NaN/inf "
+                "(re-run `asrkd prepare`); a teacher that outputs NaN; distill.temperature."
+            )
+
+    def _log(self, row: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def _evaluate(self, on_eval: Callable[[int, dict], None] | None) -> None:
+        st = self.state
+        results = decode_cuts(self.model, self.dev_cuts, self.tokenizer,
+                              self.cfg.data.max_batch_seconds, self.device)
+        wer, cer = error_rates(results)
+        row = {"step": st.step, "dev_wer": wer, "dev_cer": cer}
+        st.history.append(row)
+        self._log(row)
+        if wer < st.best_dev_wer:
+            st.best_dev_wer, st.best_step = wer, st.step
+            self.save_model(self.out / "model.safetensors")
+        if on_eval is not None:
+            on_eval(st.step, row)
+
+    def save_model(self, path: Path) -> None:
+        save_checkpoint(path, self.model, self.tokenizer, to_dict(self.cfg))
+
+    def save_checkpoint(self) -> None:
+        st = self.state
+        st.python_rng = list(random.getstate()[1])
+        _, keys, pos, has_gauss, gauss = np.random.get_state()
+        st.numpy_rng = [keys.tolist(), int(pos), int(has_gauss), float(gauss)]
+        path = self.out / "checkpoints" / f"step-{st.step:07d}.safetensors"
+        tensors, meta = checkpoint_tensors(self)
+        save_checkpoint(path, self.model, self.tokenizer, to_dict(self.cfg),
+                        extra_tensors=tensors, train_state={**st.__dict__, **meta})
+        old = sorted((self.out / "checkpoints").glob("step-*.safetensors"))
+        for stale in old[: -self.cfg.train.keep_checkpoints]:
+            stale.unlink()
+
+    def _finish(self) -> dict:
+        st = self.state
+        self.save_model(self.out / "final.safetensors")
+        if not (self.out / "model.safetensors").exists():
+            self.save_model(self.out / "model.safetensors")
+        summary = {
+            "steps": st.step,
+            "epochs": st.epoch,
+            "best_dev_wer": st.best_dev_wer,
+            "best_step": st.best_step,
+            "final_dev_wer": st.history[-1]["dev_wer"] if st.history else None,
+            "bad_steps": st.bad_steps,
+            "train_seconds": st.train_seconds,
+            "audio_seconds": st.audio_seconds,
+            "audio_seconds_per_second": st.audio_seconds / max(1e-9, st.train_seconds),
+            "n_params": self.model.n_params(),
+            "strategy": self.cfg.distill.strategy,
+            "preset": self.cfg.model.preset,
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def train(cfg: Config, resume: bool = False,
+          on_eval: Callable[[int, dict], None] | None = None) -> Path:
+    """Train (or distil) a model as `cfg` says; returns the run folder. `on_eval(step, row)` is
+    called after each dev evaluation (a sweep uses it to prune)."""
+    trainer = Trainer(cfg, resume=resume)
+    trainer.run(on_eval)
+    return trainer.out
