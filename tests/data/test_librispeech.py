@@ -45,6 +45,7 @@ def test_cuts_have_features_and_one_normalised_supervision(prepared) -> None:
             assert feats.shape[0] == compute_num_frames(cut.duration, 0.01, 16000)
             assert np.isfinite(feats).all()
             (sup,) = cut.supervisions
+            assert cut.id == sup.id == cut.recording.id  # the LibriSpeech utterance id
             assert sup.text == sup.text.lower() and sup.text.strip() == sup.text
             assert sup.text == sup.custom["orig_text"].lower()
             assert Tokenizer().oov_chars(sup.text) == set()

@@ -335,15 +335,8 @@ def _length_ok(utt: Utterance, cfg: PrepareConfig, tok: Tokenizer, report: Prepa
 def _write_manifests(
     utts: list[Utterance], part: str, out_dir: Path, cfg: PrepareConfig, progress: bool
 ) -> None:
-    from lhotse import (
-        CutSet,
-        Fbank,
-        FbankConfig,
-        LilcomChunkyWriter,
-        RecordingSet,
-        SupervisionSegment,
-        SupervisionSet,
-    )
+    """Recordings and supervisions (lhotse recipe names), then cuts with stored features."""
+    from lhotse import CutSet, MonoCut, RecordingSet, SupervisionSegment, SupervisionSet
     from lhotse.audio import Recording
 
     recordings, supervisions = [], []
@@ -367,6 +360,21 @@ def _write_manifests(
     supervision_set = SupervisionSet.from_segments(supervisions)
     recording_set.to_file(out_dir / f"librispeech_recordings_{part}.jsonl.gz")
     supervision_set.to_file(out_dir / f"librispeech_supervisions_{part}.jsonl.gz")
+    cuts = CutSet.from_cuts(  # not from_manifests: that names cuts "<recording id>-0"
+        MonoCut(sup.id, 0.0, rec.duration, 0, recording=rec, supervisions=[sup])
+        for rec, sup in zip(recordings, supervisions)
+    )
+    cuts = _compute_features(cuts, out_dir / f"feats_{part}", cfg, progress)
+    tmp = out_dir / f"cuts_{part}.tmp.jsonl.gz"
+    cuts.sort_by_recording_id().to_file(tmp)
+    tmp.replace(cuts_path(out_dir, part))
+
+
+def _compute_features(cuts, storage_path: Path, cfg: PrepareConfig, progress: bool):
+    """Fbank once, stored in a lilcom archive; a cut lhotse dropped is an error, not a gap."""
+    import torch
+    from lhotse import Fbank, FbankConfig, LilcomChunkyWriter
+
     fc = cfg.features
     extractor = Fbank(
         FbankConfig(
@@ -376,17 +384,24 @@ def _write_manifests(
             frame_length=fc.frame_length,
         )
     )
-    cuts = CutSet.from_manifests(recordings=recording_set, supervisions=supervision_set)
-    cuts = cuts.compute_and_store_features(
-        extractor=extractor,
-        storage_path=out_dir / f"feats_{part}",
-        num_jobs=cfg.num_jobs,
-        storage_type=LilcomChunkyWriter,
-        progress_bar=progress,
-    )
-    tmp = out_dir / f"cuts_{part}.tmp.jsonl.gz"
-    cuts.sort_by_recording_id().to_file(tmp)
-    tmp.replace(cuts_path(out_dir, part))
+    threads = torch.get_num_threads()
+    if cfg.num_jobs > 1:
+        torch.set_num_threads(1)  # the workers do the work; avoids lhotse's oversubscription
+    try:
+        with_feats = cuts.compute_and_store_features(
+            extractor=extractor,
+            storage_path=storage_path,
+            num_jobs=cfg.num_jobs,
+            storage_type=LilcomChunkyWriter,
+            progress_bar=progress,
+        ).to_eager()
+    finally:
+        torch.set_num_threads(threads)
+    # lhotse skips a cut whose audio fails to load, with only a log line.
+    lost = sorted(set(cuts.ids) - set(with_feats.ids))
+    if lost:
+        raise DataError(f"{storage_path}: feature extraction lost {len(lost)} cuts: {lost[:5]}")
+    return with_feats
 
 
 def download_librispeech(

@@ -114,6 +114,8 @@ def probe_audio(path: Path) -> AudioInfo | str:
     The header alone is not enough: a truncated FLAC keeps the sample count of its STREAMINFO
     header, so only a full decode shows the missing samples (or a decoder error).
     """
+    if path.stat().st_size == 0:
+        return "zero-length file (0 bytes)"
     try:
         info = sf.info(str(path))
         audio, _ = sf.read(str(path), dtype="float32", always_2d=True)
