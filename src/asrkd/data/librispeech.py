@@ -437,13 +437,13 @@ def _download_part(recipe, target_dir: Path, part: str, base_url: str) -> None:
     archive = target_dir / f"{part}.tar.gz"
     for attempt in ("resume", "from scratch"):
         try:
-            recipe.download_librispeech(
-                target_dir, [part], force_download=attempt != "resume", base_url=base_url
-            )
+            recipe.download_librispeech(target_dir, [part], base_url=base_url)
             return
         except urllib.error.URLError as err:
             raise DataError(f"{url}: download failed ({err})") from err
         except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as err:
-            logger.warning("%s: corrupt archive (%s); downloading it again", archive, err)
+            logger.warning("%s: corrupt archive after %s (%s)", archive, attempt, err)
+            # Not force_download=True: lhotse 1.33 deletes the file, then stats it and crashes.
+            archive.unlink(missing_ok=True)
             last = err
     raise DataError(f"{archive}: corrupt archive from {url} even after a fresh download") from last
