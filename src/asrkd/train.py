@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from asrkd.config import Config, save_config, to_dict
-from asrkd.data.dataset import Batch, collate, make_sampler, spec_augment
+from asrkd.data.dataset import Batch, collate, feature_config_of, make_sampler, spec_augment
 from asrkd.data.text import Tokenizer
 from asrkd.distill.strategies import Distiller
 from asrkd.evaluate import decode_cuts, error_rates
@@ -94,6 +94,7 @@ class Trainer:
         self.tokenizer = Tokenizer()
         distilling = cfg.distill.strategies != ("none",)
         self.train_cuts, self.dev_cuts = load_training_data(cfg, distilling)
+        self.features = to_dict(feature_config_of(self.train_cuts))
         self.teacher_source, teacher_dims, teacher_model = prepare_teacher(cfg, self.tokenizer)
         self.model = self._build_student(teacher_model, self.train_cuts[0].num_features)
         self.distiller = Distiller(cfg.distill, self.tokenizer, self.model.dims, teacher_dims)
@@ -191,8 +192,8 @@ class Trainer:
             return None
         self.optimizer.step()
         self.scheduler.step()
-        row = {"loss": float(total), "grad_norm": float(norm)}
-        row.update({k: float(v) for k, v in terms.items()})
+        row = {"loss": total.item(), "grad_norm": norm.item()}
+        row.update({k: v.item() for k, v in terms.items()})
         return row
 
     def run(self, on_eval: Callable[[int, dict], None] | None = None) -> dict:
@@ -265,7 +266,8 @@ class Trainer:
             on_eval(st.step, row)
 
     def save_model(self, path: Path) -> None:
-        save_checkpoint(path, self.model, self.tokenizer, to_dict(self.cfg))
+        save_checkpoint(path, self.model, self.tokenizer, to_dict(self.cfg),
+                        features=self.features)
 
     def save_checkpoint(self) -> None:
         st = self.state
@@ -275,7 +277,8 @@ class Trainer:
         path = self.out / "checkpoints" / f"step-{st.step:07d}.safetensors"
         tensors, meta = checkpoint_tensors(self)
         save_checkpoint(path, self.model, self.tokenizer, to_dict(self.cfg),
-                        extra_tensors=tensors, train_state={**st.__dict__, **meta})
+                        extra_tensors=tensors, train_state={**st.__dict__, **meta},
+                        features=self.features)
         old = sorted((self.out / "checkpoints").glob("step-*.safetensors"))
         for stale in old[: -self.cfg.train.keep_checkpoints]:
             stale.unlink()

@@ -17,14 +17,11 @@ from lhotse.dataset import DynamicBucketingSampler
 from lhotse.utils import fastcopy
 from torch import Tensor
 
-from asrkd.config import DataConfig
+from asrkd.config import DataConfig, FeatureConfig
 from asrkd.data.text import Tokenizer
+from asrkd.data.validate import DataError
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A manifest or its contents cannot be used; the message names the file."""
 
 
 @dataclass
@@ -153,3 +150,16 @@ def spec_augment(feats: Tensor, feat_lens: Tensor, cfg: DataConfig, gen: torch.G
             t0 = int(torch.randint(0, max(1, n - w), (1,), generator=gen))
             out[i, t0 : t0 + w] = fill
     return out
+
+
+def feature_config_of(cuts: CutSet) -> FeatureConfig:
+    """The feature settings the cuts were prepared with (stored in every model file, so
+    `transcribe` computes the same features from raw audio)."""
+    feats = next(iter(cuts)).features
+    extractor = feats.type
+    if extractor != "kaldi-fbank" and extractor != "fbank":
+        raise DataError(f"cuts carry {extractor!r} features; asrkd models expect fbank")
+    frame_length = FeatureConfig.frame_length
+    return FeatureConfig(sample_rate=feats.sampling_rate, n_mels=feats.num_features,
+                         frame_shift=feats.frame_shift, frame_length=frame_length)
+

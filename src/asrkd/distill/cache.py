@@ -2,13 +2,14 @@
 
 Layout of a cache folder (beside the manifests by default)::
 
-    teacher_cache/<manifest stem>/index.json        key, request, cut id -> (shard, row), texts
-    teacher_cache/<manifest stem>/shard-00000.safetensors   per cut: logits (fp16, T' x V, or
-                                                    top-k values + ids) and hidden states (fp16)
+    teacher_cache/<stem>.topk<k>.hidden<layers>/
+        index.json                  key, cut id -> (shard, row, frames), teacher transcripts
+        shard-00000.safetensors     per cut: logits (fp16, T' x V, or top-k values + ids)
+                                    and the requested hidden states (fp16, T' x D)
 
-`index.json` holds a key hashed from the teacher's fingerprint, the manifest's bytes, the feature
-settings and the request; a cache whose key differs is stale and is rebuilt. The folder is written
-under a temporary name and renamed, so an interrupted build never looks complete.
+`index.json` holds a key hashed from the teacher's fingerprint, the manifest's bytes and the
+feature settings; a cache whose key differs is stale and is rebuilt. The folder is written under
+a temporary name and renamed, so an interrupted build never looks complete.
 """
 
 from __future__ import annotations
@@ -41,17 +42,23 @@ def cache_key(teacher: Teacher, cuts_path: str | Path, request: TeacherRequest, 
         "teacher": teacher.fingerprint(),
         "manifest": file_sha256(cuts_path),
         "features": [feats.type, feats.num_features, feats.frame_shift, feats.sampling_rate],
-        "request": [request.logits, request.transcripts, list(request.hidden_layers)],
+        "hidden_layers": list(request.hidden_layers),
         "topk": topk,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def cache_dir_for(cuts_path: str | Path, cache_root: str | Path | None) -> Path:
+def cache_dir_for(
+    cuts_path: str | Path, cache_root: str | Path | None, request: TeacherRequest, topk: int
+) -> Path:
+    """One folder per manifest and stored content: logits and transcripts are always stored
+    (they are small), hidden layers and top-k only as asked, so `logit` and `sequence` runs share
+    a cache while a run wanting other hidden layers gets its own."""
     cuts_path = Path(cuts_path)
     stem = cuts_path.name.split(".")[0]
     root = Path(cache_root) if cache_root else cuts_path.parent / "teacher_cache"
-    return root / stem
+    layers = "-".join(str(x) for x in request.hidden_layers) or "none"
+    return root / f"{stem}.topk{topk}.hidden{layers}"
 
 
 def _pack(out: TeacherOutput, i: int, topk: int) -> dict[str, Tensor]:
@@ -80,7 +87,7 @@ def build_cache(
 ) -> "TeacherCache":
     """Run `teacher` over every cut of the manifest (clean features) and store its outputs;
     reuse the existing cache when its key matches."""
-    directory = cache_dir_for(cuts_path, cache_root)
+    directory = cache_dir_for(cuts_path, cache_root, request, topk)
     key = cache_key(teacher, cuts_path, request, topk)
     index_path = directory / "index.json"
     if index_path.is_file():
@@ -104,7 +111,7 @@ def build_cache(
         seconds += cut.duration
     if current:
         batches.append(current)
-    full_request = TeacherRequest(request.logits, True, request.hidden_layers)
+    full_request = TeacherRequest(True, True, request.hidden_layers)
     for group in tqdm(batches, desc="teacher cache", unit="batch", disable=not progress):
         batch = collate(CutSet.from_cuts(group), teacher.tokenizer)
         out = teacher(batch.feats, batch.feat_lens, full_request)
@@ -177,11 +184,10 @@ class TeacherCache:
             out.hidden[layer] = None
         for i, cut_id in enumerate(cut_ids):
             n_shard, row, n = self.entries[cut_id]
-            shard = self._shard(n_shard)
             if request.logits:
-                out.logits[i, :n] = self._logits(shard, row)
+                out.logits[i, :n] = self._logits(self._shard(n_shard), row)
             for layer in request.hidden_layers:
-                h = shard.get_tensor(f"{row}.hidden{layer}").float()
+                h = self._shard(n_shard).get_tensor(f"{row}.hidden{layer}").float()
                 if out.hidden[layer] is None:
                     out.hidden[layer] = torch.zeros(len(cut_ids), t_max, h.shape[1])
                 out.hidden[layer][i, :n] = h

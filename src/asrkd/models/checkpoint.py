@@ -1,8 +1,8 @@
 """Model files and training checkpoints: safetensors tensors plus JSON metadata, never pickle.
 
 A file holds tensors named ``model.*`` (and, for training checkpoints, ``optim.*`` and ``rng.*``)
-and a JSON header entry per metadata key: ``dims`` (ConformerDims), ``tokenizer``, ``config`` (the
-resolved run config) and, in training checkpoints, ``train_state``. Files are written to a
+and a JSON header entry per metadata key: ``dims`` (ConformerDims), ``tokenizer``, ``features`` (the
+FeatureConfig the model was trained on), ``config`` (the resolved run config) and, in training checkpoints, ``train_state``. Files are written to a
 temporary name and renamed, so a crash never leaves a half-written file under the real name.
 """
 
@@ -53,6 +53,7 @@ def save_checkpoint(
     config: dict[str, Any] | None = None,
     extra_tensors: dict[str, Tensor] | None = None,
     train_state: dict[str, Any] | None = None,
+    features: dict[str, Any] | None = None,
 ) -> None:
     """Write model weights (+ optional training state) atomically."""
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -63,6 +64,7 @@ def save_checkpoint(
         "dims": json.dumps(dataclasses.asdict(model.dims)),
         "tokenizer": tokenizer.to_json(),
         "config": json.dumps(config or {}),
+        "features": json.dumps(features or {}),
     }
     if train_state is not None:
         metadata["train_state"] = json.dumps(train_state)

@@ -1,0 +1,196 @@
+"""The `asrkd` command line. It declares no defaults of its own: every value comes from the
+config dataclasses (asrkd.config), a YAML file, or `--set key=value`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from asrkd.config import (
+    Config,
+    ConfigError,
+    CorpusConfig,
+    EvalConfig,
+    PrepareConfig,
+    SweepConfig,
+    load_config,
+)
+
+log = logging.getLogger("asrkd")
+
+
+def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    if positional:
+        p.add_argument("config", help="YAML config file")
+    else:
+        p.add_argument("--config", help="YAML file mirroring this command's config dataclass")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. train.lr=1e-3 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asrkd", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="manifests + fbank features for a corpus")
+    p.add_argument("corpus", choices=["librispeech"])
+    p.add_argument("root", help="folder holding the part folders (or LibriSpeech/<part>)")
+    p.add_argument("--parts", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="manifest folder")
+    _add_config_args(p)
+
+    p = sub.add_parser("download", help="download LibriSpeech parts (needs internet)")
+    p.add_argument("corpus", choices=["librispeech"])
+    p.add_argument("target", help="download folder")
+    p.add_argument("--parts", nargs="+", required=True)
+    p.add_argument("--base-url", help="mirror to download from (the API's default otherwise)")
+
+    p = sub.add_parser("corpus", help="build the embedded synthetic corpus (LibriSpeech layout)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--hours", type=float, help="shorthand for --set hours=H")
+    _add_config_args(p)
+
+    for name, help_text in (("train", "train a CTC model"),
+                            ("distill", "train a student from a teacher")):
+        p = sub.add_parser(name, help=help_text)
+        _add_config_args(p, positional=True)
+        p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+    p = sub.add_parser("evaluate", help="WER/CER, size, memory, latency of a model")
+    p.add_argument("model", help="model file (.safetensors)")
+    p.add_argument("--cuts", nargs="+", required=True, help="cut manifests to score")
+    p.add_argument("--out", required=True, help="folder for hypotheses, errors and summary")
+    p.add_argument("--threads", type=int, help="shorthand for --set threads=N")
+    p.add_argument("--no-measure", action="store_true", help="skip latency and memory")
+    _add_config_args(p)
+
+    p = sub.add_parser("sweep", help="hyperparameter study over distillation settings")
+    p.add_argument("config", help="YAML run config (the base of every trial)")
+    p.add_argument("--grid", action="append", default=[], required=True,
+                   metavar="KEY=V1,V2|LO:HI", help="values or a range for one config key")
+    p.add_argument("--out", required=True, help="sweep folder")
+    p.add_argument("--seeds", type=int, help="shorthand for --sweep-set seeds=N")
+    p.add_argument("--jobs", type=int, help="shorthand for --sweep-set jobs=N")
+    p.add_argument("--storage", help="Optuna storage URL (SQLite in the sweep folder otherwise)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--sweep-set", dest="sweep_overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a SweepConfig value")
+
+    p = sub.add_parser("report", help="Markdown + plots from a sweep or a folder of runs")
+    p.add_argument("folder")
+
+    p = sub.add_parser("transcribe", help="transcribe audio files with a model")
+    p.add_argument("model")
+    p.add_argument("audio", nargs="+")
+
+    p = sub.add_parser("demo", help="the whole story: teacher, students with and without KD")
+    _add_config_args(p, positional=True)
+    p.add_argument("--librispeech", help="run on a LibriSpeech folder instead of the corpus")
+    return parser
+
+
+def _shorthand(overrides: list[str], **values) -> list[str]:
+    return overrides + [f"{k}={v}" for k, v in values.items() if v is not None]
+
+
+def cmd_prepare(args) -> None:
+    from asrkd.data.librispeech import prepare_librispeech
+
+    cfg = load_config(args.config, args.overrides, PrepareConfig)
+    paths = prepare_librispeech(args.root, args.parts, args.out, cfg)
+    for part, path in paths.items():
+        print(f"{part}\t{path}")
+
+
+def cmd_download(args) -> None:
+    from asrkd.data.librispeech import download_librispeech
+
+    kwargs = {"base_url": args.base_url} if args.base_url else {}
+    print(download_librispeech(args.target, args.parts, **kwargs))
+
+
+def cmd_corpus(args) -> None:
+    from asrkd.data.corpus import build_corpus
+
+    cfg = load_config(args.config, _shorthand(args.overrides, hours=args.hours), CorpusConfig)
+    print(build_corpus(cfg, args.out))
+
+
+def cmd_train(args) -> None:
+    from asrkd.train import train
+
+    cfg = load_config(args.config, args.overrides, Config)
+    if args.command == "distill" and cfg.distill.strategies == ("none",):
+        raise ConfigError("`asrkd distill` needs distill.strategy other than none")
+    out = train(cfg, resume=args.resume)
+    print((out / "summary.json").read_text())
+
+
+def cmd_evaluate(args) -> None:
+    from asrkd.evaluate import evaluate
+
+    cfg = load_config(args.config, _shorthand(args.overrides, threads=args.threads), EvalConfig)
+    summary = evaluate(args.model, args.cuts, args.out, cfg, measure=not args.no_measure)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_sweep(args) -> None:
+    from asrkd.sweep import parse_grid, sweep
+
+    base = load_config(args.config, args.overrides, Config)
+    extra = _shorthand(args.sweep_overrides, seeds=args.seeds, jobs=args.jobs,
+                       storage=args.storage)
+    sweep_cfg = load_config(None, extra, SweepConfig)
+    grid, ranges = parse_grid(args.grid)
+    print(sweep(base, grid, ranges, sweep_cfg, args.out))
+
+
+def cmd_report(args) -> None:
+    from asrkd.report import report
+
+    print(report(args.folder))
+
+
+def cmd_transcribe(args) -> None:
+    from asrkd.transcribe import transcribe_files
+
+    for path, text in transcribe_files(args.model, args.audio):
+        print(f"{path}\t{text}")
+
+
+def cmd_demo(args) -> None:
+    from asrkd.demo import DemoConfig, run_demo
+
+    cfg = load_config(args.config, args.overrides, DemoConfig)
+    run_demo(cfg, librispeech=args.librispeech)
+
+
+COMMANDS = {
+    "prepare": cmd_prepare, "download": cmd_download, "corpus": cmd_corpus,
+    "train": cmd_train, "distill": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep,
+    "report": cmd_report, "transcribe": cmd_transcribe, "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from asrkd.data.dataset import DataError
+    from asrkd.models.checkpoint import CheckpointError
+    from asrkd.runtime import TrainingError
+
+    try:
+        COMMANDS[args.command](args)
+    except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError) as err:
+        print(f"asrkd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
