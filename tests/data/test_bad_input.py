@@ -134,7 +134,7 @@ def test_chapter_without_transcript(corpus: Path, tmp_path: Path) -> None:
     cuts, report = _prepare(corpus, tmp_path / "skip")
     problem = _only_problem(report, "missing_transcript")
     assert problem["path"] == str(chapter) and "2 audio files have no text" in problem["reason"]
-    assert len(cuts) == N_UTTS - 2
+    assert len(cuts) == N_UTTS - 2 and report["n_audio_files_unused"] == 2
     with pytest.raises(DataError, match=re.escape(str(chapter)) + ".*no \\*.trans.txt"):
         _prepare(corpus, tmp_path / "fail", on_bad_text="fail")
 
@@ -213,6 +213,7 @@ def test_duplicate_ids(corpus: Path, tmp_path: Path, same_text: bool) -> None:
     problem = _only_problem(report, "duplicate_id")
     assert f"{bad.stem} appears 2 times" in problem["reason"]
     assert (bad.stem in cuts) == same_text
+    assert problem["action"] == ("kept one copy" if same_text else "skipped")
     assert len(cuts) == N_UTTS - (0 if same_text else 1)
     with pytest.raises(DataError, match=re.escape(bad.name) + ".*appears 2 times"):
         _prepare(corpus, tmp_path / "fail", on_bad_text="fail")

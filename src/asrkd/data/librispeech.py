@@ -172,7 +172,7 @@ def _read_transcripts(part_dir: Path, cfg: PrepareConfig, report: PrepareReport)
             if not line.strip():
                 continue
             report.n_transcript_lines += 1
-            utt_id, _, text = line.strip().partition(" ")
+            utt_id, text = (line.split(maxsplit=1) + [""])[:2]
             audio = trans.parent / f"{utt_id}.flac"
             if audio.is_file():
                 utts.append(Utterance(utt_id, audio, text.strip(), speaker=utt_id.split("-")[0]))
@@ -206,9 +206,12 @@ def _check_texts(
     for utt_id, same in by_id.items():
         if len(same) > 1:
             texts = {u.raw_text for u in same}
-            verdict = "same text, kept once" if len(texts) == 1 else "different texts, dropped"
+            verdict = "same text" if len(texts) == 1 else "different texts"
             reason = f"utterance id {utt_id} appears {len(same)} times ({verdict})"
-            report.handle(cfg, "on_bad_text", "duplicate_id", same[0].audio, reason, utt_id)
+            kept_one = "kept one copy" if len(texts) == 1 and cfg.on_bad_text == "skip" else ""
+            report.handle(
+                cfg, "on_bad_text", "duplicate_id", same[0].audio, reason, utt_id, kept_one
+            )
             if len(texts) > 1:
                 continue
         utt = _normalise(same[0], cfg, tok, report)
@@ -240,11 +243,12 @@ def _normalise(
 
 
 def _letters_outside(raw_text: str, tok: Tokenizer) -> set[str]:
-    """Letters and digits (after folding case and accents) that the vocabulary lacks."""
+    """Letters and digits (after folding case and accents) that the vocabulary lacks, and the
+    replacement character that marks bytes of a transcript that were not UTF-8."""
     folded = unicodedata.normalize("NFKD", raw_text)
     folded = "".join(c for c in folded if not unicodedata.combining(c)).lower()
     vocab = set(tok.symbols)
-    return {c for c in folded if c.isalnum() and c not in vocab}
+    return {c for c in folded if (c.isalnum() or c == "\ufffd") and c not in vocab}
 
 
 def _check_audio(
@@ -325,7 +329,7 @@ def _length_ok(utt: Utterance, cfg: PrepareConfig, tok: Tokenizer, report: Prepa
     if available < needed:
         reason = (
             f"{utt.seconds:.2f} s gives {available} CTC frames after 4x subsampling, but its "
-            f"{len(utt.text)}-character transcript needs {needed}"
+            f"transcript needs {needed} ({len(utt.text)} tokens + repeated characters)"
         )
         report.handle(cfg, "on_too_long", "too_short_for_ctc", utt.audio, reason, utt.utt_id)
         return False

@@ -61,12 +61,17 @@ class PrepareReport:
         path: Path | str,
         reason: str,
         utt_id: str = "",
+        action: str = "",
     ) -> str:
-        """Apply the policy `cfg.<policy_name>` to a problem: record it, or raise DataError."""
+        """Apply the policy `cfg.<policy_name>` to a problem: record it, or raise DataError.
+
+        Returns the policy; `action` overrides the reported action when the caller does
+        something milder than the policy says (e.g. keeps one of two identical lines).
+        """
         policy = getattr(cfg, policy_name)
         if policy == "fail":
             raise DataError(f"{path}: {reason} (prepare.{policy_name}=fail)")
-        action = ACTIONS[policy]
+        action = action or ACTIONS[policy]
         self.problems.append(Problem(kind, str(path), reason, action, utt_id))
         logger.warning("%s: %s -> %s (prepare.%s)", path, reason, action, policy_name)
         return policy
@@ -80,7 +85,8 @@ class PrepareReport:
         return (
             f"{self.part}: {self.n_cuts} cuts ({self.seconds / 3600:.2f} h) from "
             f"{self.n_transcript_lines} transcript lines and {self.n_audio_files} audio files; "
-            f"{len(self.problems)} problems ({kinds}); {lost} skipped"
+            f"{len(self.problems)} problems ({kinds}); {lost} skipped; "
+            f"{self.n_audio_files - self.n_cuts} audio files unused"
         )
 
     def write(self, path: Path) -> None:
@@ -92,6 +98,7 @@ class PrepareReport:
             "hours": round(self.seconds / 3600, 4),
             "counts": self.counts(),
             "n_skipped": sum(p.action == "skipped" for p in self.problems),
+            "n_audio_files_unused": self.n_audio_files - self.n_cuts,
             "problems": [asdict(p) for p in self.problems],
         }
         path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
