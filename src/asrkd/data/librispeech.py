@@ -235,7 +235,8 @@ def _normalise(
     if oov:
         chars = "".join(sorted(oov))
         reason = f"transcript of {utt.utt_id} has characters outside the vocabulary: {chars!r}"
-        if report.handle(cfg, "on_oov_chars", "oov_chars", utt.audio, reason, utt.utt_id) == "skip":
+        policy = report.handle(cfg, "on_oov_chars", "oov_chars", utt.audio, reason, utt.utt_id)
+        if policy == "skip":
             return None
         vocab = set(tok.symbols)
         text = " ".join("".join(c for c in text if c in vocab).split())
@@ -282,17 +283,14 @@ def _fix_format(
     rate = cfg.features.sample_rate
     if info.sample_rate != rate:
         reason = f"sample rate {info.sample_rate} Hz, expected {rate} Hz"
-        if (
-            report.handle(cfg, "on_wrong_rate", "wrong_rate", utt.audio, reason, utt.utt_id)
-            == "skip"
-        ):
+        policy = report.handle(cfg, "on_wrong_rate", "wrong_rate", utt.audio, reason, utt.utt_id)
+        if policy == "skip":
             return None
     if info.n_channels > 1:
         reason = f"{info.n_channels} channels, expected mono"
-        if (
-            report.handle(cfg, "on_multichannel", "multichannel", utt.audio, reason, utt.utt_id)
-            == "skip"
-        ):
+        kind = "multichannel"
+        policy = report.handle(cfg, "on_multichannel", kind, utt.audio, reason, utt.utt_id)
+        if policy == "skip":
             return None
     if info.sample_rate == rate and info.n_channels == 1:
         return utt
@@ -305,12 +303,12 @@ def convert_audio(src: Path, dst: Path, sample_rate: int) -> None:
     """Downmix to mono (channel mean) and resample with lhotse's port of torchaudio's sinc
     resampler (lhotse's own Recording.resample needs torchaudio or scipy, neither installed)."""
     import torch
-    from lhotse.augmentation.resample import Resample
+    from lhotse.augmentation.torchaudio import get_or_create_resampler
 
     audio, src_rate = sf.read(str(src), dtype="float32", always_2d=True)
     mono = torch.from_numpy(audio.mean(axis=1)).unsqueeze(0)
     if src_rate != sample_rate:
-        mono = Resample(src_rate, sample_rate)(mono)
+        mono = get_or_create_resampler(src_rate, sample_rate)(mono)  # kernel cached
     dst.parent.mkdir(parents=True, exist_ok=True)
     samples = np.clip(mono.squeeze(0).numpy(), -1.0, 1.0)
     sf.write(str(dst), samples, sample_rate, format="FLAC", subtype="PCM_16")
