@@ -9,33 +9,67 @@ exponentially decaying Gaussian noise with the requested RT60.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from asrkd.config import CorpusConfig
 
 RT60_DECAY_DB = 60.0  # RT60: the time the reverberant energy takes to fall by 60 dB
+MAX_FFT = 1 << 24  # longest resampling transform: 17 minutes at 16 kHz
 PEAK_LIMIT = 0.99  # scale an utterance down when a gain would clip it (the SNR is unchanged)
+
+
+@lru_cache(maxsize=1)
+def _smooth_sizes() -> np.ndarray:
+    """Sorted FFT lengths up to 2^24 with no prime factor above 11 (fast in pocketfft)."""
+    sizes = np.array([1], np.int64)
+    for prime in (2, 3, 5, 7, 11):
+        powers = prime ** np.arange(int(np.log(MAX_FFT) / np.log(prime)) + 1, dtype=np.int64)
+        sizes = np.outer(sizes, powers).ravel()
+        sizes = sizes[sizes <= MAX_FFT]
+    return np.sort(sizes)
+
+
+def _fft_sizes(n_min: int, ratio: float) -> tuple[int, int]:
+    """(n_in, n_out): n_in >= n_min a fast FFT length, n_out = round(n_in * ratio) a fair one.
+
+    An FFT whose length has a large prime factor is 10-20x slower. n_in is 11-smooth; n_out,
+    tied to n_in by the ratio, is taken from the first candidates with no prime factor above 47.
+    """
+    sizes = _smooth_sizes()
+    candidates = sizes[np.searchsorted(sizes, n_min) :][:64]
+    outs = np.round(candidates * ratio).astype(np.int64)
+    rest = outs.copy()
+    for prime in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47):
+        for _ in range(int(np.log2(MAX_FFT))):
+            divisible = rest % prime == 0
+            if not divisible.any():
+                break
+            rest[divisible] //= prime
+    hits = np.nonzero(rest == 1)[0]
+    best = hits[0] if len(hits) else 0  # no hit: still correct, only slower
+    return int(candidates[best]), int(outs[best])
 
 
 def resample(x: np.ndarray, sr_in: float, sr_out: float) -> np.ndarray:
     """Band-limited resampling by zero-padding or truncating the spectrum (ideal low-pass).
 
-    Zero padding both ends keeps the FFT's circular wrap-around out of the signal.
+    Zero padding both ends keeps the FFT's circular wrap-around out of the signal; the padded
+    length is picked so that both transforms have fast sizes.
     """
     if sr_in == sr_out or len(x) == 0:
         return x.astype(np.float32)
     pad = 256
-    xp = np.pad(x.astype(np.float64), pad)
-    n_out = round(len(xp) * sr_out / sr_in)
-    spec = np.fft.rfft(xp)
+    n_in, n_out = _fft_sizes(len(x) + 2 * pad, sr_out / sr_in)
+    spec = np.fft.rfft(np.pad(x.astype(np.float64), (pad, n_in - len(x) - pad)))
     n_bins = n_out // 2 + 1
     if n_bins <= len(spec):
         spec = spec[:n_bins]
     else:
         spec = np.concatenate([spec, np.zeros(n_bins - len(spec), spec.dtype)])
-    y = np.fft.irfft(spec, n_out) * (n_out / len(xp))
-    pad_out = round(pad * sr_out / sr_in)
+    y = np.fft.irfft(spec, n_out) * (n_out / n_in)
+    pad_out = round(pad * n_out / n_in)
     n_keep = round(len(x) * sr_out / sr_in)
     return y[pad_out : pad_out + n_keep].astype(np.float32)
 

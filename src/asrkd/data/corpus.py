@@ -247,7 +247,8 @@ def _write_voices(root: Path, speakers: list[Speaker], stats: list[dict[str, Any
     lines = [
         "# Voices of the synthetic corpus\n",
         "Speakers are disjoint between parts. pitch and rate multiply the engine's defaults;",
-        "formant > 1 is a shorter vocal tract (hibari voices only).\n",
+        "formant > 1 is a shorter vocal tract (hibari voices only). Engines: hibari = hibari-tts",
+        "(Apache-2.0), espeak = libespeak-ng from espeakng-loader (GPL-3.0).\n",
         "| speaker | part | engine | voice | variant | pitch | rate | formant | utts | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

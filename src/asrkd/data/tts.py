@@ -41,7 +41,9 @@ ESPEAK_VARIANTS = (
     "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
     "klatt", "klatt2", "klatt3", "klatt4",
 )  # fmt: skip
-ESPEAK_RATE_WPM = 175  # espeak-ng's default speaking rate, words per minute
+# espeak-ng's default, 175 words per minute, is ~19 characters/s: faster than read speech
+# (LibriSpeech ~15/s) and hard for CTC after subsampling. 150 matches hibari's pace.
+ESPEAK_RATE_WPM = 150
 ESPEAK_PITCH = 50  # espeak-ng's default base pitch parameter (0-100)
 HIBARI_VOICE = "heart"  # the one voice inside the hibari-tts wheel (others need a download)
 HIBARI_VOICED_HZ = 40.0  # hibari.dsp treats F0 below this as unvoiced
