@@ -14,3 +14,66 @@ def pytest_configure(config: pytest.Config) -> None:
     for path in (ROOT / "src", ROOT):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and distillation fixtures (tests/models, tests/distill, tests/test_evaluate.py, ...):
+# one small prepared tone corpus and one trained tiny teacher per session.
+
+KD_PARTS = {"train": 60, "dev": 10, "test": 10}
+TEACHER_STEPS = 200  # ~12 s on one CPU thread; dev WER ~5-10 % on the tone corpus
+
+
+def tiny_run_overrides(parts: dict[str, Path], out_dir: Path, steps: int) -> list[str]:
+    """`--set` overrides of a short CPU run of the tiny preset on `parts` (from prepared_parts).
+    One thread: on a shared 2-core machine torch's default of two threads is ~10x slower."""
+    return [
+        f"data.train_cuts={parts['train']}",
+        f"data.dev_cuts={parts['dev']}",
+        "data.max_batch_seconds=20",
+        f"train.max_steps={steps}",
+        f"train.out_dir={out_dir}",
+        "train.warmup_steps=30",
+        "train.eval_every=1000",
+        "train.lr=3e-3",
+        "train.threads=1",
+        "train.progress=false",
+        "model.preset=tiny",
+    ]
+
+
+@pytest.fixture(scope="session")
+def prepared_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """part -> cuts manifest of a 60/10/10-utterance tone corpus with 4 speakers per part."""
+    from asrkd.config import PrepareConfig
+    from asrkd.data.librispeech import prepare_librispeech
+    from tests.helpers import write_librispeech_tree
+
+    root = tmp_path_factory.mktemp("kd_corpus")
+    corpus = write_librispeech_tree(root, KD_PARTS, n_speakers=4)
+    return prepare_librispeech(
+        corpus, list(KD_PARTS), root / "prepared", PrepareConfig(), progress=False
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(prepared_parts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model.safetensors of a tiny Conformer-CTC trained on prepared_parts."""
+    from asrkd.config import load_config
+    from asrkd.train import train
+
+    out = tmp_path_factory.mktemp("kd_teacher") / "run"
+    train(load_config(None, tiny_run_overrides(prepared_parts, out, TEACHER_STEPS)))
+    return out / "model.safetensors"
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (restored after): on a shared 2-core machine two threads
+    spin against each other and small ops run ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,120 @@
+"""Model files: rebuilt from the file alone, clear errors for broken or foreign files, atomic."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from asrkd.data.text import Tokenizer
+from asrkd.models import PRESETS
+from asrkd.models.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
+from asrkd.models.conformer import ConformerCTC
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def odd_model() -> ConformerCTC:
+    """Dims that differ from every default, so they can only come from the file."""
+    torch.manual_seed(0)
+    dims = dataclasses.replace(
+        PRESETS["tiny"], vocab_size=7, n_mels=40, n_layers=3, conv_kernel=5, dropout=0.0
+    )
+    return ConformerCTC(dims).eval()
+
+
+TOKENIZER = Tokenizer(symbols=("<b>", " ", "a", "b", "c", "d", "e"))
+
+
+def test_model_rebuilt_from_its_file_alone_gives_identical_outputs(tmp_path: Path) -> None:
+    model = odd_model()
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model, TOKENIZER, config={"x": 1}, features={"n_mels": 40})
+    loaded, tok = load_model(path)
+    assert loaded.dims == model.dims
+    assert tok == TOKENIZER
+    assert not loaded.training
+    feats, lens = torch.randn(2, 77, 40), torch.tensor([77, 50])
+    with torch.no_grad():
+        a, b = model(feats, lens), loaded(feats, lens)
+    assert torch.equal(a.logits, b.logits)
+    assert all(torch.equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states))
+    _, meta = read_checkpoint(path)
+    assert meta["config"] == {"x": 1} and meta["features"] == {"n_mels": 40}
+
+
+def test_training_state_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.safetensors"
+    extra = {"optim.0.exp_avg": torch.arange(6.0).view(2, 3)}
+    save_checkpoint(path, odd_model(), TOKENIZER, extra_tensors=extra, train_state={"step": 5})
+    tensors, meta = read_checkpoint(path)
+    assert torch.equal(tensors["optim.0.exp_avg"], extra["optim.0.exp_avg"])
+    assert meta["train_state"] == {"step": 5}
+    assert load_model(path)[0].dims.n_layers == 3  # extra tensors do not disturb the model
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, 7])
+def test_truncated_file_is_a_clear_checkpoint_error(tmp_path: Path, keep: float) -> None:
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, odd_model(), TOKENIZER)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(keep if keep > 1 else len(data) * keep)])
+    with pytest.raises(CheckpointError, match="truncated") as err:
+        load_model(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file_is_a_checkpoint_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such model file"):
+        load_model(tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize("metadata", [None, {"format": "pt"}])
+def test_foreign_safetensors_file_is_refused(tmp_path: Path, metadata) -> None:
+    path = tmp_path / "other.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(path), metadata=metadata)
+    with pytest.raises(CheckpointError, match="not an asrkd checkpoint"):
+        load_model(path)
+
+
+def test_file_missing_model_tensors_fails_loudly(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, odd_model(), TOKENIZER)
+    tensors, meta = read_checkpoint(path)
+    del tensors["model.ctc_head.weight"]
+    raw = {k: (v if k == "format" else json.dumps(v)) for k, v in meta.items()}
+    save_file(tensors, str(path), metadata=raw)
+    with pytest.raises(RuntimeError, match="ctc_head.weight"):
+        load_model(path)
+
+
+def test_atomic_write_leaves_no_partial_file_when_the_writer_raises(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "model.safetensors"
+
+    def broken(tmp: str) -> None:
+        Path(tmp).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert list(target.parent.iterdir()) == []
+
+    target.write_bytes(b"old")
+    with pytest.raises(OSError):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"old"  # the previous file survives intact
+    assert list(target.parent.iterdir()) == [target]
+
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"new"))
+    assert target.read_bytes() == b"new"
+    assert list(target.parent.iterdir()) == [target]

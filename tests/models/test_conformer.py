@@ -1,0 +1,118 @@
+"""Conformer-CTC: subsampling arithmetic, padding invariance, hidden states, presets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from asrkd.models import PRESETS, build_model
+from asrkd.models.conformer import ConformerCTC, ConformerDims, Subsampling, subsampled_lengths
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dataclasses.replace(PRESETS["tiny"], vocab_size=29, n_mels=80, dropout=0.1)
+
+
+def tiny_model(seed: int = 0, **changes) -> ConformerCTC:
+    torch.manual_seed(seed)
+    return ConformerCTC(dataclasses.replace(TINY, **changes)).eval()
+
+
+def test_subsampling_output_frames_equal_subsampled_lengths_for_every_length() -> None:
+    torch.manual_seed(0)
+    sub = Subsampling(n_mels=80, channels=4, d_model=8)
+    for n in range(7, 401):
+        out = sub(torch.randn(1, n, 80))
+        assert out.shape == (1, int(subsampled_lengths(torch.tensor([n]))), 8), n
+    # The formula itself, checked against the conv arithmetic floor((T - 3) / 2) + 1 twice.
+    for n in range(7, 401):
+        once = (n - 3) // 2 + 1
+        assert int(subsampled_lengths(torch.tensor([n]))) == (once - 3) // 2 + 1
+
+
+@pytest.mark.parametrize("n_frames", [7, 8, 9, 10, 11, 33, 64, 101, 255, 400])
+def test_model_output_lengths_and_shapes(n_frames: int) -> None:
+    model = tiny_model()
+    with torch.no_grad():
+        out = model(torch.randn(1, n_frames, 80), torch.tensor([n_frames]))
+    n_out = int(subsampled_lengths(torch.tensor([n_frames])))
+    assert n_out >= 1
+    assert out.logits.shape == (1, n_out, TINY.vocab_size)
+    assert out.lengths.tolist() == [n_out]
+
+
+def test_batched_lengths_use_each_utterance_own_frames() -> None:
+    lens = torch.tensor([400, 7, 123, 56, 9])
+    with torch.no_grad():
+        out = tiny_model()(torch.randn(5, 400, 80), lens)
+    assert out.lengths.tolist() == subsampled_lengths(lens).tolist()
+    assert out.logits.shape[1] == int(out.lengths.max())
+
+
+def test_logits_do_not_depend_on_padding_or_batch_mates() -> None:
+    model = tiny_model()
+    torch.manual_seed(1)
+    short, long_ = torch.randn(1, 57, 80), torch.randn(1, 203, 80)
+    with torch.no_grad():
+        alone = model(short, torch.tensor([57]))
+        batch = torch.zeros(2, 203, 80)
+        batch[0, :57], batch[1] = short[0], long_[0]
+        batch[0, 57:] = 1e3 * torch.randn(146, 80)  # garbage in the padding must not matter
+        padded = model(batch, torch.tensor([57, 203]))
+    n = int(alone.lengths[0])
+    assert int(padded.lengths[0]) == n
+    torch.testing.assert_close(padded.logits[0, :n], alone.logits[0], atol=1e-5, rtol=1e-5)
+    for h_pad, h_alone in zip(padded.hidden_states, alone.hidden_states):
+        torch.testing.assert_close(h_pad[0, :n], h_alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_hidden_states_one_per_block_with_model_width() -> None:
+    model = tiny_model(n_layers=3)
+    with torch.no_grad():
+        out = model(torch.randn(2, 90, 80), torch.tensor([90, 60]))
+    assert len(out.hidden_states) == 3
+    for h in out.hidden_states:
+        assert h.shape == (2, out.logits.shape[1], TINY.d_model)
+    # The last hidden state is what the CTC head reads.
+    torch.testing.assert_close(model.ctc_head(out.hidden_states[-1]), out.logits)
+
+
+def test_eval_mode_is_deterministic_and_train_mode_uses_dropout() -> None:
+    model = tiny_model(dropout=0.3)
+    feats, lens = torch.randn(1, 80, 80), torch.tensor([80])
+    with torch.no_grad():
+        assert torch.equal(model(feats, lens).logits, model(feats, lens).logits)
+        model.train()
+        assert not torch.equal(model(feats, lens).logits, model(feats, lens).logits)
+
+
+def test_dims_reject_uneven_heads_and_even_kernels() -> None:
+    with pytest.raises(ValueError, match="head size"):
+        ConformerDims(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="head size"):
+        ConformerDims(d_model=12, n_heads=4)  # head size 3 is odd: rotary needs pairs
+    with pytest.raises(ValueError, match="odd"):
+        ConformerDims(conv_kernel=8)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_builds_and_runs(preset: str) -> None:
+    model = build_model(preset, vocab_size=29, n_mels=80, dropout=0.0).eval()
+    assert model.dims.vocab_size == 29 and model.dims.n_layers == PRESETS[preset].n_layers
+    with torch.no_grad():
+        out = model(torch.randn(1, 40, 80), torch.tensor([40]))
+    assert out.logits.shape == (1, 9, 29)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_librispeech_presets_follow_the_size_rules() -> None:
+    n = {
+        name: build_model(name, vocab_size=29, n_mels=80, dropout=0.1).n_params()
+        for name in ("conformer-m", "conformer-m-40", "conformer-m-15")
+    }
+    assert 20e6 <= n["conformer-m"] <= 35e6  # the ~30 M class of Conformer-M (it is ~26 M)
+    assert n["conformer-m-40"] <= 0.40 * n["conformer-m"]
+    assert n["conformer-m-15"] <= 0.15 * n["conformer-m"]
+    assert n["conformer-m-15"] < n["conformer-m-40"]
