@@ -403,7 +403,63 @@ class SweepConfig:
     n_trials: int = 0  # for TPE over ranges; 0 = the full grid
     prune: bool = False  # median pruner on dev WER
     metric: str = "dev_wer"
+    baseline: bool = True  # add one distill.strategy=none run per seed as the reference
+    measure: str = "preset"  # latency/memory: "all" trials, the first of each "preset", "none"
+    heartbeat_seconds: int = 10  # a worker marks its trial alive this often
+    grace_seconds: int = 60  # a RUNNING trial silent this long is stale: failed and retried
+    max_retries: int = 3  # retries of a trial that failed or went stale
+    prune_startup_trials: int = 5  # finished trials before the median pruner acts
+    prune_warmup_steps: int = 0  # training steps before a trial may be pruned
 
     def __post_init__(self) -> None:
         if self.seeds < 1 or self.jobs < 1:
             raise ConfigError("sweep.seeds and sweep.jobs must be >= 1")
+        _check_choice("sweep.metric", self.metric, ("dev_wer", "dev_cer"))
+        _check_choice("sweep.measure", self.measure, ("all", "preset", "none"))
+        if self.n_trials < 0 or self.max_retries < 0:
+            raise ConfigError("sweep.n_trials and sweep.max_retries must be >= 0")
+        if self.heartbeat_seconds < 1 or self.grace_seconds <= self.heartbeat_seconds:
+            raise ConfigError("sweep.heartbeat_seconds must be >= 1 and < sweep.grace_seconds")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """`asrkd demo`: corpus -> teacher -> students with and without distillation -> report.
+
+    `run` is the template of every training run (data paths and out_dir are filled in by the
+    demo). Scenario (a): students see every transcript. Scenario (b): students see transcripts
+    of `partial_fraction` of the train speakers; distilled students also use the rest as
+    untranscribed audio, the baseline does not.
+    """
+
+    out_dir: str = "runs/demo"
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    run: Config = field(default_factory=Config)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    teacher_preset: str = "demo-teacher"
+    teacher_steps: int = 1500
+    student_preset: str = "demo-student"
+    small_student_preset: str = "demo-student-xs"  # '' to skip the smaller student
+    student_steps: int = 800
+    strategies: tuple[str, ...] = ("logit", "sequence")  # logit at its defaults + the best other
+    partial_fraction: float = 0.3
+    librispeech_train_part: str = "train-clean-5"
+    librispeech_test_part: str = "test-other"
+    librispeech_dev_speakers: int = 3
+
+    def __post_init__(self) -> None:
+        from asrkd.distill.strategies import STRATEGIES
+        from asrkd.models import PRESETS
+
+        for preset in (self.teacher_preset, self.student_preset):
+            _check_choice("teacher_preset/student_preset", preset, PRESETS)
+        if self.small_student_preset:
+            _check_choice("small_student_preset", self.small_student_preset, PRESETS)
+        for strategy in self.strategies:
+            for name in strategy.split("+"):
+                _check_choice("strategies", name, STRATEGIES)
+        if not 0.0 < self.partial_fraction < 1.0:
+            raise ConfigError("partial_fraction must be in (0, 1)")
+        if min(self.teacher_steps, self.student_steps) <= 0:
+            raise ConfigError("teacher_steps and student_steps must be positive")

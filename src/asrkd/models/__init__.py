@@ -10,9 +10,13 @@ PRESETS: dict[str, ConformerDims] = {
     "conformer-m": ConformerDims(d_model=256, n_layers=16, n_heads=4, conv_kernel=31),
     "conformer-m-40": ConformerDims(d_model=192, n_layers=10, n_heads=4, conv_kernel=31),
     "conformer-m-15": ConformerDims(d_model=128, n_layers=9, n_heads=4, conv_kernel=31),
-    "demo-teacher": ConformerDims(d_model=144, n_layers=6, n_heads=4, conv_kernel=15),
-    "demo-student": ConformerDims(d_model=96, n_layers=4, n_heads=4, conv_kernel=15),
-    "demo-student-xs": ConformerDims(d_model=64, n_layers=3, n_heads=4, conv_kernel=15),
+    # Narrow subsampling convolutions: at full width they would cost as much as the blocks.
+    "demo-teacher": ConformerDims(d_model=144, n_layers=6, n_heads=4, conv_kernel=15,
+                                  subsampling_channels=32),
+    "demo-student": ConformerDims(d_model=96, n_layers=4, n_heads=4, conv_kernel=15,
+                                  subsampling_channels=32),
+    "demo-student-xs": ConformerDims(d_model=64, n_layers=3, n_heads=4, conv_kernel=15,
+                                     subsampling_channels=32),
     "tiny": ConformerDims(d_model=32, n_layers=2, n_heads=2, ff_mult=2, conv_kernel=7),
 }
 
