@@ -112,8 +112,13 @@ def test_second_build_reuses_without_running_the_teacher(teacher, prepared_parts
     index = cache.directory / "index.json"
     stamp = index.stat().st_mtime_ns
     again = CountingTeacher(teacher)
-    reused = build_cache(again, prepared_parts["dev"], TeacherRequest(transcripts=True),
-                         cache_root=tmp_path, progress=False)  # fmt: skip
+    reused = build_cache(
+        again,
+        prepared_parts["dev"],
+        TeacherRequest(transcripts=True),
+        cache_root=tmp_path,
+        progress=False,
+    )
     assert again.calls == 0  # logit and sequence runs share one cache
     assert reused.directory == cache.directory and index.stat().st_mtime_ns == stamp
 
@@ -141,12 +146,24 @@ def test_interrupted_build_never_looks_complete(teacher, prepared_parts, tmp_pat
     request = TeacherRequest(logits=True)
     crashing = CountingTeacher(teacher, fail_at=2)
     with pytest.raises(RuntimeError, match="teacher crashed"):
-        build_cache(crashing, prepared_parts["dev"], request, cache_root=tmp_path,
-                    batch_seconds=3.0, progress=False)  # fmt: skip
+        build_cache(
+            crashing,
+            prepared_parts["dev"],
+            request,
+            cache_root=tmp_path,
+            batch_seconds=3.0,
+            progress=False,
+        )
     directory = cache_dir_for(prepared_parts["dev"], tmp_path, request, 0)
     assert not (directory / "index.json").exists()
-    cache = build_cache(teacher, prepared_parts["dev"], request, cache_root=tmp_path,
-                        batch_seconds=3.0, progress=False)  # fmt: skip
+    cache = build_cache(
+        teacher,
+        prepared_parts["dev"],
+        request,
+        cache_root=tmp_path,
+        batch_seconds=3.0,
+        progress=False,
+    )
     assert len(cache) == 10
     assert [p.name for p in tmp_path.iterdir()] == [directory.name]  # no leftover .tmp
     assert len(TeacherCache(directory)) == 10
@@ -154,8 +171,9 @@ def test_interrupted_build_never_looks_complete(teacher, prepared_parts, tmp_pat
 
 def test_missing_cut_or_layer_is_a_key_error(teacher, prepared_parts, tmp_path) -> None:
     request = TeacherRequest(logits=True, hidden_layers=(1,))
-    cache = build_cache(teacher, prepared_parts["dev"], request, cache_root=tmp_path,
-                        progress=False)  # fmt: skip
+    cache = build_cache(
+        teacher, prepared_parts["dev"], request, cache_root=tmp_path, progress=False
+    )
     some = min(cache.entries)
     with pytest.raises(KeyError, match="lacks cuts"):
         cache.get([some, "no-such-cut"], request)

@@ -115,8 +115,10 @@ def test_hidden_distance_golden_value() -> None:
 
 def test_frame_kl_normalises_over_all_valid_frames_of_the_batch() -> None:
     s, t = pair(3)
-    per_utt = [frame_kl(s[i : i + 1, :n], t[i : i + 1, :n], LENS[i : i + 1], 1.0) for i, n in
-               enumerate(LENS.tolist())]  # fmt: skip
+    per_utt = [
+        frame_kl(s[i : i + 1, :n], t[i : i + 1, :n], LENS[i : i + 1], 1.0)
+        for i, n in enumerate(LENS.tolist())
+    ]
     expected = sum(v * n for v, n in zip(per_utt, LENS.tolist())) / LENS.sum()
     assert frame_kl(s, t, LENS, 1.0).item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -230,9 +232,15 @@ def peaked(paths: list[list[int]], t_max: int, scale: float = 30.0) -> torch.Ten
 
 
 def seq_batch(n: int) -> Batch:
-    return Batch(torch.zeros(n, 1, 1), torch.ones(n, dtype=torch.long),
-                 torch.zeros(n, 1, dtype=torch.long), torch.zeros(n, dtype=torch.long),
-                 torch.zeros(n, dtype=bool), [f"c{i}" for i in range(n)], [1.0] * n)  # fmt: skip
+    return Batch(
+        torch.zeros(n, 1, 1),
+        torch.ones(n, dtype=torch.long),
+        torch.zeros(n, 1, dtype=torch.long),
+        torch.zeros(n, dtype=torch.long),
+        torch.zeros(n, dtype=bool),
+        [f"c{i}" for i in range(n)],
+        [1.0] * n,
+    )
 
 
 def sequence_loss(student_logits: torch.Tensor, lengths: torch.Tensor, texts: list[str]):

@@ -37,8 +37,15 @@ def make_batch(texts: list[str], feat_lens: list[int], n_mels: int = 20) -> Batc
         targets[i, : len(x)] = torch.tensor(x, dtype=torch.long)
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(len(texts), max(feat_lens), n_mels, generator=g)
-    return Batch(feats, torch.tensor(feat_lens), targets, target_lens, target_lens > 0,
-                 [f"cut{i}" for i in range(len(texts))], [n / 100 for n in feat_lens])  # fmt: skip
+    return Batch(
+        feats,
+        torch.tensor(feat_lens),
+        targets,
+        target_lens,
+        target_lens > 0,
+        [f"cut{i}" for i in range(len(texts))],
+        [n / 100 for n in feat_lens],
+    )
 
 
 def model(dims: ConformerDims, seed: int) -> ConformerCTC:
@@ -115,8 +122,9 @@ def test_no_kd_is_ctc_on_labelled_utterances_only() -> None:
     distiller = Distiller(DistillConfig(), TOK, STUDENT)
     assert not distiller.needs_teacher
     total, terms = distiller(student, None, batch)
-    first = ctc_loss(student.logits[:1], student.lengths[:1], batch.targets[:1],
-                     batch.target_lens[:1])  # fmt: skip
+    first = ctc_loss(
+        student.logits[:1], student.lengths[:1], batch.targets[:1], batch.target_lens[:1]
+    )
     torch.testing.assert_close(total, first)
     assert set(terms) == {"ctc"}
 
@@ -181,8 +189,9 @@ def test_hidden_kd_aligns_teacher_frames_in_time() -> None:
     student = student_model(batch.feats, batch.feat_lens)
     n = student.logits.shape[1]
     g = torch.Generator().manual_seed(0)
-    teacher = TeacherOutput(lengths=2 * student.lengths,
-                            hidden={2: torch.randn(2, 2 * n, 48, generator=g)})  # fmt: skip
+    teacher = TeacherOutput(
+        lengths=2 * student.lengths, hidden={2: torch.randn(2, 2 * n, 48, generator=g)}
+    )
     total, terms = distiller(student, teacher, batch)
     assert torch.isfinite(terms["kd_hidden"])
     total.backward()
@@ -191,19 +200,22 @@ def test_hidden_kd_aligns_teacher_frames_in_time() -> None:
 
 def test_hidden_kd_needs_valid_layers_and_a_teacher() -> None:
     with pytest.raises(ValueError, match="outside"):
-        Distiller(DistillConfig(strategy="hidden", hidden_layer_map=((2, 0),)), TOK, STUDENT,
-                  TEACHER)  # fmt: skip
+        Distiller(
+            DistillConfig(strategy="hidden", hidden_layer_map=((2, 0),)), TOK, STUDENT, TEACHER
+        )
     with pytest.raises(ValueError, match="outside"):
-        Distiller(DistillConfig(strategy="hidden", hidden_layer_map=((0, 4),)), TOK, STUDENT,
-                  TEACHER)  # fmt: skip
+        Distiller(
+            DistillConfig(strategy="hidden", hidden_layer_map=((0, 4),)), TOK, STUDENT, TEACHER
+        )
     with pytest.raises(ValueError, match="exposes its layers"):
         Distiller(DistillConfig(strategy="hidden"), TOK, STUDENT, None)
 
 
 def test_combined_strategies_request_and_terms() -> None:
     batch = make_batch(["ab c", "d"], [90, 60])
-    cfg = DistillConfig(strategy="logit+sequence+hidden", weight=0.2, sequence_weight=0.3,
-                        hidden_weight=0.5)  # fmt: skip
+    cfg = DistillConfig(
+        strategy="logit+sequence+hidden", weight=0.2, sequence_weight=0.3, hidden_weight=0.5
+    )
     distiller = Distiller(cfg, TOK, STUDENT, TEACHER)
     assert distiller.request == TeacherRequest(True, True, (1, 3))
     # A same-width teacher so logits match; the hidden map is auto ((0, 0), (1, 1)).
@@ -212,8 +224,12 @@ def test_combined_strategies_request_and_terms() -> None:
     student = model(STUDENT, 0)(batch.feats, batch.feat_lens)
     total, terms = distiller(student, teacher, batch)
     assert set(terms) == {"ctc", "kd_logit", "kd_seq", "kd_hidden"}
-    expected = (0.5 * terms["ctc"] + 0.2 * terms["kd_logit"] + 0.3 * terms["kd_seq"]
-                + 0.5 * terms["kd_hidden"])  # fmt: skip
+    expected = (
+        0.5 * terms["ctc"]
+        + 0.2 * terms["kd_logit"]
+        + 0.3 * terms["kd_seq"]
+        + 0.5 * terms["kd_hidden"]
+    )
     torch.testing.assert_close(total, expected)
 
 

@@ -23,8 +23,14 @@ def model(seed: int, **changes) -> ConformerCTC:
 
 @pytest.mark.parametrize(
     ("n_student", "n_teacher", "expected"),
-    [(4, 16, [0, 5, 10, 15]), (2, 16, [0, 15]), (3, 5, [0, 2, 4]), (1, 6, [5]),
-     (4, 4, [0, 1, 2, 3]), (10, 16, [0, 2, 3, 5, 7, 8, 10, 12, 13, 15])],  # fmt: skip
+    [
+        (4, 16, [0, 5, 10, 15]),
+        (2, 16, [0, 15]),
+        (3, 5, [0, 2, 4]),
+        (1, 6, [5]),
+        (4, 4, [0, 1, 2, 3]),
+        (10, 16, [0, 2, 3, 5, 7, 8, 10, 12, 13, 15]),
+    ],
 )
 def test_evenly_spaced(n_student: int, n_teacher: int, expected: list[int]) -> None:
     assert evenly_spaced(n_student, n_teacher) == expected
@@ -64,9 +70,13 @@ def test_tensors_of_other_shapes_are_skipped_and_left_alone() -> None:
     teacher, student = model(1, n_layers=4), model(2, n_layers=2, ff_mult=4)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     report = init_from_teacher(student, teacher)
-    assert report.skipped and all(".ff1.net.1." in k or ".ff1.net.4.weight" in k
-                                  or ".ff2.net.1." in k or ".ff2.net.4.weight" in k
-                                  for k in report.skipped)  # fmt: skip
+    assert report.skipped and all(
+        ".ff1.net.1." in k
+        or ".ff1.net.4.weight" in k
+        or ".ff2.net.1." in k
+        or ".ff2.net.4.weight" in k
+        for k in report.skipped
+    )
     state = student.state_dict()
     for key in report.skipped:
         assert torch.equal(state[key], before[key])
