@@ -21,7 +21,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # one small prepared tone corpus and one trained tiny teacher per session.
 
 KD_PARTS = {"train": 60, "dev": 10, "test": 10}
-TEACHER_STEPS = 200  # ~12 s on one CPU thread; dev WER ~5-10 % on the tone corpus
+TEACHER_STEPS = 300  # ~15 s on one CPU thread; dev WER ~5 % on the tone corpus
 
 
 def tiny_run_overrides(parts: dict[str, Path], out_dir: Path, steps: int) -> list[str]:

@@ -1,0 +1,121 @@
+"""Evaluation: WER/CER against an independent edit distance and jiwer, result files, decoding."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import jiwer
+import pytest
+
+from asrkd.config import EvalConfig
+from asrkd.data.dataset import load_cuts
+from asrkd.evaluate import decode_cuts, error_rates, evaluate, measure_speed, score, write_results
+from asrkd.models.checkpoint import load_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def edit_distance(ref: list, hyp: list) -> int:
+    """Plain Levenshtein distance (the textbook dynamic programme)."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+def reference_rates(pairs: list[tuple[str, str]]) -> tuple[float, float]:
+    words = sum(edit_distance(r.split(), h.split()) for r, h in pairs)
+    chars = sum(edit_distance(list(r), list(h)) for r, h in pairs)
+    return words / sum(len(r.split()) for r, _ in pairs), chars / sum(len(r) for r, _ in pairs)
+
+
+def random_text(rng: random.Random, max_words: int) -> str:
+    words = ["a", "cat", "sat", "on", "the", "mat", "dog", "ran"]
+    return " ".join(rng.choice(words) for _ in range(rng.randint(0, max_words)))
+
+
+def test_error_rates_on_random_strings() -> None:
+    rng = random.Random(0)
+    for _ in range(30):
+        pairs = [(random_text(rng, 6), random_text(rng, 6)) for _ in range(rng.randint(1, 6))]
+        if not any(r for r, _ in pairs):
+            continue
+        results = [(f"u{i}", r, h) for i, (r, h) in enumerate(pairs)]
+        wer, cer = error_rates(results)
+        scored = [(r, h) for r, h in pairs if r]
+        want_wer, want_cer = reference_rates(scored)
+        assert wer == pytest.approx(want_wer) and cer == pytest.approx(want_cer)
+        refs, hyps = [r for r, _ in scored], [h for _, h in scored]
+        assert wer == pytest.approx(jiwer.wer(refs, hyps))
+        assert cer == pytest.approx(jiwer.cer(refs, hyps))
+
+
+HAND = [
+    ("u1", "the cat sat", "the bat sat down"),  # 1 substitution, 1 insertion
+    ("u2", "a dog", "dog"),  # 1 deletion
+    ("u3", "", "noise"),  # no reference: not scored
+]
+
+
+def test_hand_computed_case() -> None:
+    # Words: (1 + 1 + 1) errors / (3 + 2) reference words = 0.6.
+    # Characters: "the cat sat" -> "the bat sat down": 1 substitution + 5 insertions (" down");
+    # "a dog" -> "dog": 2 deletions ("a "). (6 + 2) / (11 + 5) = 0.5.
+    wer, cer = error_rates(HAND)
+    assert wer == pytest.approx(0.6) and cer == pytest.approx(0.5)
+    s = score(HAND)
+    assert s["wer"] == pytest.approx(0.6) and s["cer"] == pytest.approx(0.5)
+    assert (s["substitutions"], s["deletions"], s["insertions"]) == (1, 1, 1)
+    assert s["n_words"] == 5 and s["n_utterances"] == 2
+
+
+def test_no_reference_at_all_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no utterance with a reference"):
+        error_rates([("u", "", "hello")])
+
+
+def test_result_files(tmp_path: Path) -> None:
+    summary = write_results(HAND, tmp_path, "test-clean")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "errors-test-clean-greedy.txt",
+        "hyps-test-clean-greedy.txt",
+        "wer-test-clean-greedy.json",
+    ]
+    hyps = (tmp_path / "hyps-test-clean-greedy.txt").read_text().splitlines()
+    assert hyps == ["u1\tthe cat sat\tthe bat sat down", "u2\ta dog\tdog", "u3\t\tnoise"]
+    errors = (tmp_path / "errors-test-clean-greedy.txt").read_text()
+    assert errors.index("u1: 2 word errors") < errors.index("u2: 1 word errors")  # worst first
+    assert "u3" not in errors
+    assert json.loads((tmp_path / "wer-test-clean-greedy.json").read_text()) == summary
+    assert summary == score(HAND)
+
+
+def test_decode_and_evaluate_a_trained_model(
+    tiny_teacher: Path, prepared_parts: dict[str, Path], tmp_path: Path
+) -> None:
+    model, tok = load_model(tiny_teacher)
+    cuts = load_cuts(prepared_parts["test"])
+    model.train()
+    results = decode_cuts(model, cuts, tok, batch_seconds=5.0)
+    assert model.training  # mode restored
+    assert [r[0] for r in results] == sorted(cuts.ids)
+    assert all(ref == ref.lower() and ref for _, ref, _ in results)
+    assert error_rates(results)[0] < 0.5  # the teacher learnt the tone alphabet
+    # Decoding does not depend on how cuts are batched.
+    assert decode_cuts(model, cuts, tok, batch_seconds=100.0) == results
+
+    summary = evaluate(
+        tiny_teacher, [prepared_parts["test"]], tmp_path, EvalConfig(), measure=False
+    )
+    assert summary["sets"]["test"]["wer"] == pytest.approx(error_rates(results)[0])
+    assert summary["n_params"] == model.n_params()
+    assert json.loads((tmp_path / "summary.json").read_text())["sets"] == summary["sets"]
+    assert (tmp_path / "hyps-test-greedy.txt").is_file()
+
+    speed = measure_speed(model, cuts, EvalConfig(latency_utterances=3))
+    assert speed["latency_utterances"] == 3 and speed["rtf"] > 0
