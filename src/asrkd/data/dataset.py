@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def make_sampler(
 ) -> DynamicBucketingSampler:
     """Batches of at most cfg.max_batch_seconds of audio, grouped by duration."""
     n_buckets = max(1, min(cfg.num_buckets, len(cuts) // 2))
+    warnings.filterwarnings("ignore", "You are using DynamicBucketingSampler with an eagerly")
     return DynamicBucketingSampler(
         cuts,
         max_duration=cfg.max_batch_seconds,

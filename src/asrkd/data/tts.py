@@ -87,7 +87,13 @@ class EspeakEngine:
     """
 
     def __init__(self) -> None:
-        import espeakng_loader  # GPL-3.0 library: imported only when an espeak voice is used
+        try:
+            import espeakng_loader  # GPL-3.0 library: imported only when an espeak voice is used
+        except ImportError as err:
+            raise ImportError(
+                "the espeak corpus engine needs the optional GPL-3.0 package espeakng-loader: "
+                "pip install 'asrkd[espeak]', or set corpus.engines=[hibari]"
+            ) from err
 
         self._data_path = espeakng_loader.get_data_path().encode()
         self._dir = tempfile.mkdtemp(prefix="asrkd-espeak-")

@@ -17,7 +17,9 @@ PRESETS: dict[str, ConformerDims] = {
                                   subsampling_channels=32),
     "demo-student-xs": ConformerDims(d_model=64, n_layers=3, n_heads=4, conv_kernel=15,
                                      subsampling_channels=32),
+    # For tests: seconds to train on a handful of utterances.
     "tiny": ConformerDims(d_model=32, n_layers=2, n_heads=2, ff_mult=2, conv_kernel=7),
+    "tiny-xs": ConformerDims(d_model=16, n_layers=1, n_heads=2, ff_mult=2, conv_kernel=7),
 }
 
 

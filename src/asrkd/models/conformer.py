@@ -56,6 +56,18 @@ def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def normalize_feats(feats: Tensor, feat_lens: Tensor, eps: float = 1e-5) -> Tensor:
+    """Per-utterance mean and variance normalisation of each mel bin over its valid frames;
+    padding frames become 0. (B, T, F) -> (B, T, F). Part of the model, so a model file needs
+    no separate statistics and is insensitive to recording level."""
+    mask = padding_mask(feat_lens, feats.shape[1])[..., None]  # (B, T, 1)
+    n = feat_lens.clamp(min=1)[:, None, None].to(feats.dtype)
+    feats = feats.masked_fill(~mask, 0.0)
+    mean = feats.sum(1, keepdim=True) / n
+    var = ((feats - mean).masked_fill(~mask, 0.0) ** 2).sum(1, keepdim=True) / n
+    return ((feats - mean) / (var + eps).sqrt()).masked_fill(~mask, 0.0)
+
+
 class Subsampling(nn.Module):
     """(B, T, F) -> (B, T', D) with T' = subsampled_lengths(T)."""
 
@@ -178,8 +190,7 @@ class ConformerCTC(nn.Module):
 
     def forward(self, feats: Tensor, feat_lens: Tensor) -> ModelOutput:
         """feats (B, T, F) log-mel, feat_lens (B,) -> ModelOutput with T' = T // 4 roughly."""
-        feats = feats.masked_fill(~padding_mask(feat_lens, feats.shape[1])[..., None], 0.0)
-        x = self.subsampling(feats)
+        x = self.subsampling(normalize_feats(feats, feat_lens))
         lengths = subsampled_lengths(feat_lens)
         mask = padding_mask(lengths, x.shape[1])
         rope = rotary_tables(x.shape[1], self.dims.d_model // self.dims.n_heads, x.device)
