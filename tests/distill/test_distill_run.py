@@ -1,0 +1,124 @@
+"""Tiny end-to-end distillation runs on test-made data, one per strategy: the run folder holds its
+artifacts and the losses fell."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from asrkd.config import load_config
+from asrkd.data.dataset import collate, cut_text
+from asrkd.models.checkpoint import load_model, read_checkpoint
+from asrkd.train import Trainer
+from tests.conftest import tiny_run_overrides
+
+STEPS = 60  # metrics rows every 10 steps
+
+
+def distil(parts, teacher: Path, tmp_path: Path, overrides: list[str]):
+    """Run a short distillation; returns (run folder, trainer, fraction of unlabelled rows seen)."""
+    out = tmp_path / "run"
+    cfg = load_config(
+        None,
+        tiny_run_overrides(parts, out, STEPS)
+        + [f"teacher.path={teacher}", f"teacher.cache_dir={tmp_path / 'cache'}", "train.seed=1"]
+        + overrides,
+    )
+    trainer = Trainer(cfg)
+    seen = {"labelled": 0, "unlabelled": 0}
+    step = trainer.step
+
+    def counting_step(batch):
+        seen["labelled"] += int(batch.labelled.sum())
+        seen["unlabelled"] += int((~batch.labelled).sum())
+        return step(batch)
+
+    trainer.step = counting_step
+    trainer.run()
+    return out, trainer, seen
+
+
+def assert_run_ok(out: Path, strategy: str, terms: tuple[str, ...]) -> list[dict]:
+    for name in ("model.safetensors", "metrics.jsonl", "summary.json", "config.yaml"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["strategy"] == strategy and summary["steps"] == STEPS
+    assert summary["bad_steps"] == 0
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == STEPS // 10
+    for key in ("loss",) + terms:
+        first = (steps[0][key] + steps[1][key]) / 2
+        last = (steps[-1][key] + steps[-2][key]) / 2
+        assert last < first, (key, [r[key] for r in steps])
+    assert any("dev_wer" in r for r in rows)
+    model, _ = load_model(out / "model.safetensors")
+    assert model.dims.d_model == 32  # the student, without the distiller's projections
+    assert not any(
+        k.startswith("model.distill") for k in read_checkpoint(out / "model.safetensors")[0]
+    )
+    return steps
+
+
+def test_logit_kd_run(prepared_parts, tiny_teacher, tmp_path) -> None:
+    out, _, _ = distil(
+        prepared_parts, tiny_teacher, tmp_path, ["distill.strategy=logit", "distill.weight=0.5"]
+    )
+    assert_run_ok(out, "logit", ("ctc", "kd_logit"))
+    assert len(list((tmp_path / "cache").glob("*/index.json"))) == 1  # the cache was used
+
+
+def test_sequence_kd_run_uses_untranscribed_audio(prepared_parts, tiny_teacher, tmp_path) -> None:
+    out, trainer, seen = distil(
+        prepared_parts,
+        tiny_teacher,
+        tmp_path,
+        ["distill.strategy=sequence", "data.labelled_fraction=0.5"],
+    )
+    assert_run_ok(out, "sequence", ("kd_seq",))
+    untranscribed = [c for c in trainer.train_cuts if not cut_text(c)]
+    assert len(trainer.train_cuts) == 60 and len(untranscribed) == 30  # 2 of 4 speakers
+    assert seen["unlabelled"] > 0 and seen["labelled"] > 0
+
+
+def test_hidden_kd_run(prepared_parts, tiny_teacher, tmp_path) -> None:
+    out, trainer, _ = distil(
+        prepared_parts,
+        tiny_teacher,
+        tmp_path,
+        ["distill.strategy=hidden", "distill.hidden_weight=2"],
+    )
+    assert_run_ok(out, "hidden", ("kd_hidden",))
+    assert any(k.startswith("parts.hidden.projections") for k in trainer.distiller.state_dict())
+
+
+def test_logit_and_hidden_online_without_cache(prepared_parts, tiny_teacher, tmp_path) -> None:
+    out, _, _ = distil(
+        prepared_parts,
+        tiny_teacher,
+        tmp_path,
+        ["distill.strategy=logit+hidden", "distill.weight=0.5", "teacher.cache=false"],
+    )
+    assert_run_ok(out, "logit+hidden", ("kd_logit", "kd_hidden"))
+    assert not (tmp_path / "cache").exists()  # the teacher ran online
+
+
+def test_student_initialised_as_its_teacher_has_no_logit_kd_loss(
+    prepared_parts, tiny_teacher, tmp_path
+) -> None:
+    """init_from_teacher with the teacher's own preset: the student is the teacher, so the first
+    frame-level KD term is ~0 (fp16 cache rounding only) and the CTC term is the teacher's."""
+    out = tmp_path / "run"
+    extra = [
+        f"teacher.path={tiny_teacher}",
+        f"teacher.cache_dir={tmp_path / 'cache'}",
+        "distill.strategy=logit",
+        "distill.init_from_teacher=true",
+        "data.spec_augment=false",
+        "model.dropout=0",
+    ]
+    trainer = Trainer(load_config(None, tiny_run_overrides(prepared_parts, out, 1) + extra))
+    _, cuts = next(iter(trainer.batches()))
+    row = trainer.step(collate(cuts, trainer.tokenizer))
+    assert row["kd_logit"] < 1e-3
+    assert row["ctc"] < 0.5
