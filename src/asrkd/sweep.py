@@ -1,0 +1,712 @@
+"""Hyperparameter sweeps: an Optuna study whose trials are training runs.
+
+A sweep folder holds::
+
+    study.db          the Optuna study (SQLite) unless `--storage` names a shared database
+    sweep.json        the grid or ranges, the expanded grid points and the sweep options
+    config.yaml       the base config every trial overrides
+    results.jsonl     one row per finished run: settings, dev/test WER/CER, size, speed, state
+    trials/NAME/      each run's folder (see asrkd.train), with eval/ from asrkd.evaluate
+
+A grid (``--grid key=v1,v2,...``) is expanded here, seeds included as the `train.seed` dimension
+and settings that a point's strategy does not read dropped, so the no-distillation baseline runs
+once per seed, not once per weight x temperature. Optuna's GridSampler hands out the points by
+index. Ranges (``--grid key=lo:hi``) switch to TPE for `n_trials` trials, each running all seeds.
+Finished trials are never rerun; a trial whose worker died is failed (at once when the worker ran
+on this machine, else after `grace_seconds` without heartbeat) and retried, resuming its run from
+the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import socket
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from asrkd.config import Config, ConfigError, SweepConfig, replace, save_config, to_dict
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.jsonl"
+STRATEGY_KEY = "distill.strategy"
+SEED_KEY = "train.seed"
+# The settings each strategy reads: a swept key that no strategy of a grid point reads is dropped
+# from that point. Strategies missing here keep every key (no dedup, never a wrong one).
+STRATEGY_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "logit": ("distill.weight", "distill.temperature"),
+    "sequence": ("distill.sequence_weight",),
+    "hidden": ("distill.hidden_weight", "distill.hidden_layer_map"),
+}
+KD_ONLY_KEYS = ("teacher.cache", "teacher.cache_topk", "teacher.cache_dir", "data.unlabelled_cuts")
+# Settings every results row carries (None where the run's strategy ignores them).
+ROW_KEYS = (STRATEGY_KEY, "distill.weight", "distill.temperature", "model.preset", SEED_KEY)
+COST_KEYS = ("latency_ms", "rtf", "model_memory_mb", "peak_rss_mb")
+_RANGE = re.compile(
+    r"^\s*([-+]?[0-9.]+(?:e[-+]?\d+)?)\s*:\s*([-+]?[0-9.]+(?:e[-+]?\d+)?)"
+    r"\s*(:log)?\s*$",
+    re.IGNORECASE,
+)
+
+Point = dict[str, Any]  # config key -> value
+
+
+class SweepError(RuntimeError):
+    """Some trials of a sweep failed (their rows in results.jsonl say why)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid: parsing and expansion.
+
+
+def parse_grid(items: list[str]) -> tuple[dict[str, list], dict[str, tuple]]:
+    """``["distill.weight=0,0.1", "distill.temperature=1:4", "train.lr=1e-4:1e-2:log"]`` ->
+    (grid {key: [values]}, ranges {key: (lo, hi, log)}). Values are YAML scalars; ``lo:hi``
+    (numbers, with an optional ``:log``) is a range searched by TPE (ints for int settings)."""
+    grid: dict[str, list] = {}
+    ranges: dict[str, tuple] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not raw.strip():
+            raise ConfigError(f"--grid {item!r} is not of the form section.key=v1,v2 or =lo:hi")
+        if key in grid or key in ranges:
+            raise ConfigError(f"--grid names {key} twice")
+        match = _RANGE.match(raw)
+        if match:
+            lo, hi = (_scalar(v) for v in match.group(1, 2))
+            if not lo < hi:
+                raise ConfigError(f"--grid {item!r}: range needs low < high")
+            ranges[key] = (lo, hi, bool(match.group(3)))
+        else:
+            grid[key] = [_scalar(v) for v in raw.split(",")]
+    return grid, ranges
+
+
+def _scalar(raw: str) -> Any:
+    """A YAML scalar, except that YAML 1.1's strings like ``1e-3`` become numbers."""
+    value = yaml.safe_load(raw.strip())
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def relevant(key: str, strategy: str) -> bool:
+    """Whether a run with this (possibly '+'-joined) strategy reads config `key`."""
+    names = strategy.split("+")
+    if any(name not in STRATEGY_KEYS for name in names):
+        return True
+    if key in KD_ONLY_KEYS:
+        return names != ["none"]
+    used = {k for name in names for k in STRATEGY_KEYS[name]}
+    known = {k for keys in STRATEGY_KEYS.values() for k in keys}
+    return key not in known or key in used
+
+
+def expand_grid(
+    grid: dict[str, list], base: Config, seeds: int = 1, baseline: bool = True
+) -> list[Point]:
+    """Every grid point as {key: value}, seed last, in a stable order.
+
+    With `baseline`, distill.strategy=none joins the strategies when a distilling one is swept
+    (or set in `base`); keys a point's strategy ignores are dropped and equal points merged, so
+    the baseline runs once per seed (and per value of the keys it does read, e.g. model.preset).
+    """
+    grid = dict(grid)
+    base_strategy = base.distill.strategy
+    strategies = grid.get(STRATEGY_KEY, [base_strategy])
+    if baseline and "none" not in strategies:
+        grid[STRATEGY_KEY] = ["none", *strategies]
+    if SEED_KEY in grid:
+        if seeds != 1:
+            raise ConfigError("give either --seeds or --grid train.seed=..., not both")
+    else:
+        grid[SEED_KEY] = [base.train.seed + i for i in range(seeds)]
+    keys = [STRATEGY_KEY, *grid] if STRATEGY_KEY in grid else list(grid)  # strategy first
+    keys = [k for k in dict.fromkeys(keys) if k != SEED_KEY] + [SEED_KEY]
+    points: list[Point] = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, values))
+        strategy = str(point.get(STRATEGY_KEY, base_strategy))
+        point = {k: v for k, v in point.items() if relevant(k, strategy)}
+        if point not in points:
+            points.append(point)
+    return points
+
+
+def point_overrides(point: Point) -> list[str]:
+    """``key=value`` overrides for asrkd.config.replace (values written as YAML/JSON)."""
+    return [f"{k}={json.dumps(v)}" for k, v in point.items()]
+
+
+def point_name(index: int, point: Point) -> str:
+    """A readable, file-system-safe run folder name, e.g. ``003-logit-w0.1-T2-s0``."""
+    short = {
+        STRATEGY_KEY: "",
+        "distill.weight": "w",
+        "distill.temperature": "T",
+        SEED_KEY: "s",
+        "model.preset": "",
+    }
+    parts = [f"{short.get(k, k.rsplit('.', 1)[-1] + '=')}{v}" for k, v in point.items()]
+    name = re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join([f"{index:03d}", *parts]))
+    return name[:120]
+
+
+def make_spec(
+    base: Config, grid: dict[str, list], ranges: dict[str, tuple], sweep_cfg: SweepConfig
+) -> dict:
+    """What the study searches (JSON-able), every trial config validated up front."""
+    if not ranges:
+        points = expand_grid(grid, base, sweep_cfg.seeds, sweep_cfg.baseline)
+        for point in points:
+            replace(base, point_overrides(point))  # a bad value fails now, not mid-sweep
+        return {"mode": "grid", "points": points}
+    if sweep_cfg.n_trials < 1:
+        raise ConfigError("a range (--grid key=lo:hi) needs sweep.n_trials >= 1 (--trials N)")
+    if SEED_KEY in grid or SEED_KEY in ranges:
+        raise ConfigError("with ranges, set the number of seeds with --seeds")
+    seeds = [base.train.seed + i for i in range(sweep_cfg.seeds)]
+    for key, values in grid.items():
+        for value in values:
+            replace(base, point_overrides({key: value}))
+    flat = _flat(to_dict(base))
+    spec_ranges = {}
+    for key, (lo, hi, log_scale) in ranges.items():
+        replace(base, point_overrides({key: lo}))
+        replace(base, point_overrides({key: hi}))
+        is_int = isinstance(flat.get(key), int) and not isinstance(flat.get(key), bool)
+        spec_ranges[key] = {"low": lo, "high": hi, "log": log_scale, "int": is_int}
+    distilling = any(s != "none" for s in grid.get(STRATEGY_KEY, [base.distill.strategy]))
+    return {
+        "mode": "tpe",
+        "grid": grid,
+        "ranges": spec_ranges,
+        "seeds": seeds,
+        "baseline": sweep_cfg.baseline and distilling,
+    }
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The study: storage, recovery of dead trials, workers.
+
+
+def storage_url(sweep_cfg: SweepConfig, out_dir: str | Path) -> str:
+    return sweep_cfg.storage or f"sqlite:///{Path(out_dir).resolve() / 'study.db'}"
+
+
+def _retry_callback(sweep_cfg: SweepConfig) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Queues a failed trial again (same params, user attrs and grid point), max_retries times."""
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental / deprecated-name warnings
+        return (cls or optuna.storages.RetryFailedTrialCallback)(max_retry=sweep_cfg.max_retries)
+
+
+def open_storage(url: str, sweep_cfg: SweepConfig) -> optuna.storages.RDBStorage:
+    """RDB storage with heartbeats: a RUNNING trial silent for grace_seconds is stale."""
+    if url.startswith("sqlite"):
+        engine_kwargs: dict = {"connect_args": {"timeout": 300}}  # workers share one file
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    new_api = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
+    callback_arg = "heartbeat_stale_trial_callback" if new_api else "failed_trial_callback"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=sweep_cfg.heartbeat_seconds,
+            grace_period=sweep_cfg.grace_seconds,
+            **{callback_arg: _retry_callback(sweep_cfg)},
+        )
+
+
+def open_study(spec: dict, sweep_cfg: SweepConfig, out_dir: str | Path) -> optuna.Study:
+    """Create or load the study (every worker and machine opens it the same way)."""
+    storage = open_storage(storage_url(sweep_cfg, out_dir), sweep_cfg)
+    if spec["mode"] == "grid":
+        # the same seed everywhere, as optuna asks for distributed grid search
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(
+            {"point": list(range(len(spec["points"])))}, seed=0
+        )
+    else:
+        sampler = optuna.samplers.TPESampler(
+            n_startup_trials=min(10, max(2, sweep_cfg.n_trials // 3))
+        )
+    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+    if sweep_cfg.prune:
+        pruner = optuna.pruners.MedianPruner(
+            sweep_cfg.prune_startup_trials, sweep_cfg.prune_warmup_steps
+        )
+    return optuna.create_study(
+        storage=storage,
+        study_name=sweep_cfg.study_name,
+        sampler=sampler,
+        pruner=pruner,
+        direction="minimize",
+        load_if_exists=True,
+    )
+
+
+def _claim_spec(study: optuna.Study, spec: dict) -> None:
+    """Record what a new study searches; refuse to join a study that searches something else."""
+    stored = study.user_attrs.get("spec")
+    if stored is None:
+        study.set_user_attr("spec", spec)
+        if spec["mode"] == "tpe" and spec["baseline"]:
+            study.enqueue_trial({}, user_attrs={"baseline": True})
+    elif json.dumps(stored, sort_keys=True) != json.dumps(spec, sort_keys=True):
+        raise ConfigError(
+            f"study {study.study_name!r} was created with another grid or other seeds: "
+            "use another --out, --storage or study name"
+        )
+
+
+def _alive(pid: Any) -> bool:
+    """Whether process `pid` of this machine runs (a zombie, never reaped, does not)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def recover(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
+    """Before workers start: fail stale trials and, when the storage is local (SQLite), RUNNING
+    trials whose worker process on this machine is gone; then queue a retry of each failed
+    trial that has none yet. Returns the number of retries queued."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)  # queues their retries itself
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if local and t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid")):
+            try:
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # it finished meanwhile
+    trials = study.get_trials(deepcopy=True)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    callback = _retry_callback(sweep_cfg)
+    n_retries = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.number not in retried:
+            callback(study, t)
+            n_retries += 1
+    return n_retries
+
+
+def trial_point(study: optuna.Study, t: FrozenTrial) -> int | None:
+    """The grid point a trial runs, known from its grid id before it has suggested it."""
+    if "point" in t.params:
+        return int(t.params["point"])
+    grid_id = t.system_attrs.get("grid_id")
+    if grid_id is None or not isinstance(study.sampler, optuna.samplers.GridSampler):
+        return None
+    return int(study.sampler._all_grids[grid_id][0])
+
+
+def pending(study: optuna.Study, spec: dict, sweep_cfg: SweepConfig) -> tuple[int, int]:
+    """(trials a worker could start now, trials running)."""
+    trials = study.get_trials(deepcopy=False)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    if spec["mode"] == "grid":
+        claimed = {trial_point(study, t) for t in trials} - {None}
+        fresh = len(spec["points"]) - len(claimed)
+    else:
+        origins = {
+            t.system_attrs.get("failed_trial", t.number)
+            for t in trials
+            if not t.user_attrs.get("baseline") and "duplicate_of" not in t.user_attrs
+        }
+        fresh = max(0, sweep_cfg.n_trials - len(origins))
+    return waiting + fresh, running
+
+
+def work(
+    base: Config, spec: dict, sweep_cfg: SweepConfig, out_dir: str | Path, threads: int = 0
+) -> None:
+    """One worker: run trials until none is left to start, waiting while others run (they may
+    die, go stale and come back as retries)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    study = open_study(spec, sweep_cfg, out_dir)
+    objective = Objective(base, spec, sweep_cfg, Path(out_dir))
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
+        startable, running = pending(study, spec, sweep_cfg)
+        if startable:
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+        elif running:
+            time.sleep(sweep_cfg.heartbeat_seconds)
+        else:
+            return
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials: each runs one training run per seed it covers and records a row per run.
+
+
+class Objective:
+    """Optuna objective: the mean `metric` (dev WER or CER) over the trial's runs."""
+
+    def __init__(self, base: Config, spec: dict, sweep_cfg: SweepConfig, out_dir: Path) -> None:
+        self.base, self.spec, self.sweep_cfg, self.out_dir = base, spec, sweep_cfg, out_dir
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        runs = self.grid_runs(trial) if self.spec["mode"] == "grid" else self.tpe_runs(trial)
+        if not runs:
+            raise optuna.TrialPruned("another trial holds this grid point")
+        values = []
+        for i, (name, point) in enumerate(runs):
+            step_offset = i * self.base.train.max_steps  # runs of one trial report in sequence
+            row = run_point(
+                self.base,
+                point,
+                name,
+                self.out_dir,
+                self.sweep_cfg,
+                _reporter(trial, step_offset, self.sweep_cfg),
+                trial.number,
+            )
+            values.append(row[self.sweep_cfg.metric])
+        return statistics.fmean(values)
+
+    def grid_runs(self, trial: optuna.Trial) -> list[tuple[str, Point]]:
+        points = self.spec["points"]
+        index = trial.suggest_categorical("point", list(range(len(points))))
+        holder = _holder(trial, index)
+        if holder is not None:
+            trial.set_user_attr("duplicate_of", holder)
+            return []
+        return [(point_name(index, points[index]), points[index])]
+
+    def tpe_runs(self, trial: optuna.Trial) -> list[tuple[str, Point]]:
+        frozen = _frozen(trial)
+        if trial.user_attrs.get("baseline"):
+            params: Point = {STRATEGY_KEY: "none"}
+            prefix = "baseline"
+        else:
+            params = {k: trial.suggest_categorical(k, v) for k, v in self.spec["grid"].items()}
+            for key, r in self.spec["ranges"].items():
+                suggest = trial.suggest_int if r["int"] else trial.suggest_float
+                params[key] = suggest(key, r["low"], r["high"], log=r["log"])
+            prefix = f"trial-{frozen.system_attrs.get('failed_trial', trial.number):04d}"
+        strategy = str(params.get(STRATEGY_KEY, self.base.distill.strategy))
+        params = {k: v for k, v in params.items() if relevant(k, strategy)}
+        return [(f"{prefix}-s{seed}", {**params, SEED_KEY: seed}) for seed in self.spec["seeds"]]
+
+
+def _frozen(trial: optuna.Trial) -> FrozenTrial:
+    return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
+def _holder(trial: optuna.Trial, index: int) -> int | None:
+    """The number of another trial that finished or runs grid point `index` and started before
+    this one (a total order every worker agrees on: at most one of two racers runs it)."""
+    study = trial.study
+    me = _frozen(trial)
+    for t in study.get_trials(deepcopy=False):
+        if t.number == me.number or trial_point(study, t) != index:
+            continue
+        if "duplicate_of" in t.user_attrs:
+            continue
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            return t.number
+        if t.state == TrialState.RUNNING and (t.datetime_start, t.number) < (
+            me.datetime_start,
+            me.number,
+        ):
+            return t.number
+    return None
+
+
+def _reporter(
+    trial: optuna.Trial, step_offset: int, sweep_cfg: SweepConfig
+) -> Callable[[int, dict], None]:
+    """`train`'s on_eval: report the dev metric to optuna; prune when enabled and hopeless."""
+
+    def on_eval(step: int, row: dict) -> None:
+        trial.report(row[sweep_cfg.metric], step_offset + step)
+        if sweep_cfg.prune and trial.should_prune():
+            raise optuna.TrialPruned(f"{sweep_cfg.metric}={row[sweep_cfg.metric]:.4f} at {step}")
+
+    return on_eval
+
+
+def set_name(cuts_path: str | Path) -> str:
+    """The name asrkd.evaluate gives a cut manifest's results: cuts_dev.jsonl.gz -> dev."""
+    return Path(cuts_path).name.split(".")[0].removeprefix("cuts_")
+
+
+def run_point(
+    base: Config,
+    point: Point,
+    name: str,
+    out_dir: Path,
+    sweep_cfg: SweepConfig,
+    on_eval: Callable[[int, dict], None] | None = None,
+    trial: int = -1,
+) -> dict:
+    """Train (or finish training) one grid point in out_dir/trials/NAME, evaluate it on the dev
+    and test sets and append its row to results.jsonl (also when pruned or failed)."""
+    run_dir = out_dir / "trials" / name
+    finished = [r for r in read_rows(out_dir / RESULTS) if r["name"] == name]
+    if finished and finished[-1]["state"] == "COMPLETE":  # its worker died before telling optuna
+        return finished[-1]
+    cfg = replace(base, [*point_overrides(point), f"train.out_dir={run_dir}"])
+    row = _row_head(cfg, point, name, trial)
+    t0 = time.perf_counter()
+    try:
+        if not (run_dir / "summary.json").is_file():  # else trained already, died in evaluation
+            _train(cfg, run_dir, on_eval)
+        row.update(_evaluate_run(cfg, run_dir, out_dir, sweep_cfg))
+        row["state"] = "COMPLETE"
+    except optuna.TrialPruned:
+        row.update(state="PRUNED", **_best_so_far(run_dir))
+        raise
+    except Exception as err:
+        row.update(state="FAIL", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:  # no row for KeyboardInterrupt: that trial is resumed, not finished
+        if row["state"] is not None:
+            row["wall_seconds"] = time.perf_counter() - t0
+            append_row(out_dir / RESULTS, row)
+    return row
+
+
+def _train(cfg: Config, run_dir: Path, on_eval: Callable[[int, dict], None] | None) -> None:
+    from asrkd.train import train  # lazy: parsing a grid needs no torch
+
+    resume = any((run_dir / "checkpoints").glob("step-*.safetensors"))
+    if not resume:  # a previous attempt died before its first checkpoint: start clean
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    train(cfg, resume=resume, on_eval=on_eval)
+
+
+def _row_head(cfg: Config, point: Point, name: str, trial: int) -> dict:
+    flat = _flat(to_dict(cfg))
+    strategy = cfg.distill.strategy
+    keys = list(dict.fromkeys([*ROW_KEYS, *point]))
+    params = {k: flat.get(k) if relevant(k, strategy) else None for k in keys}
+    return {
+        "name": name,
+        "trial": trial,
+        "state": None,
+        "params": params,
+        "run_dir": f"trials/{name}",
+        "error": None,
+    }
+
+
+def _evaluate_run(cfg: Config, run_dir: Path, out_dir: Path, sweep_cfg: SweepConfig) -> dict:
+    from asrkd.evaluate import evaluate
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cost = _cost_of(out_dir, cfg.model.preset) if sweep_cfg.measure == "preset" else None
+    measure = sweep_cfg.measure == "all" or (sweep_cfg.measure == "preset" and cost is None)
+    sets = [cfg.data.dev_cuts, *cfg.data.test_cuts]
+    result = evaluate(run_dir / "model.safetensors", sets, run_dir / "eval", cfg.eval, measure)
+    dev = result["sets"][set_name(cfg.data.dev_cuts)]
+    test = result["sets"][set_name(cfg.data.test_cuts[0])] if cfg.data.test_cuts else {}
+    if measure:
+        cost = {**result["speed"], **result["memory"], "cost_from": run_dir.name}
+    cost = {k: (cost or {}).get(k) for k in (*COST_KEYS, "cost_from")}
+    return {
+        "dev_wer": dev["wer"],
+        "dev_cer": dev["cer"],
+        "test_wer": test.get("wer"),
+        "test_cer": test.get("cer"),
+        "sets": {k: {"wer": v["wer"], "cer": v["cer"]} for k, v in result["sets"].items()},
+        "n_params": result["n_params"],
+        "bytes_on_disk": result["bytes_on_disk"],
+        **cost,
+        "steps": summary["steps"],
+        "best_step": summary["best_step"],
+        "train_seconds": summary["train_seconds"],
+    }
+
+
+def _best_so_far(run_dir: Path) -> dict:
+    """dev WER/CER of the best evaluation a pruned run reached."""
+    evals = [r for r in read_rows(run_dir / "metrics.jsonl") if "dev_wer" in r]
+    best = min(evals, key=lambda r: r["dev_wer"], default={})
+    return {
+        "dev_wer": best.get("dev_wer"),
+        "dev_cer": best.get("dev_cer"),
+        "steps": evals[-1]["step"] if evals else 0,
+        "best_step": best.get("step"),
+    }
+
+
+def _cost_of(out_dir: Path, preset: str) -> dict | None:
+    """The latency/memory measured for a model preset by an earlier trial of this sweep."""
+    for row in reversed(read_rows(out_dir / RESULTS)):
+        if row["params"].get("model.preset") == preset and row.get("latency_ms") is not None:
+            return row
+    return None
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one JSON line; a lock keeps rows of concurrent workers whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point.
+
+
+def sweep(
+    base: Config,
+    grid: dict[str, list],
+    ranges: dict[str, tuple],
+    sweep_cfg: SweepConfig,
+    out_dir: str | Path,
+) -> Path:
+    """Run (or resume) a sweep into out_dir and return it; see the module docstring.
+
+    `grid` and `ranges` come from parse_grid. Raises SweepError when trials failed (after
+    running all others); running the same sweep again retries them and skips finished ones.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = make_spec(base, grid, ranges, sweep_cfg)
+    study = open_study(spec, sweep_cfg, out)
+    _claim_spec(study, spec)
+    n_retries = recover(study, sweep_cfg, storage_url(sweep_cfg, out).startswith("sqlite"))
+    if n_retries:
+        log.info("retrying %d trial(s) that failed or whose worker died", n_retries)
+    save_config(base, out / "config.yaml")
+    (out / "sweep.json").write_text(
+        json.dumps(
+            {
+                "sweep": to_dict(sweep_cfg),
+                "grid": grid,
+                "ranges": {k: list(v) for k, v in ranges.items()},
+                "spec": spec,
+            },
+            indent=1,
+        )
+    )
+    if sweep_cfg.jobs == 1:
+        work(base, spec, sweep_cfg, out)
+    else:
+        _warm_teacher_caches(base, spec, out)
+        _run_workers(base, spec, sweep_cfg, out)
+    failed = failed_trials(study)
+    if failed:
+        raise SweepError(
+            f"{len(failed)} trial(s) failed: {failed}; see {out / RESULTS}. "
+            "Run the sweep again to retry them."
+        )
+    return out
+
+
+def _run_workers(base: Config, spec: dict, sweep_cfg: SweepConfig, out: Path) -> None:
+    """`jobs` worker processes sharing the study; torch threads split between them."""
+    n_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (n_cpus or 1) // sweep_cfg.jobs)
+    ctx = multiprocessing.get_context("spawn")  # no forked torch or database state
+    procs = [
+        ctx.Process(target=work, args=(base, spec, sweep_cfg, out, threads))
+        for _ in range(sweep_cfg.jobs)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.join()
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+    bad = [p.exitcode for p in procs if p.exitcode != 0]
+    if bad:
+        raise SweepError(f"{len(bad)} sweep worker(s) exited with codes {bad}")
+
+
+def _warm_teacher_caches(base: Config, spec: dict, out: Path) -> None:
+    """Build each teacher-output cache the trials need once, here, so that parallel workers
+    reuse it instead of racing to build it."""
+    from asrkd.train import Trainer  # its constructor builds (or finds) the caches
+
+    if spec["mode"] == "grid":
+        cfgs = [replace(base, point_overrides(p)) for p in spec["points"]]
+    else:
+        strategies = spec["grid"].get(STRATEGY_KEY, [base.distill.strategy])
+        cfgs = [replace(base, point_overrides({STRATEGY_KEY: s})) for s in strategies]
+    seen = set()
+    for cfg in cfgs:
+        key = json.dumps([to_dict(cfg.teacher), cfg.distill.strategy, cfg.model.preset,
+                          cfg.distill.hidden_layer_map, cfg.data.train_cuts,
+                          cfg.data.unlabelled_cuts])  # fmt: skip
+        if cfg.distill.strategies == ("none",) or not cfg.teacher.cache or key in seen:
+            continue
+        seen.add(key)
+        tmp = out / ".cache-warmup"
+        shutil.rmtree(tmp, ignore_errors=True)
+        Trainer(replace(cfg, [f"train.out_dir={tmp}"]))
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def failed_trials(study: optuna.Study) -> list[int]:
+    """Numbers of trials that failed and were not retried successfully."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return [t.number for t in trials if t.state == TrialState.FAIL and t.number not in retried]

@@ -1,0 +1,271 @@
+"""Sweeps: grid parsing and expansion, and a real tiny sweep that is killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from asrkd.config import ConfigError, SweepConfig, load_config
+from asrkd.sweep import (
+    RESULTS,
+    _reporter,
+    expand_grid,
+    make_spec,
+    open_study,
+    parse_grid,
+    point_name,
+    read_rows,
+    relevant,
+    sweep,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_overrides(manifests: dict, steps: int, out_dir: Path | str) -> list[str]:
+    return [
+        f"data.train_cuts={manifests['train']}",
+        f"data.dev_cuts={manifests['dev']}",
+        f"data.test_cuts=[{manifests['test']}]",
+        "data.max_batch_seconds=20",
+        f"train.max_steps={steps}",
+        f"train.eval_every={steps // 2}",
+        f"train.checkpoint_every={steps // 2}",
+        "train.warmup_steps=5",
+        "train.threads=1",
+        "eval.threads=1",
+        "eval.latency_utterances=2",
+        "model.preset=tiny",
+        "train.progress=false",
+        f"train.out_dir={out_dir}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def sweep_data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Prepared manifests of a tiny synthetic corpus and a (briefly trained) tiny teacher."""
+    from asrkd.config import PrepareConfig
+    from asrkd.data.librispeech import prepare_librispeech
+    from asrkd.train import train
+    from tests.helpers import write_librispeech_tree
+
+    root = tmp_path_factory.mktemp("sweep_data")
+    tree = write_librispeech_tree(root, {"train": 40, "dev": 8, "test": 8}, n_speakers=4)
+    parts = prepare_librispeech(
+        tree, ["train", "dev", "test"], root / "data", PrepareConfig(), progress=False
+    )
+    manifests = {k: str(v) for k, v in parts.items()}
+    teacher = train(load_config(None, tiny_overrides(manifests, 20, root / "teacher")))
+    return {**manifests, "teacher": str(teacher / "model.safetensors")}
+
+
+def base_config(sweep_data: dict, steps: int = 20):
+    overrides = tiny_overrides(sweep_data, steps, "unused")
+    return load_config(
+        None, [*overrides, "distill.strategy=logit", f"teacher.path={sweep_data['teacher']}"]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing and expansion (no training).
+
+
+def test_parse_grid_values_and_ranges() -> None:
+    grid, ranges = parse_grid(
+        [
+            "distill.weight=0,0.02,0.5",
+            "distill.strategy=none,logit",
+            "train.lr=1e-3,2e-3",
+            "train.progress=true",
+            "distill.temperature=1.0:4",
+            "train.warmup_steps=10:100:log",
+        ]
+    )
+    assert grid == {
+        "distill.weight": [0, 0.02, 0.5],
+        "distill.strategy": ["none", "logit"],
+        "train.lr": [0.001, 0.002],  # YAML 1.1 reads 1e-3 as a string; we do not
+        "train.progress": [True],
+    }
+    assert ranges == {"distill.temperature": (1.0, 4, False), "train.warmup_steps": (10, 100, True)}
+
+
+@pytest.mark.parametrize(
+    "item", ["distill.weight", "=1,2", "distill.weight=", "distill.weight=0.9:0.1"]
+)
+def test_parse_grid_rejects(item: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_grid([item])
+
+
+def test_parse_grid_rejects_a_key_twice() -> None:
+    with pytest.raises(ConfigError, match="twice"):
+        parse_grid(["distill.weight=0,1", "distill.weight=0:1"])
+
+
+def test_expand_grid_runs_the_baseline_once_per_seed() -> None:
+    grid, _ = parse_grid(
+        [
+            "distill.weight=0,0.02,0.1,0.3,0.5,0.9",
+            "distill.temperature=1,2,4",
+            "distill.strategy=none,logit",
+        ]
+    )
+    points = expand_grid(grid, load_config(None), seeds=3)
+    baselines = [p for p in points if p["distill.strategy"] == "none"]
+    assert baselines == [{"distill.strategy": "none", "train.seed": s} for s in range(3)]
+    assert len(points) == 3 + 6 * 3 * 3
+    assert all(list(p)[-1] == "train.seed" for p in points)  # the seed is the last dimension
+    assert len({json.dumps(p, sort_keys=True) for p in points}) == len(points)
+    names = [point_name(i, p) for i, p in enumerate(points)]
+    assert len(set(names)) == len(names) and names[0] == "000-none-s0"
+
+
+def test_expand_grid_adds_the_baseline_and_keeps_what_it_reads() -> None:
+    base = load_config(None, ["distill.strategy=logit", "teacher.path=t.safetensors"])
+    grid = {"distill.weight": [0.1, 0.5], "model.preset": ["tiny", "demo-student-xs"]}
+    points = expand_grid(grid, base, seeds=1)
+    baselines = [p for p in points if p["distill.strategy"] == "none"]
+    assert baselines == [  # one reference per student size: the baseline reads model.preset
+        {"distill.strategy": "none", "model.preset": "tiny", "train.seed": 0},
+        {"distill.strategy": "none", "model.preset": "demo-student-xs", "train.seed": 0},
+    ]
+    assert len(points) == 2 + 2 * 2
+    no_baseline = expand_grid(grid, base, seeds=2, baseline=False)
+    assert len(no_baseline) == 2 * 2 * 2 and all("distill.strategy" not in p for p in no_baseline)
+
+
+def test_relevant_keys() -> None:
+    assert not relevant("distill.weight", "none")
+    assert not relevant("teacher.cache_topk", "none")
+    assert relevant("distill.weight", "logit+hidden")
+    assert not relevant("distill.hidden_weight", "logit")
+    assert relevant("distill.init_from_teacher", "none")
+    assert relevant("distill.weight", "some-future-strategy")  # unknown: never dropped
+
+
+def test_explicit_seed_dimension() -> None:
+    points = expand_grid({"train.seed": [7, 8]}, load_config(None), seeds=1)
+    assert points == [{"train.seed": 7}, {"train.seed": 8}]
+    with pytest.raises(ConfigError):
+        expand_grid({"train.seed": [7, 8]}, load_config(None), seeds=2)
+
+
+def test_make_spec_validates_every_point() -> None:
+    base = load_config(None, ["distill.strategy=logit", "teacher.path=t.safetensors"])
+    with pytest.raises(ConfigError, match="distill.weight"):
+        make_spec(base, {"distill.weight": [0.5, 1.5]}, {}, SweepConfig())
+    with pytest.raises(ConfigError, match="n_trials"):
+        make_spec(base, {}, {"distill.weight": (0.0, 0.9, False)}, SweepConfig())
+
+
+def test_reporter_prunes_only_when_enabled(tmp_path: Path) -> None:
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.5))
+    trial = study.ask()
+    _reporter(trial, 0, SweepConfig())(10, {"step": 10, "dev_wer": 0.9, "dev_cer": 0.5})
+    with pytest.raises(optuna.TrialPruned):
+        _reporter(trial, 0, SweepConfig(prune=True))(20, {"step": 20, "dev_wer": 0.9})
+    assert trial.study.get_trials()[0].intermediate_values == {10: 0.9, 20: 0.9}
+
+
+def test_tpe_sweep_runs_n_trials_each_with_every_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The optuna side of a TPE sweep, with training replaced by a quadratic."""
+    calls = []
+
+    def fake_run_point(base, point, name, out_dir, sweep_cfg, on_eval, trial):
+        calls.append((name, point))
+        weight = point.get("distill.weight", 0.0)
+        return {"dev_wer": (weight - 0.3) ** 2 + 0.01 * point["train.seed"]}
+
+    monkeypatch.setattr("asrkd.sweep.run_point", fake_run_point)
+    base = load_config(None, ["distill.strategy=logit", "teacher.path=t.safetensors"])
+    grid, ranges = parse_grid(["distill.weight=0.0:0.9"])
+    cfg = SweepConfig(seeds=2, n_trials=4)
+    sweep(base, grid, ranges, cfg, tmp_path)
+    names = [name for name, _ in calls]
+    assert names[:2] == ["baseline-s0", "baseline-s1"]
+    assert calls[0][1] == {"distill.strategy": "none", "train.seed": 0}
+    assert len(names) == 2 + 4 * 2 and len(set(names)) == len(names)
+    sweep(base, grid, ranges, cfg, tmp_path)  # finished: nothing runs again
+    assert len(calls) == 10
+    study = open_study(make_spec(base, grid, ranges, cfg), cfg, tmp_path)
+    assert len(study.trials) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# A real sweep: killed during its second trial, then resumed.
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"sweep exited early ({proc.returncode})")
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the sweep")
+        time.sleep(0.1)
+
+
+def _killed_mid_trial(out: Path) -> bool:
+    """A row is written and a trial without a row has a checkpoint."""
+    done = {r["name"] for r in read_rows(out / RESULTS)}
+    return bool(done) and any(
+        any((d / "checkpoints").glob("step-*.safetensors"))
+        for d in (out / "trials").iterdir()
+        if d.name not in done
+    )
+
+
+@pytest.mark.slow
+def test_sweep_killed_and_resumed_runs_each_trial_once(sweep_data: dict, tmp_path: Path) -> None:
+    base = base_config(sweep_data, steps=20)
+    grid = {"distill.weight": [0.1, 0.5]}  # + the baseline = 3 trials
+    cfg = SweepConfig(jobs=2, heartbeat_seconds=1, grace_seconds=600)
+    out = tmp_path / "sweep"
+    code = (
+        "import pickle, sys; from asrkd.sweep import sweep; "
+        "sweep(*pickle.loads(bytes.fromhex(sys.argv[1])))"
+    )
+    import pickle
+
+    args = pickle.dumps((base, grid, {}, cfg, out)).hex()
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+    proc = subprocess.Popen([sys.executable, "-c", code, args], env=env, start_new_session=True)
+    try:
+        _wait_for(lambda: (out / "trials").is_dir() and _killed_mid_trial(out), 240, proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers, like a lost machine
+        proc.wait()
+    rows_before = read_rows(out / RESULTS)
+    assert 1 <= len(rows_before) < 3
+
+    # grace_seconds=600: only the dead-worker check can free the killed trial in time
+    sweep(base, grid, {}, SweepConfig(jobs=1, heartbeat_seconds=1, grace_seconds=600), out)
+    rows = read_rows(out / RESULTS)
+    assert rows[: len(rows_before)] == rows_before
+    assert sorted(r["name"] for r in rows) == [
+        "000-none-s0",
+        "001-logit-w0.1-s0",
+        "002-logit-w0.5-s0",
+    ]
+    assert all(r["state"] == "COMPLETE" and r["steps"] == 20 for r in rows)
+    assert len(list((out / "trials").iterdir())) == 3
+    assert rows[0]["latency_ms"] is not None and all(r["latency_ms"] for r in rows)
+
+    spec = make_spec(base, grid, {}, cfg)
+    study = open_study(spec, cfg, out)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    n_trials = len(study.trials)
+    sweep(base, grid, {}, SweepConfig(heartbeat_seconds=1, grace_seconds=600), out)
+    assert len(read_rows(out / RESULTS)) == 3 and len(study.trials) == n_trials
