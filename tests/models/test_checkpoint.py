@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -87,15 +89,41 @@ def test_foreign_safetensors_file_is_refused(tmp_path: Path, metadata) -> None:
         load_model(path)
 
 
-def test_file_missing_model_tensors_fails_loudly(tmp_path: Path) -> None:
-    path = tmp_path / "m.safetensors"
-    save_checkpoint(path, odd_model(), TOKENIZER)
+def rewrite(path: Path, edit) -> None:
+    """Rewrite an asrkd file after edit(tensors, meta) changed it in place."""
     tensors, meta = read_checkpoint(path)
-    del tensors["model.ctc_head.weight"]
+    edit(tensors, meta)
     raw = {k: (v if k == "format" else json.dumps(v)) for k, v in meta.items()}
     save_file(tensors, str(path), metadata=raw)
-    with pytest.raises(RuntimeError, match="ctc_head.weight"):
+
+
+@pytest.mark.parametrize(
+    ("edit", "detail"),
+    [
+        (lambda t, m: t.pop("model.ctc_head.weight"), "ctc_head.weight"),
+        (lambda t, m: m["dims"].update(d_model=64), "size mismatch"),
+        (lambda t, m: m["dims"].update(new_field=1), "new_field"),
+    ],
+)
+def test_file_that_does_not_fit_the_model_is_a_checkpoint_error(tmp_path, edit, detail) -> None:
+    """Tensors or dims of another model (another version): a CheckpointError, which the CLI
+    reports cleanly, rather than a bare load_state_dict or TypeError traceback."""
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, odd_model(), TOKENIZER)
+    rewrite(path, edit)
+    with pytest.raises(CheckpointError, match="does not fit an asrkd model") as err:
         load_model(path)
+    assert detail in str(err.value) and str(path) in str(err.value)
+
+
+def test_written_files_follow_the_umask(tmp_path: Path) -> None:
+    """Not 0600 like mkstemp's files: a model file is meant to be shared."""
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "m.safetensors", odd_model(), TOKENIZER)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode) == 0o644
 
 
 def test_atomic_write_leaves_no_partial_file_when_the_writer_raises(tmp_path: Path) -> None:

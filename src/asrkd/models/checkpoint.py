@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,14 @@ def atomic_write(path: str | Path, write) -> None:
     """Call write(tmp_path) and rename the result over `path` (same directory, so atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # Not mkstemp, and safetensors also writes 0600: a model file is for sharing, so it gets the
+    # mode the umask gives a new file (read here from the placeholder, without touching the umask).
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"))
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = os.stat(tmp).st_mode & 0o777
     try:
         write(tmp)
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -101,7 +105,11 @@ def model_from_tensors(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Conf
 def load_model(path: str | Path) -> tuple[ConformerCTC, Tokenizer]:
     """Rebuild a model and its tokenizer from the file alone (eval mode, CPU)."""
     tensors, meta = read_checkpoint(path)
-    return model_from_tensors(tensors, meta), Tokenizer.from_json(json.dumps(meta["tokenizer"]))
+    try:
+        model = model_from_tensors(tensors, meta)
+    except (KeyError, TypeError, RuntimeError) as err:  # dims or tensors of another model
+        raise CheckpointError(f"{path}: does not fit an asrkd model ({err})") from err
+    return model, Tokenizer.from_json(json.dumps(meta["tokenizer"]))
 
 
 def rng_state() -> dict[str, Tensor]:
