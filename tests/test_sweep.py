@@ -14,6 +14,7 @@ import optuna
 import pytest
 
 from asrkd.config import ConfigError, SweepConfig, load_config
+from asrkd.report import report
 from asrkd.sweep import (
     RESULTS,
     _reporter,
@@ -269,3 +270,5 @@ def test_sweep_killed_and_resumed_runs_each_trial_once(sweep_data: dict, tmp_pat
     n_trials = len(study.trials)
     sweep(base, grid, {}, SweepConfig(heartbeat_seconds=1, grace_seconds=600), out)
     assert len(read_rows(out / RESULTS)) == 3 and len(study.trials) == n_trials
+    text = report(out).read_text()  # from the recorded rows of a real sweep
+    assert "Best overall" in text and text.count("| [0") == 3

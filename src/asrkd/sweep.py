@@ -693,9 +693,16 @@ def _warm_teacher_caches(base: Config, spec: dict, out: Path) -> None:
         cfgs = [replace(base, point_overrides({STRATEGY_KEY: s})) for s in strategies]
     seen = set()
     for cfg in cfgs:
-        key = json.dumps([to_dict(cfg.teacher), cfg.distill.strategy, cfg.model.preset,
-                          cfg.distill.hidden_layer_map, cfg.data.train_cuts,
-                          cfg.data.unlabelled_cuts])  # fmt: skip
+        key = json.dumps(
+            [
+                to_dict(cfg.teacher),
+                cfg.distill.strategy,
+                cfg.model.preset,
+                cfg.distill.hidden_layer_map,
+                cfg.data.train_cuts,
+                cfg.data.unlabelled_cuts,
+            ]
+        )
         if cfg.distill.strategies == ("none",) or not cfg.teacher.cache or key in seen:
             continue
         seen.add(key)
