@@ -182,7 +182,9 @@ def make_spec(
             replace(base, point_overrides(point))  # a bad value fails now, not mid-sweep
         return {"mode": "grid", "points": points}
     if sweep_cfg.n_trials < 1:
-        raise ConfigError("a range (--grid key=lo:hi) needs sweep.n_trials >= 1 (--trials N)")
+        raise ConfigError(
+            "a range (--grid key=lo:hi) needs sweep.n_trials >= 1 (--sweep-set n_trials=N)"
+        )
     if SEED_KEY in grid or SEED_KEY in ranges:
         raise ConfigError("with ranges, set the number of seeds with --seeds")
     seeds = [base.train.seed + i for i in range(sweep_cfg.seeds)]
