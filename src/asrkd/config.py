@@ -328,6 +328,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if len(args) != len(value):
             raise ConfigError(f"{where} must have {len(args)} items, got {value!r}")
         return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
     try:
         if hint is bool:
             if isinstance(value, str):
