@@ -23,12 +23,14 @@ import fcntl
 import itertools
 import json
 import logging
-import multiprocessing
 import os
+import pickle
 import re
 import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -314,6 +316,7 @@ def recover(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
     """Before workers start: fail stale trials and, when the storage is local (SQLite), RUNNING
     trials whose worker process on this machine is gone; then queue a retry of each failed
     trial that has none yet. Returns the number of retries queued."""
+    n_waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optuna.storages.fail_stale_trials(study)  # queues their retries itself
@@ -327,12 +330,10 @@ def recover(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
     trials = study.get_trials(deepcopy=True)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     callback = _retry_callback(sweep_cfg)
-    n_retries = 0
     for t in trials:
         if t.state == TrialState.FAIL and t.number not in retried:
-            callback(study, t)
-            n_retries += 1
-    return n_retries
+            callback(study, t)  # does nothing past max_retries
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - n_waiting
 
 
 def trial_point(study: optuna.Study, t: FrozenTrial) -> int | None:
@@ -661,24 +662,28 @@ def sweep(
 
 
 def _run_workers(base: Config, spec: dict, sweep_cfg: SweepConfig, out: Path) -> None:
-    """`jobs` worker processes sharing the study; torch threads split between them."""
+    """`jobs` worker processes sharing the study; torch threads split between them. Workers are
+    fresh interpreters that import only asrkd (multiprocessing's spawn would re-run the caller's
+    script in each worker unless it had an ``if __name__ == "__main__"`` guard)."""
     n_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = max(1, (n_cpus or 1) // sweep_cfg.jobs)
-    ctx = multiprocessing.get_context("spawn")  # no forked torch or database state
-    procs = [
-        ctx.Process(target=work, args=(base, spec, sweep_cfg, out, threads))
-        for _ in range(sweep_cfg.jobs)
-    ]
-    for proc in procs:
-        proc.start()
+    payload = pickle.dumps((base, spec, sweep_cfg, out, threads))
+    code = "import pickle, sys; from asrkd.sweep import work; work(*pickle.load(sys.stdin.buffer))"
+    src = str(Path(__file__).resolve().parents[1])  # asrkd importable however we were started
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    procs = []
     try:
-        for proc in procs:
-            proc.join()
+        for _ in range(sweep_cfg.jobs):
+            proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=env)
+            proc.stdin.write(payload)
+            proc.stdin.close()
+            procs.append(proc)
+        codes = [proc.wait() for proc in procs]
     finally:
         for proc in procs:
-            if proc.is_alive():
+            if proc.poll() is None:
                 proc.terminate()
-    bad = [p.exitcode for p in procs if p.exitcode != 0]
+    bad = [c for c in codes if c != 0]
     if bad:
         raise SweepError(f"{len(bad)} sweep worker(s) exited with codes {bad}")
 
