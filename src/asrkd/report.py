@@ -6,7 +6,7 @@ seeds; heatmaps of dev WER over distill.weight x distill.temperature; a Pareto p
 against student size and latency when several model presets were swept; every run in a table.
 
 A *setting* is a row's params without the seed; the baseline of a setting is the
-distill.strategy=none setting that agrees with it on every key outside distill.* and teacher.*.
+distill.strategy=none setting that agrees with it on every key plain training reads.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from asrkd.sweep import RESULTS, SEED_KEY, STRATEGY_KEY, read_rows
+from asrkd.sweep import RESULTS, SEED_KEY, STRATEGY_KEY, read_rows, relevant
 
 WEIGHT_KEY, TEMPERATURE_KEY, PRESET_KEY = "distill.weight", "distill.temperature", "model.preset"
-KD_PREFIXES = ("distill.", "teacher.")
 Setting = tuple[tuple[str, Any], ...]  # sorted (key, value) pairs, seed excluded
 
 
@@ -40,15 +39,16 @@ def load_rows(folder: str | Path) -> list[dict]:
 
 
 def setting_of(row: dict) -> Setting:
-    return tuple(sorted((k, v) for k, v in row["params"].items() if k != SEED_KEY))
+    """A row's params without the seed and without keys its strategy ignores (None)."""
+    items = row["params"].items()
+    return tuple(sorted((k, v) for k, v in items if k != SEED_KEY and v is not None))
 
 
 def baseline_of(setting: Setting) -> Setting:
-    """The no-distillation setting a setting is compared against."""
-    kept = [(k, v) for k, v in setting if not k.startswith(KD_PREFIXES)]
-    known = {k for k, _ in setting if k.startswith(KD_PREFIXES)}
-    none = [(k, "none" if k == STRATEGY_KEY else None) for k in known]
-    return tuple(sorted(kept + none))
+    """The no-distillation setting a setting is compared against: strategy none, the same
+    values of every key that plain training reads (preset, lr, init_from_teacher, ...)."""
+    kept = [(k, v) for k, v in setting if k != STRATEGY_KEY and relevant(k, "none")]
+    return tuple(sorted([*kept, (STRATEGY_KEY, "none")]))
 
 
 def summarise(rows: list[dict]) -> list[dict]:
