@@ -465,3 +465,34 @@ class DemoConfig:
             raise ConfigError("partial_fraction must be in (0, 1)")
         if min(self.teacher_steps, self.student_steps) <= 0:
             raise ConfigError("teacher_steps and student_steps must be positive")
+
+
+EXPORT_FORMATS = ("onnx",)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`asrkd export`: a model file -> one self-contained ONNX file (weights, tokenizer and
+    feature settings in its metadata), optionally with int8 weights."""
+
+    format: str = "onnx"
+    opset: int = 18  # ONNX operator set, 18..22
+    quantize: bool = False  # int8 weights (dynamic quantisation) for the ops in quantize_ops
+    # Conv adds the convolutions: a smaller file still, but onnxruntime's ConvInteger is slower
+    # on CPU than its fp32 convolutions (benchmarks/export.py).
+    quantize_ops: tuple[str, ...] = ("MatMul", "Gemm")
+    verify: bool = True  # run the exported fp32 graph against eager PyTorch before saving
+    verify_tolerance: float = 1e-4  # max abs logit difference accepted by `verify`
+
+    def __post_init__(self) -> None:
+        _check_choice("format", self.format, EXPORT_FORMATS)
+        # 18: the lowest the torch.export-based exporter targets. 23 turns attention into ONNX
+        # Attention, whose onnxruntime 1.32 kernel rejects our broadcast (B, 1, 1, T') key mask.
+        if not 18 <= self.opset <= 22:
+            raise ConfigError(f"opset={self.opset} is outside the supported 18..22")
+        for op in self.quantize_ops:
+            _check_choice("quantize_ops", op, ("MatMul", "Gemm", "Conv"))
+        if not self.quantize_ops and self.quantize:
+            raise ConfigError("quantize=true needs at least one of quantize_ops")
+        if self.verify_tolerance <= 0:
+            raise ConfigError("verify_tolerance must be positive")

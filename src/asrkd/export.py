@@ -1,0 +1,254 @@
+"""Export a model file for on-device inference: one self-contained ONNX file.
+
+The graph takes feats (B, T, F) float32 log-mel and feat_lens (B,) int64, with B and T dynamic,
+and returns logits (B, T', V) and lengths (B,) exactly as ConformerCTC does (feature
+normalisation included). The tokenizer, feature settings and model dims travel in the file's
+metadata_props, so the .onnx file alone is enough to transcribe (see asrkd.transcribe).
+
+Dimension legend: B batch, T input frames, T' = subsampled frames, F mel bins, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from asrkd.config import ExportConfig, FeatureConfig
+from asrkd.models.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    model_from_tensors,
+    read_checkpoint,
+)
+from asrkd.models.conformer import ConformerCTC
+
+ONNX_FORMAT = "asrkd-onnx/1"
+INPUT_NAMES = ("feats", "feat_lens")
+OUTPUT_NAMES = ("logits", "lengths")
+# Two unpadded 3x3 stride-2 convolutions need 7 input frames for one output frame: the shortest
+# input the graph is exported for.
+MIN_FRAMES = 7
+# Verification inputs: lengths that exercise padding (T' = 49 and 30 frames).
+VERIFY_LENS = (200, 123)
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or the exported graph disagrees with eager PyTorch."""
+
+
+class _Exportable(nn.Module):
+    """ConformerCTC with plain tensor outputs (logits, lengths): no hidden states in the graph."""
+
+    def __init__(self, model: ConformerCTC) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(feats, feat_lens)
+        return out.logits, out.lengths
+
+
+def require_onnx_exporter() -> None:
+    """torch.onnx.export (the torch.export-based exporter) needs onnx and onnxscript."""
+    missing = []
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(f"asrkd export needs {', '.join(missing)}: pip install 'asrkd[export]'")
+
+
+def onnx_metadata(meta: dict[str, Any], quantized: bool) -> dict[str, str]:
+    """metadata_props of an exported file, from a checkpoint's decoded metadata."""
+    features = FeatureConfig(**(meta.get("features") or {}))
+    return {
+        "asrkd.format": ONNX_FORMAT,
+        "asrkd.dims": json.dumps(meta["dims"]),
+        "asrkd.tokenizer": json.dumps(meta["tokenizer"]),
+        "asrkd.features": json.dumps(dataclasses.asdict(features)),
+        "asrkd.quantized": json.dumps(quantized),
+    }
+
+
+def read_onnx_metadata(props: dict[str, str], path: str | Path = "") -> dict[str, Any]:
+    """Decoded asrkd metadata (dims, tokenizer, features, quantized) of an exported file's
+    metadata_props, e.g. onnxruntime's ``session.get_modelmeta().custom_metadata_map``."""
+    if props.get("asrkd.format") != ONNX_FORMAT:
+        found = props.get("asrkd.format")
+        raise CheckpointError(f"{path}: not an asrkd ONNX export (asrkd.format={found!r})")
+    try:
+        return {
+            k[len("asrkd.") :]: json.loads(v)
+            for k, v in props.items()
+            if k.startswith("asrkd.") and k != "asrkd.format"
+        }
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: corrupt asrkd metadata ({err})") from err
+
+
+def example_inputs(n_mels: int, lens: tuple[int, ...] = VERIFY_LENS) -> tuple[Tensor, Tensor]:
+    """Deterministic (feats (B, max(lens), n_mels), feat_lens (B,)) with padding beyond lens."""
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(len(lens), max(lens), n_mels, generator=gen)
+    return feats, torch.tensor(lens, dtype=torch.int64)
+
+
+def _to_onnx(model: ConformerCTC, opset: int):
+    """torch.onnx.ONNXProgram of `model` with dynamic batch and time axes."""
+    batch = torch.export.Dim("batch", min=1)
+    time = torch.export.Dim("time", min=MIN_FRAMES)
+    try:
+        with _quiet_exporters(), warnings.catch_warnings():
+            # pytree deprecations and axis renaming inside the exporter: nothing for the user
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
+            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
+            return torch.onnx.export(
+                _Exportable(model).eval(),
+                example_inputs(model.dims.n_mels),
+                dynamo=True,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={"feats": {0: batch, 1: time}, "feat_lens": {0: batch}},
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as err:  # the exporter raises many types; all mean the same to a user
+        raise ExportError(f"ONNX export failed: {err}") from err
+
+
+def onnx_session(path: str | Path, threads: int = 0):
+    """An onnxruntime CPU session of an exported file; threads=0 lets onnxruntime decide."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise ImportError(
+            "running .onnx models needs onnxruntime: pip install onnxruntime"
+        ) from err
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1  # one utterance at a time: no parallel branches worth a thread
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's InvalidProtobuf, Fail, ... share no base class
+        raise CheckpointError(f"{path}: unreadable ONNX model ({err})") from err
+
+
+def strip_debug_info(model) -> None:
+    """Drop the exporter's per-node metadata (Python stack traces with local paths, module
+    names, FX node text) from an onnx_ir model: ~10 % of a small model's file, and nothing a
+    shipped model should carry."""
+    for graph in model.graphs():
+        for node in graph:
+            node.metadata_props.clear()
+            for value in node.outputs:
+                value.metadata_props.clear()
+
+
+def run_onnx(session, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+    """Run an onnxruntime session like the eager model: (logits (B, T', V), lengths (B,))."""
+    inputs = {
+        "feats": feats.numpy().astype(np.float32, copy=False),
+        "feat_lens": feat_lens.numpy().astype(np.int64, copy=False),
+    }
+    logits, lengths = session.run(list(OUTPUT_NAMES), inputs)
+    return torch.from_numpy(logits), torch.from_numpy(lengths)
+
+
+def verify_export(path: str | Path, model: ConformerCTC, tolerance: float) -> float:
+    """Max abs logit difference between the file at `path` and eager `model` on a padded batch;
+    ExportError when above `tolerance` or when the lengths differ."""
+    session = onnx_session(path, threads=1)  # a two-utterance batch: one thread is plenty
+    feats, feat_lens = example_inputs(model.dims.n_mels)
+    with torch.inference_mode():
+        eager = model(feats, feat_lens)
+    logits, lengths = run_onnx(session, feats, feat_lens)
+    if not torch.equal(lengths, eager.lengths):
+        raise ExportError(f"exported lengths {lengths.tolist()} != eager {eager.lengths.tolist()}")
+    diff = (logits - eager.logits).abs().max().item()
+    if not diff <= tolerance:
+        raise ExportError(f"exported logits differ from eager by {diff:.3g} > {tolerance:g}")
+    return diff
+
+
+class _DropQuantizerChatter(logging.Filter):
+    """onnxruntime.quantization logs on the root logger: per-tensor INFO lines and a hint to run
+    shape pre-processing (which matters for static quantisation, not here)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_quantizer = "onnxruntime" in record.pathname and "quantization" in record.pathname
+        return record.levelno >= logging.ERROR or not from_quantizer
+
+
+# Exporter loggers that are chatty at INFO (every rewrite rule) or WARNING (missing torchvision).
+_QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+@contextlib.contextmanager
+def _quiet_exporters():
+    """Silence the exporter's and quantizer's progress logging (the CLI logs at INFO)."""
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    chatter = _DropQuantizerChatter()
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    logging.getLogger().addFilter(chatter)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(chatter)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def quantize_file(src: str | Path, dst: str | Path, ops: tuple[str, ...]) -> None:
+    """int8 dynamic quantisation of the weights of `ops` (metadata_props are kept)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_exporters():
+        quantize_dynamic(
+            str(src), str(dst), op_types_to_quantize=list(ops), weight_type=QuantType.QInt8
+        )
+
+
+def export_model(
+    model_path: str | Path, out_path: str | Path, cfg: ExportConfig | None = None
+) -> Path:
+    """Write the model file at `model_path` as ONNX to `out_path` (atomically) and return it."""
+    cfg = cfg or ExportConfig()
+    require_onnx_exporter()
+    tensors, meta = read_checkpoint(model_path)
+    try:
+        model = model_from_tensors(tensors, meta)
+    except (KeyError, TypeError, RuntimeError) as err:  # as load_model: not an asrkd model
+        raise CheckpointError(f"{model_path}: does not fit an asrkd model ({err})") from err
+    program = _to_onnx(model, cfg.opset)
+    strip_debug_info(program.model)
+    program.model.metadata_props.update(onnx_metadata(meta, cfg.quantize))
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = os.path.join(tmp, "fp32.onnx")
+        program.save(fp32, external_data=False)
+        if cfg.verify:
+            verify_export(fp32, model, cfg.verify_tolerance)
+        if cfg.quantize:
+            atomic_write(out_path, lambda dst: quantize_file(fp32, dst, cfg.quantize_ops))
+        else:
+            atomic_write(out_path, lambda dst: shutil.copyfile(fp32, dst))
+    return out_path
