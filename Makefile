@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[test,espeak]'
+	$(PIP) install -q -c constraints.txt -e '.[test,espeak,export]'
 	touch $(STAMP)
 
 install: $(STAMP)

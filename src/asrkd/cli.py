@@ -14,6 +14,7 @@ from asrkd.config import (
     ConfigError,
     CorpusConfig,
     EvalConfig,
+    ExportConfig,
     PrepareConfig,
     SweepConfig,
     load_config,
@@ -80,12 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-set", dest="sweep_overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a SweepConfig value")
 
-    p = sub.add_parser("report", help="Markdown + plots from a sweep or a folder of runs")
-    p.add_argument("folder")
+    p = sub.add_parser("report", help="Markdown + plots from a sweep's results.jsonl")
+    p.add_argument("folder", help="sweep folder (or its results.jsonl)")
 
     p = sub.add_parser("transcribe", help="transcribe audio files with a model")
     p.add_argument("model")
     p.add_argument("audio", nargs="+")
+
+    p = sub.add_parser("export", help="export a model file to ONNX for on-device inference")
+    p.add_argument("model", help="model file (.safetensors)")
+    p.add_argument("--out", required=True, help="ONNX file to write (tokenizer and features inside)")
+    p.add_argument("--quantize", action="store_true", help="shorthand for --set quantize=true")
+    _add_config_args(p)
 
     p = sub.add_parser("demo", help="the whole story: teacher, students with and without KD")
     _add_config_args(p, positional=True)
@@ -162,6 +169,15 @@ def cmd_transcribe(args) -> None:
         print(f"{path}\t{text}")
 
 
+def cmd_export(args) -> None:
+    from asrkd.export import export_model
+
+    quantize = "true" if args.quantize else None
+    cfg = load_config(args.config, _shorthand(args.overrides, quantize=quantize), ExportConfig)
+    path = export_model(args.model, args.out, cfg)
+    print(f"{path}\t{path.stat().st_size / 1e6:.2f} MB")
+
+
 def cmd_demo(args) -> None:
     from asrkd.demo import DemoConfig, run_demo
 
@@ -172,7 +188,8 @@ def cmd_demo(args) -> None:
 COMMANDS = {
     "prepare": cmd_prepare, "download": cmd_download, "corpus": cmd_corpus,
     "train": cmd_train, "distill": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep,
-    "report": cmd_report, "transcribe": cmd_transcribe, "demo": cmd_demo,
+    "report": cmd_report, "transcribe": cmd_transcribe, "export": cmd_export,
+    "demo": cmd_demo,
 }
 
 
@@ -182,11 +199,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from asrkd.data.dataset import DataError
     from asrkd.models.checkpoint import CheckpointError
+    from asrkd.export import ExportError
     from asrkd.runtime import TrainingError
+    from asrkd.sweep import SweepError
 
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError) as err:
+    except (ConfigError, DataError, CheckpointError, TrainingError, ExportError, SweepError,
+            ImportError, FileNotFoundError) as err:
         print(f"asrkd {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -14,6 +14,7 @@ a temporary name and renamed, so an interrupted build never looks complete.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -88,6 +89,17 @@ def build_cache(
     """Run `teacher` over every cut of the manifest (clean features) and store its outputs;
     reuse the existing cache when its key matches."""
     directory = cache_dir_for(cuts_path, cache_root, request, topk)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time per cache folder (parallel sweep workers, runs sharing a disk);
+    # the others wait, then find the finished cache and reuse it.
+    with open(directory.with_name(directory.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(teacher, cuts_path, request, topk, directory, batch_seconds,
+                             progress)
+
+
+def _build_locked(teacher, cuts_path, request, topk, directory: Path, batch_seconds: float,
+                  progress: bool) -> "TeacherCache":
     key = cache_key(teacher, cuts_path, request, topk)
     index_path = directory / "index.json"
     if index_path.is_file():

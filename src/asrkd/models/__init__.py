@@ -13,6 +13,8 @@ PRESETS: dict[str, ConformerDims] = {
     # Narrow subsampling convolutions: at full width they would cost as much as the blocks.
     "demo-teacher": ConformerDims(d_model=144, n_layers=6, n_heads=4, conv_kernel=15,
                                   subsampling_channels=32),
+    "demo-teacher-4": ConformerDims(d_model=144, n_layers=4, n_heads=4, conv_kernel=15,
+                                    subsampling_channels=32),
     "demo-student": ConformerDims(d_model=96, n_layers=4, n_heads=4, conv_kernel=15,
                                   subsampling_channels=32),
     "demo-student-xs": ConformerDims(d_model=64, n_layers=3, n_heads=4, conv_kernel=15,
