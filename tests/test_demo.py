@@ -15,7 +15,7 @@ def tiny_demo_overrides(out) -> list[str]:
         "corpus.hours=0.03", "corpus.n_train_voices=4", "corpus.n_dev_voices=2",
         "corpus.n_test_voices=2", "corpus.chapters_per_speaker=1", "corpus.max_words=6",
         "teacher_preset=tiny", "student_preset=tiny-xs", "small_student_preset=",
-        "teacher_steps=30", "student_steps=10", "strategies=[logit, sequence]",
+        "teacher_steps=30", "student_steps=10",
         "run.data.max_batch_seconds=30", "run.train.warmup_steps=5", "run.train.eval_every=10",
         "run.train.checkpoint_every=10", "run.train.progress=false",
         "eval.latency_utterances=2",
@@ -29,6 +29,8 @@ def test_plan_covers_both_situations():
     for scenario in ("full", "partial"):
         strategies = {s.strategy for s in specs if s.scenario == scenario}
         assert {"none", "logit"} <= strategies
+    logit = next(s for s in specs if s.variant == "logit")
+    assert logit.overrides == ("distill.strategy=logit",)  # logit KD at its defaults
 
 
 def test_scaled_down_demo_end_to_end(tmp_path, capsys):

@@ -429,9 +429,11 @@ class DemoConfig:
     """`asrkd demo`: corpus -> teacher -> students with and without distillation -> report.
 
     `run` is the template of every training run (data paths and out_dir are filled in by the
-    demo). Scenario (a): students see every transcript. Scenario (b): students see transcripts
-    of `partial_fraction` of the train speakers; distilled students also use the rest as
-    untranscribed audio, the baseline does not.
+    demo); `teacher_overrides` and `student_overrides` apply on top of it. Every student is
+    trained once without distillation (the baseline) and once per entry of `variants`, a
+    (name, overrides) pair. Scenario (a): students see every transcript. Scenario (b): students
+    see transcripts of `partial_fraction` of the train speakers; distilled students also use the
+    rest as untranscribed audio, the baseline does not.
     """
 
     out_dir: str = "runs/demo"
@@ -441,33 +443,37 @@ class DemoConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     teacher_preset: str = "demo-teacher"
     teacher_steps: int = 1500
+    teacher_overrides: tuple[str, ...] = ()
     student_preset: str = "demo-student"
-    small_student_preset: str = "demo-student-xs"  # '' to skip the smaller student
-    student_steps: int = 800
-    strategies: tuple[str, ...] = ("logit", "sequence")  # logit at its defaults + the best other
+    small_student_preset: str = "demo-student-xs"  # '' to skip; trained in scenario (a) only
+    student_steps: int = 600
+    student_overrides: tuple[str, ...] = ()
+    variants: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("logit", ("distill.strategy=logit",)),  # at its defaults: weight 0.02, temperature 1
+        ("sequence", ("distill.strategy=sequence",)),
+    )
     partial_fraction: float = 0.3
     librispeech_train_part: str = "train-clean-5"
     librispeech_test_part: str = "test-other"
     librispeech_dev_speakers: int = 3
 
     def __post_init__(self) -> None:
-        from asrkd.distill.strategies import STRATEGIES
         from asrkd.models import PRESETS
 
         for preset in (self.teacher_preset, self.student_preset):
             _check_choice("teacher_preset/student_preset", preset, PRESETS)
         if self.small_student_preset:
             _check_choice("small_student_preset", self.small_student_preset, PRESETS)
-        for strategy in self.strategies:
-            for name in strategy.split("+"):
-                _check_choice("strategies", name, STRATEGIES)
+        names = [name for name, _ in self.variants]
+        if not names or len(set(names)) != len(names) or "none" in names:
+            raise ConfigError("variants need distinct names other than 'none'")
+        for name, overrides in self.variants:
+            replace(Config(), [*overrides, "teacher.path=teacher.safetensors"])  # validates
+        replace(Config(), [*self.teacher_overrides, *self.student_overrides])
         if not 0.0 < self.partial_fraction < 1.0:
             raise ConfigError("partial_fraction must be in (0, 1)")
         if min(self.teacher_steps, self.student_steps) <= 0:
             raise ConfigError("teacher_steps and student_steps must be positive")
-
-
-EXPORT_FORMATS = ("onnx",)
 
 
 @dataclass(frozen=True)

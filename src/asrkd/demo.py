@@ -29,20 +29,31 @@ class RunSpec:
     name: str
     scenario: str  # "teacher", "full" or "partial"
     preset: str
-    strategy: str  # "none" = trained without distillation
+    variant: str  # "none" = trained without distillation
+    overrides: tuple[str, ...]
     steps: int
+
+    @property
+    def strategy(self) -> str:
+        sets = [o.split("=", 1)[1] for o in self.overrides if o.startswith("distill.strategy=")]
+        return sets[-1] if sets else "none"
 
 
 def plan_runs(cfg: DemoConfig) -> list[RunSpec]:
-    runs = [RunSpec("teacher", "teacher", cfg.teacher_preset, "none", cfg.teacher_steps)]
+    """The teacher, then per situation the student without KD and with each variant."""
+    runs = [RunSpec("teacher", "teacher", cfg.teacher_preset, "none", cfg.teacher_overrides,
+                    cfg.teacher_steps)]
+    variants = (("none", ()), *cfg.variants)
     for scenario in ("full", "partial"):
-        for strategy in ("none", *cfg.strategies):
-            runs.append(RunSpec(f"{scenario}-{cfg.student_preset}-{strategy}", scenario,
-                                cfg.student_preset, strategy, cfg.student_steps))
+        for name, overrides in variants:
+            runs.append(RunSpec(f"{scenario}-{cfg.student_preset}-{name}", scenario,
+                                cfg.student_preset, name,
+                                (*cfg.student_overrides, *overrides), cfg.student_steps))
     if cfg.small_student_preset:
-        for strategy in ("none", cfg.strategies[0]):
-            runs.append(RunSpec(f"full-{cfg.small_student_preset}-{strategy}", "full",
-                                cfg.small_student_preset, strategy, cfg.student_steps))
+        for name, overrides in variants[:2]:
+            runs.append(RunSpec(f"full-{cfg.small_student_preset}-{name}", "full",
+                                cfg.small_student_preset, name,
+                                (*cfg.student_overrides, *overrides), cfg.student_steps))
     return runs
 
 
@@ -80,7 +91,7 @@ def run_config(cfg: DemoConfig, spec: RunSpec, data: dict[str, Path], out: Path)
         f"data.train_cuts={data['train']}", f"data.dev_cuts={data['dev']}",
         f"data.test_cuts=[{data['test']}]", f"model.preset={spec.preset}",
         f"train.max_steps={spec.steps}", f"train.out_dir={out / 'runs' / spec.name}",
-        f"distill.strategy={spec.strategy}",
+        *spec.overrides,
     ]
     if spec.scenario == "partial":
         overrides.append(f"data.labelled_fraction={cfg.partial_fraction}")
@@ -122,10 +133,11 @@ def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:
     data = prepare_data(cfg, out, librispeech)
     timings["data"] = time.perf_counter() - t0
     specs = plan_runs(cfg)
-    for spec in specs:
+    configs = [run_config(cfg, spec, data, out) for spec in specs]  # all validated up front
+    for spec, run_cfg in zip(specs, configs):
         t1 = time.perf_counter()
-        log.info("demo: %s (%s, %s, %d steps)", spec.name, spec.preset, spec.strategy, spec.steps)
-        train_or_reuse(run_config(cfg, spec, data, out))
+        log.info("demo: %s (%s, %s, %d steps)", spec.name, spec.preset, spec.variant, spec.steps)
+        train_or_reuse(run_cfg)
         timings[spec.name] = time.perf_counter() - t1
     t1 = time.perf_counter()
     rows = evaluate_runs(specs, out, data, cfg)

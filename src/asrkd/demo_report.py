@@ -28,7 +28,7 @@ def evaluate_runs(specs, out: Path, data: dict[str, Path], cfg: DemoConfig) -> l
         test = next(iter(summary["sets"].values()))
         rows.append({
             "name": spec.name, "scenario": spec.scenario, "preset": spec.preset,
-            "strategy": spec.strategy, "params": summary["n_params"],
+            "strategy": spec.strategy, "variant": spec.variant, "params": summary["n_params"],
             "mb": summary["bytes_fp32"] / 1e6, "wer": test["wer"], "cer": test["cer"],
             "latency_ms": summary["speed"]["latency_ms"], "rtf": summary["speed"]["rtf"],
             "memory_mb": summary["memory"]["model_memory_mb"],
@@ -43,7 +43,7 @@ def add_relative(rows: list[dict]) -> None:
     teacher = next(r for r in rows if r["scenario"] == "teacher")
     for row in rows:
         base = next((r for r in rows if r["scenario"] == row["scenario"]
-                     and r["preset"] == row["preset"] and r["strategy"] == "none"), None)
+                     and r["preset"] == row["preset"] and r["variant"] == "none"), None)
         row["wer_change"] = (row["wer"] - base["wer"]) / base["wer"] if base and base["wer"] \
             and row["scenario"] != "teacher" else None
         row["size_vs_teacher"] = row["params"] / teacher["params"]
@@ -108,7 +108,7 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
 def target_lines(rows: list[dict]) -> list[str]:
     """Whether the demo met its targets, with the numbers either way."""
     lines = []
-    distilled = [r for r in rows if r["strategy"] != "none" and r["wer_change"] is not None
+    distilled = [r for r in rows if r["variant"] != "none" and r["wer_change"] is not None
                  and r["size_vs_teacher"] <= TARGET_MEMORY_RATIO]
     if distilled:
         best = min(distilled, key=lambda r: r["wer_change"])

@@ -11,10 +11,10 @@ PRESETS: dict[str, ConformerDims] = {
     "conformer-m-40": ConformerDims(d_model=192, n_layers=10, n_heads=4, conv_kernel=31),
     "conformer-m-15": ConformerDims(d_model=128, n_layers=9, n_heads=4, conv_kernel=31),
     # Narrow subsampling convolutions: at full width they would cost as much as the blocks.
-    "demo-teacher": ConformerDims(d_model=144, n_layers=6, n_heads=4, conv_kernel=15,
+    # Four blocks: on the demo's few-minute budget a deeper teacher leaves CTC's all-blank
+    # plateau later and less stably (measured, docs/benchmarks.md).
+    "demo-teacher": ConformerDims(d_model=144, n_layers=4, n_heads=4, conv_kernel=15,
                                   subsampling_channels=32),
-    "demo-teacher-4": ConformerDims(d_model=144, n_layers=4, n_heads=4, conv_kernel=15,
-                                    subsampling_channels=32),
     "demo-student": ConformerDims(d_model=96, n_layers=4, n_heads=4, conv_kernel=15,
                                   subsampling_channels=32),
     "demo-student-xs": ConformerDims(d_model=64, n_layers=3, n_heads=4, conv_kernel=15,
