@@ -92,6 +92,7 @@ class CorpusConfig:
     voice_formant: tuple[float, float] = (0.88, 1.15)  # vocal-tract warp (hibari voices only)
     min_words: int = 4
     max_words: int = 14
+    zipf_share: float = 0.5  # words drawn from Zipf's law over the list; the rest uniformly
     sample_rate: int = 16000
     level_db: float = -25.0  # RMS of the clean speech, dBFS, before volume_db is applied
     noise_prob: float = 0.5
@@ -122,6 +123,8 @@ class CorpusConfig:
             raise ConfigError("corpus needs 1 to 999 train, dev and test voices each")
         if not 1 <= self.min_words <= self.max_words:
             raise ConfigError("corpus.min_words must be in [1, max_words]")
+        if not 0.0 <= self.zipf_share <= 1.0:
+            raise ConfigError("corpus.zipf_share must be in [0, 1]")
         for name in ("voice_pitch", "voice_rate", "voice_formant", "snr_db", "rt60", "drr_db",
                      "speed_range", "volume_db"):  # fmt: skip
             low, high = getattr(self, name)

@@ -82,7 +82,7 @@ def test_word_list_and_sentences() -> None:
     assert len(words) >= 2000 and len(set(words)) == len(words)
     assert all(re.fullmatch(r"[a-z']+", w) for w in words)
     rng = np.random.default_rng(0)
-    sentences = [sample_sentence(rng, words, 4, 14) for _ in range(2000)]
+    sentences = [sample_sentence(rng, words, 4, 14, 0.5) for _ in range(2000)]
     vocab = {w.lower() for s in sentences for w in s.split()}
     assert vocab <= set(words) and len(vocab) > 1500  # broad coverage, not a few phrases
     assert all(s == s.upper() and 4 <= len(s.split()) <= 14 for s in sentences)

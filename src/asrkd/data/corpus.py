@@ -159,7 +159,7 @@ def make_babble(spk: Speaker, cfg: CorpusConfig, rng: np.random.Generator) -> np
     n = int(BABBLE_SECONDS * cfg.sample_rate)
     track = np.zeros(n, np.float32)
     for voice in spk.babble_voices:
-        text = sample_sentence(rng, words, cfg.max_words, cfg.max_words)
+        text = sample_sentence(rng, words, cfg.max_words, cfg.max_words, cfg.zipf_share)
         speech = synthesize(text, voice, int(rng.integers(2**31)), cfg.sample_rate)[:n]
         speech = speech / max(float(np.sqrt(np.mean(speech**2))), 1e-8)
         padded = np.zeros(n, np.float32)
@@ -181,7 +181,7 @@ def synthesize_speaker(spk: Speaker, cfg: CorpusConfig, root: Path) -> dict[str,
     total = 0.0
     # stop half a mean utterance early, so that budgets are met on average rather than exceeded
     while not utts or total + 0.5 * total / len(utts) < spk.seconds:
-        text = sample_sentence(rng, words, cfg.min_words, cfg.max_words)
+        text = sample_sentence(rng, words, cfg.min_words, cfg.max_words, cfg.zipf_share)
         clean = synthesize(text, spk.voice, int(rng.integers(2**31)), cfg.sample_rate)
         audio, _ = augment(clean, cfg.sample_rate, rng, cfg, babble)
         utts.append((text, audio))

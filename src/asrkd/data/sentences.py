@@ -13,7 +13,6 @@ from importlib import resources
 import numpy as np
 
 ZIPF_EXPONENT = 1.0  # word frequency ~ 1 / rank, Zipf's law for English
-ZIPF_SHARE = 0.5  # the other half of the words are uniform over the list
 
 
 @lru_cache(maxsize=1)
@@ -23,17 +22,21 @@ def load_words() -> tuple[str, ...]:
     return tuple(w for w in (line.strip() for line in text.splitlines()) if w and w[0] != "#")
 
 
-@lru_cache(maxsize=4)
-def word_probabilities(n_words: int) -> np.ndarray:
-    """Sampling probability of each rank: ZIPF_SHARE Zipf plus the rest uniform; sums to 1."""
+@lru_cache(maxsize=8)
+def word_probabilities(n_words: int, zipf_share: float) -> np.ndarray:
+    """Sampling probability of each rank: `zipf_share` Zipf plus the rest uniform; sums to 1."""
     zipf = 1.0 / np.arange(1, n_words + 1) ** ZIPF_EXPONENT
-    return ZIPF_SHARE * zipf / zipf.sum() + (1.0 - ZIPF_SHARE) / n_words
+    return zipf_share * zipf / zipf.sum() + (1.0 - zipf_share) / n_words
 
 
 def sample_sentence(
-    rng: np.random.Generator, words: tuple[str, ...], min_words: int, max_words: int
+    rng: np.random.Generator,
+    words: tuple[str, ...],
+    min_words: int,
+    max_words: int,
+    zipf_share: float,
 ) -> str:
     """One upper-case sentence of min_words..max_words words (inclusive)."""
     n = int(rng.integers(min_words, max_words + 1))
-    idx = rng.choice(len(words), size=n, p=word_probabilities(len(words)))
+    idx = rng.choice(len(words), size=n, p=word_probabilities(len(words), zipf_share))
     return " ".join(words[i] for i in idx).upper()
