@@ -44,8 +44,10 @@ def add_relative(rows: list[dict]) -> None:
     for row in rows:
         base = next((r for r in rows if r["scenario"] == row["scenario"]
                      and r["preset"] == row["preset"] and r["variant"] == "none"), None)
-        row["wer_change"] = (row["wer"] - base["wer"]) / base["wer"] if base and base["wer"] \
-            and row["scenario"] != "teacher" else None
+        own = base is not None and row["scenario"] != "teacher"
+        for key in ("wer", "cer"):
+            row[f"{key}_change"] = (row[key] - base[key]) / base[key] if own and base[key] \
+                else None
         row["size_vs_teacher"] = row["params"] / teacher["params"]
         row["memory_vs_teacher"] = row["memory_mb"] / teacher["memory_mb"] \
             if teacher["memory_mb"] > 0 else None
@@ -59,13 +61,14 @@ def _pct(x: float | None, signed: bool = False) -> str:
 
 def table_lines(rows: list[dict]) -> list[str]:
     head = ("| model | params | MB | WER | CER | latency ms | RTF | WER vs baseline "
-            "| size vs teacher | memory vs teacher |")
-    lines = [head, "|" + "---|" * 10]
+            "| CER vs baseline | size vs teacher | memory vs teacher |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['params'] / 1e6:.2f} M | {r['mb']:.1f} | {r['wer']:.1%} "
             f"| {r['cer']:.1%} | {r['latency_ms']:.1f} | {r['rtf']:.3f} "
-            f"| {_pct(r['wer_change'], True)} | {_pct(r['size_vs_teacher'])} "
+            f"| {_pct(r['wer_change'], True)} | {_pct(r['cer_change'], True)} "
+            f"| {_pct(r['size_vs_teacher'])} "
             f"| {_pct(r['memory_vs_teacher'])} |"
         )
     return lines
@@ -156,9 +159,11 @@ def write_report(rows, out: Path, cfg: DemoConfig, timings: dict, librispeech) -
         "Rows: the teacher; the student in situation (a) `full` (every transcript) and (b) "
         f"`partial` (transcripts for {cfg.partial_fraction:.0%} of the train speakers, the rest "
         "as untranscribed audio; its baseline sees only the transcribed part). Strategy `none` "
-        "is the student trained without distillation. WER/CER on test voices; size = "
-        "parameters; memory = peak resident memory added by loading and running the model "
-        "(fresh process); latency at batch size 1.", "",
+        "is the student trained without distillation; every student of a situation has the same "
+        "number of steps. WER/CER on test voices (greedy decoding, no language model); size = "
+        "parameters; memory = peak resident memory added by loading the model and decoding "
+        "utterances one at a time in a fresh process (activations and buffers dominate it at "
+        "these sizes); latency at batch size 1.", "",
         *table_lines(rows), "", "## Targets", "", *target_lines(rows), "",
         *[f"![{p.stem}]({p.name})" for p in plots], "",
         "## Stage times (s)", "",
