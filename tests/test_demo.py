@@ -42,7 +42,7 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys):
     rows = json.loads((out / "results.json").read_text())
     names = {r["name"] for r in rows}
     assert {"teacher", "full-tiny-xs-none", "full-tiny-xs-logit", "partial-tiny-xs-none",
-            "partial-tiny-xs-sequence"} <= names
+            "partial-tiny-xs-logit-w0.5-T2"} <= names
     for row in rows:
         assert 0.0 <= row["wer"] and row["params"] > 0 and row["latency_ms"] > 0
         assert row["name"] in report and row["name"] in printed

@@ -479,6 +479,9 @@ class DemoConfig:
             raise ConfigError("teacher_steps and student_steps must be positive")
 
 
+EXPORT_FORMATS = ("onnx",)
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """`asrkd export`: a model file -> one self-contained ONNX file (weights, tokenizer and
