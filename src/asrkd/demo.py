@@ -79,6 +79,7 @@ def split_dev_speakers(cuts_path: Path, n_dev: int, out: Path) -> tuple[Path, Pa
     if len(speakers) <= n_dev:
         raise ValueError(f"{cuts_path}: {len(speakers)} speakers, cannot hold out {n_dev}")
     dev_spk = set(speakers[:n_dev])
+    (out / "manifests").mkdir(parents=True, exist_ok=True)
     train_path = out / "manifests" / "cuts_train-split.jsonl.gz"
     dev_path = out / "manifests" / "cuts_dev-split.jsonl.gz"
     cuts.filter(lambda c: speaker_of(c) not in dev_spk).to_file(train_path)
