@@ -22,12 +22,19 @@ from asrkd.train import Trainer
 
 
 def build(args, out: str, *extra: str) -> Trainer:
-    cfg = load_config(None, [
-        f"data.train_cuts={args.train}", f"data.dev_cuts={args.dev}",
-        f"data.max_batch_seconds={args.batch_seconds}", f"model.preset={args.student}",
-        f"train.out_dir={out}", "train.progress=false", f"train.threads={args.threads}",
-        *extra,
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"data.train_cuts={args.train}",
+            f"data.dev_cuts={args.dev}",
+            f"data.max_batch_seconds={args.batch_seconds}",
+            f"model.preset={args.student}",
+            f"train.out_dir={out}",
+            "train.progress=false",
+            f"train.threads={args.threads}",
+            *extra,
+        ],
+    )
     return Trainer(cfg)
 
 
@@ -54,21 +61,35 @@ def main() -> None:
         sampler = make_sampler(base.train_cuts, base.cfg.data, shuffle=True, seed=0)
         batches = [collate(c, base.tokenizer) for _, c in zip(range(args.steps + 1), sampler)]
         t0 = time.perf_counter()
-        cached = build(args, f"{tmp}/cached", "distill.strategy=logit",
-                       f"teacher.path={args.teacher}", "teacher.cache=true",
-                       f"teacher.cache_dir={tmp}/cache")
+        cached = build(
+            args,
+            f"{tmp}/cached",
+            "distill.strategy=logit",
+            f"teacher.path={args.teacher}",
+            "teacher.cache=true",
+            f"teacher.cache_dir={tmp}/cache",
+        )
         cache_seconds = time.perf_counter() - t0
-        online = build(args, f"{tmp}/online", "distill.strategy=logit",
-                       f"teacher.path={args.teacher}", "teacher.cache=false")
+        online = build(
+            args,
+            f"{tmp}/online",
+            "distill.strategy=logit",
+            f"teacher.path={args.teacher}",
+            "teacher.cache=false",
+        )
         results = {}
         for name, trainer in (("baseline", base), ("cached", cached), ("online", online)):
             torch.manual_seed(0)
             results[name] = time_steps(trainer, batches)
     audio = sum(b.audio_seconds for b in batches[1:]) / (len(batches) - 1)
-    print(f"# {torch.get_num_threads()} threads, {args.steps} steps of ~{audio:.0f} s audio, "
-          f"student {args.student}, teacher {args.teacher}")
-    print(f"teacher cache build (one teacher pass over the train set, incl. setup): "
-          f"{cache_seconds:.1f} s")
+    print(
+        f"# {torch.get_num_threads()} threads, {args.steps} steps of ~{audio:.0f} s audio, "
+        f"student {args.student}, teacher {args.teacher}"
+    )
+    print(
+        f"teacher cache build (one teacher pass over the train set, incl. setup): "
+        f"{cache_seconds:.1f} s"
+    )
     for name, seconds in results.items():
         print(f"{name:9s} {seconds * 1000:8.1f} ms/step  {seconds / results['baseline']:.2f}x")
 

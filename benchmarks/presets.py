@@ -69,8 +69,11 @@ def main() -> None:
         steps = args.steps if n_params < 5e6 else 1
         speed = time_training(preset, 60.0, steps)
         latency = time_inference(preset, 10.0, 5 if n_params < 5e6 else 2)
-        print(f"| {preset} | {n_params / 1e6:.2f} M | {speed:.0f} | {1000 * latency:.0f} "
-              f"| {latency / 10.0:.3f} |", flush=True)
+        print(
+            f"| {preset} | {n_params / 1e6:.2f} M | {speed:.0f} | {1000 * latency:.0f} "
+            f"| {latency / 10.0:.3f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -12,12 +12,22 @@ from asrkd.demo import plan_runs
 def tiny_demo_overrides(out) -> list[str]:
     return [
         f"out_dir={out}",
-        "corpus.hours=0.03", "corpus.n_train_voices=4", "corpus.n_dev_voices=2",
-        "corpus.n_test_voices=2", "corpus.chapters_per_speaker=1", "corpus.max_words=6",
-        "teacher_preset=tiny", "student_preset=tiny-xs", "small_student_preset=",
-        "teacher_steps=30", "student_steps=10",
-        "run.data.max_batch_seconds=30", "run.train.warmup_steps=5", "run.train.eval_every=10",
-        "run.train.checkpoint_every=10", "run.train.progress=false",
+        "corpus.hours=0.03",
+        "corpus.n_train_voices=4",
+        "corpus.n_dev_voices=2",
+        "corpus.n_test_voices=2",
+        "corpus.chapters_per_speaker=1",
+        "corpus.max_words=6",
+        "teacher_preset=tiny",
+        "student_preset=tiny-xs",
+        "small_student_preset=",
+        "teacher_steps=30",
+        "student_steps=10",
+        "run.data.max_batch_seconds=30",
+        "run.train.warmup_steps=5",
+        "run.train.eval_every=10",
+        "run.train.checkpoint_every=10",
+        "run.train.progress=false",
         "eval.latency_utterances=2",
     ]
 
@@ -41,8 +51,13 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys):
     report = (out / "report.md").read_text()
     rows = json.loads((out / "results.json").read_text())
     names = {r["name"] for r in rows}
-    assert {"teacher", "full-tiny-xs-none", "full-tiny-xs-logit", "partial-tiny-xs-none",
-            "partial-tiny-xs-logit-w0.5-T2"} <= names
+    assert {
+        "teacher",
+        "full-tiny-xs-none",
+        "full-tiny-xs-logit",
+        "partial-tiny-xs-none",
+        "partial-tiny-xs-logit-w0.5-T2",
+    } <= names
     for row in rows:
         assert 0.0 <= row["wer"] and row["params"] > 0 and row["latency_ms"] > 0
         assert row["name"] in report and row["name"] in printed

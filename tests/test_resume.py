@@ -24,17 +24,25 @@ from tests.helpers import write_librispeech_tree
 def corpus(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ls")
     tree = write_librispeech_tree(root, {"train": 30, "dev": 4}, n_speakers=2, seed=5)
-    return prepare_librispeech(tree, ["train", "dev"], root / "prep", PrepareConfig(),
-                               progress=False)
+    return prepare_librispeech(
+        tree, ["train", "dev"], root / "prep", PrepareConfig(), progress=False
+    )
 
 
 def overrides(corpus: dict, out: Path) -> list[str]:
     # ~6 batches per epoch: checkpoints at 10, 20, 30 fall mid-epoch.
     return [
-        f"data.train_cuts={corpus['train']}", f"data.dev_cuts={corpus['dev']}",
-        "data.max_batch_seconds=8", "train.max_steps=40", "train.warmup_steps=5",
-        "model.preset=tiny", "train.checkpoint_every=10", "train.eval_every=20",
-        "train.keep_checkpoints=5", "train.progress=false", f"train.out_dir={out}",
+        f"data.train_cuts={corpus['train']}",
+        f"data.dev_cuts={corpus['dev']}",
+        "data.max_batch_seconds=8",
+        "train.max_steps=40",
+        "train.warmup_steps=5",
+        "model.preset=tiny",
+        "train.checkpoint_every=10",
+        "train.eval_every=20",
+        "train.keep_checkpoints=5",
+        "train.progress=false",
+        f"train.out_dir={out}",
         "train.threads=1",
     ]
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from asrkd.cli import main
-from asrkd.config import PrepareConfig, load_config
+from asrkd.config import EvalConfig, PrepareConfig, load_config
 from asrkd.data.librispeech import prepare_librispeech
 from asrkd.evaluate import evaluate
-from asrkd.config import EvalConfig
 from asrkd.models.checkpoint import load_model
 from asrkd.runtime import TrainingError
 from asrkd.train import Trainer, train
@@ -22,10 +21,18 @@ from tests.helpers import write_librispeech_tree
 
 def tiny_overrides(paths: dict, out: Path, steps: int, *extra: str) -> list[str]:
     return [
-        f"data.train_cuts={paths['train']}", f"data.dev_cuts={paths['dev']}",
-        "data.max_batch_seconds=20", f"train.max_steps={steps}", f"train.out_dir={out}",
-        "train.warmup_steps=30", "model.preset=tiny", "train.lr=3e-3", "train.progress=false",
-        "train.eval_every=100", "train.checkpoint_every=100", *extra,
+        f"data.train_cuts={paths['train']}",
+        f"data.dev_cuts={paths['dev']}",
+        "data.max_batch_seconds=20",
+        f"train.max_steps={steps}",
+        f"train.out_dir={out}",
+        "train.warmup_steps=30",
+        "model.preset=tiny",
+        "train.lr=3e-3",
+        "train.progress=false",
+        "train.eval_every=100",
+        "train.checkpoint_every=100",
+        *extra,
     ]
 
 
@@ -33,15 +40,20 @@ def tiny_overrides(paths: dict, out: Path, steps: int, *extra: str) -> list[str]
 def small_corpus(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ls")
     tree = write_librispeech_tree(root, {"train": 16, "dev": 6, "test": 6}, n_speakers=2)
-    return prepare_librispeech(tree, ["train", "dev", "test"], root / "prep", PrepareConfig(),
-                               progress=False)
+    return prepare_librispeech(
+        tree, ["train", "dev", "test"], root / "prep", PrepareConfig(), progress=False
+    )
 
 
 def test_tiny_model_overfits_a_handful_of_utterances(small_corpus, tmp_path):
     """Proves the whole CTC path: features, targets, loss, decoding. Dev = train here."""
     paths = {"train": small_corpus["train"], "dev": small_corpus["train"]}
-    cfg = load_config(None, tiny_overrides(paths, tmp_path / "run", 300,
-                                           "data.spec_augment=false", "model.dropout=0.0"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            paths, tmp_path / "run", 300, "data.spec_augment=false", "model.dropout=0.0"
+        ),
+    )
     run = train(cfg)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_dev_wer"] < 0.10, summary
@@ -51,19 +63,52 @@ def test_tiny_model_overfits_a_handful_of_utterances(small_corpus, tmp_path):
 
 
 def test_prepare_train_evaluate_through_the_cli(tmp_path, capsys):
-    tree = write_librispeech_tree(tmp_path / "ls", {"train": 24, "dev": 6, "test": 6},
-                                  n_speakers=2, seed=3)
-    assert main(["prepare", "librispeech", str(tree), "--parts", "train", "dev", "test",
-                 "--out", str(tmp_path / "prep")]) == 0
+    tree = write_librispeech_tree(
+        tmp_path / "ls", {"train": 24, "dev": 6, "test": 6}, n_speakers=2, seed=3
+    )
+    assert (
+        main(
+            [
+                "prepare",
+                "librispeech",
+                str(tree),
+                "--parts",
+                "train",
+                "dev",
+                "test",
+                "--out",
+                str(tmp_path / "prep"),
+            ]
+        )
+        == 0
+    )
     paths = {p: tmp_path / "prep" / f"cuts_{p}.jsonl.gz" for p in ("train", "dev", "test")}
     sets = [f"--set={o}" for o in tiny_overrides(paths, tmp_path / "run", 60)]
     assert main(["train", os.devnull, *sets]) == 0
     run = tmp_path / "run"
-    for name in ("config.yaml", "model.safetensors", "final.safetensors", "metrics.jsonl",
-                 "summary.json"):
+    for name in (
+        "config.yaml",
+        "model.safetensors",
+        "final.safetensors",
+        "metrics.jsonl",
+        "summary.json",
+    ):
         assert (run / name).is_file(), name
-    assert main(["evaluate", str(run / "model.safetensors"), "--cuts", str(paths["test"]),
-                 "--out", str(tmp_path / "eval"), "--set", "latency_utterances=3"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run / "model.safetensors"),
+                "--cuts",
+                str(paths["test"]),
+                "--out",
+                str(tmp_path / "eval"),
+                "--set",
+                "latency_utterances=3",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert 0.0 <= summary["sets"]["test"]["wer"] <= 1.5
     assert summary["speed"]["rtf"] > 0 and summary["memory"]["peak_rss_mb"] > 0
@@ -72,7 +117,7 @@ def test_prepare_train_evaluate_through_the_cli(tmp_path, capsys):
         assert (tmp_path / "eval" / name).is_file()
     capsys.readouterr()
     # the model transcribes raw audio from the file alone
-    flac = sorted((tree / "test").rglob("*.flac"))[0]
+    flac = min((tree / "test").rglob("*.flac"))
     assert main(["transcribe", str(run / "model.safetensors"), str(flac)]) == 0
     assert str(flac) in capsys.readouterr().out
 
@@ -82,13 +127,22 @@ def test_train_refuses_to_overwrite_a_run(small_corpus, tmp_path):
     train(cfg)
     with pytest.raises(TrainingError, match="--resume"):
         train(cfg)
-    assert main(["train", os.devnull,
-                 *[f"--set={o}" for o in tiny_overrides(small_corpus, tmp_path / "run", 5)]]) == 2
+    assert (
+        main(
+            [
+                "train",
+                os.devnull,
+                *[f"--set={o}" for o in tiny_overrides(small_corpus, tmp_path / "run", 5)],
+            ]
+        )
+        == 2
+    )
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(small_corpus, tmp_path, monkeypatch):
-    cfg = load_config(None, tiny_overrides(small_corpus, tmp_path / "run", 20,
-                                           "train.max_bad_steps=3"))
+    cfg = load_config(
+        None, tiny_overrides(small_corpus, tmp_path / "run", 20, "train.max_bad_steps=3")
+    )
     trainer = Trainer(cfg)
     real_forward = trainer.model.forward
     calls = {"n": 0}
@@ -103,14 +157,16 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(small_corpus, tmp_path,
     monkeypatch.setattr(trainer.model, "forward", flaky)
     summary = trainer.run()
     assert summary["bad_steps"] == 2 and summary["steps"] == 20
-    assert all(torch.isfinite(p).all() for p in load_model(tmp_path / "run" /
-                                                           "final.safetensors")[0].parameters())
+    assert all(
+        torch.isfinite(p).all()
+        for p in load_model(tmp_path / "run" / "final.safetensors")[0].parameters()
+    )
 
-    cfg2 = load_config(None, tiny_overrides(small_corpus, tmp_path / "run2", 20,
-                                            "train.max_bad_steps=3"))
+    cfg2 = load_config(
+        None, tiny_overrides(small_corpus, tmp_path / "run2", 20, "train.max_bad_steps=3")
+    )
     trainer2 = Trainer(cfg2)
-    monkeypatch.setattr(trainer2.model, "forward",
-                        lambda f, n: _nan_output(real_forward, f, n))
+    monkeypatch.setattr(trainer2.model, "forward", lambda f, n: _nan_output(real_forward, f, n))
     with pytest.raises(TrainingError, match="consecutive batches"):
         trainer2.run()
 
@@ -122,23 +178,30 @@ def _nan_output(forward, feats, feat_lens):
 
 
 @pytest.mark.librispeech
-@pytest.mark.skipif(not os.environ.get("ASRKD_LIBRISPEECH_DIR"),
-                    reason="ASRKD_LIBRISPEECH_DIR not set")
+@pytest.mark.skipif(
+    not os.environ.get("ASRKD_LIBRISPEECH_DIR"), reason="ASRKD_LIBRISPEECH_DIR not set"
+)
 def test_end_to_end_on_real_librispeech(tmp_path):
     """prepare -> train -> evaluate on real speech (test-other, 100 utterances)."""
     from asrkd.demo import split_dev_speakers
 
     root = os.environ["ASRKD_LIBRISPEECH_DIR"]
-    paths = prepare_librispeech(root, ["test-other"], tmp_path / "prep", PrepareConfig(),
-                                progress=False)
+    paths = prepare_librispeech(
+        root, ["test-other"], tmp_path / "prep", PrepareConfig(), progress=False
+    )
     train_path, dev_path = split_dev_speakers(paths["test-other"], 2, tmp_path)
     data = {"train": train_path, "dev": dev_path}
-    cfg = load_config(None, tiny_overrides(data, tmp_path / "run", 40,
-                                           "data.max_batch_seconds=60", "train.eval_every=40"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            data, tmp_path / "run", 40, "data.max_batch_seconds=60", "train.eval_every=40"
+        ),
+    )
     run = train(cfg)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert losses[-1] < losses[0]
-    summary = evaluate(run / "model.safetensors", [dev_path], tmp_path / "eval",
-                       EvalConfig(latency_utterances=2))
+    summary = evaluate(
+        run / "model.safetensors", [dev_path], tmp_path / "eval", EvalConfig(latency_utterances=2)
+    )
     assert summary["sets"]["dev-split"]["n_utterances"] == 20

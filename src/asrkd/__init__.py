@@ -31,7 +31,20 @@ _API = {
     "CorpusConfig": "asrkd.config",
 }
 
-__all__ = sorted(_API)
+__all__ = [
+    "Config",
+    "CorpusConfig",
+    "EvalConfig",
+    "PrepareConfig",
+    "build_corpus",
+    "download_librispeech",
+    "evaluate",
+    "load_config",
+    "load_model",
+    "prepare_librispeech",
+    "train",
+    "transcribe_files",
+]
 __version__ = "0.1.0"
 
 

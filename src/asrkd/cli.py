@@ -7,7 +7,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from asrkd.config import (
     Config,
@@ -28,8 +27,14 @@ def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> No
         p.add_argument("config", help="YAML config file")
     else:
         p.add_argument("--config", help="YAML file mirroring this command's config dataclass")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. train.lr=1e-3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. train.lr=1e-3 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, help="shorthand for --set hours=H")
     _add_config_args(p)
 
-    for name, help_text in (("train", "train a CTC model"),
-                            ("distill", "train a student from a teacher")):
+    for name, help_text in (
+        ("train", "train a CTC model"),
+        ("distill", "train a student from a teacher"),
+    ):
         p = sub.add_parser(name, help=help_text)
         _add_config_args(p, positional=True)
         p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -71,15 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="hyperparameter study over distillation settings")
     p.add_argument("config", help="YAML run config (the base of every trial)")
-    p.add_argument("--grid", action="append", default=[], required=True,
-                   metavar="KEY=V1,V2|LO:HI", help="values or a range for one config key")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        required=True,
+        metavar="KEY=V1,V2|LO:HI",
+        help="values or a range for one config key",
+    )
     p.add_argument("--out", required=True, help="sweep folder")
     p.add_argument("--seeds", type=int, help="shorthand for --sweep-set seeds=N")
     p.add_argument("--jobs", type=int, help="shorthand for --sweep-set jobs=N")
     p.add_argument("--storage", help="Optuna storage URL (SQLite in the sweep folder otherwise)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--sweep-set", dest="sweep_overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="override a SweepConfig value")
+    p.add_argument(
+        "--sweep-set",
+        dest="sweep_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a SweepConfig value",
+    )
 
     p = sub.add_parser("report", help="Markdown + plots from a sweep's results.jsonl")
     p.add_argument("folder", help="sweep folder (or its results.jsonl)")
@@ -90,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a model file to ONNX for on-device inference")
     p.add_argument("model", help="model file (.safetensors)")
-    p.add_argument("--out", required=True, help="ONNX file to write (tokenizer and features inside)")
+    p.add_argument(
+        "--out", required=True, help="ONNX file to write (tokenizer and features inside)"
+    )
     p.add_argument("--quantize", action="store_true", help="shorthand for --set quantize=true")
     _add_config_args(p)
 
@@ -149,8 +170,7 @@ def cmd_sweep(args) -> None:
     from asrkd.sweep import parse_grid, sweep
 
     base = load_config(args.config, args.overrides, Config)
-    extra = _shorthand(args.sweep_overrides, seeds=args.seeds, jobs=args.jobs,
-                       storage=args.storage)
+    extra = _shorthand(args.sweep_overrides, seeds=args.seeds, jobs=args.jobs, storage=args.storage)
     sweep_cfg = load_config(None, extra, SweepConfig)
     grid, ranges = parse_grid(args.grid)
     print(sweep(base, grid, ranges, sweep_cfg, args.out))
@@ -186,27 +206,44 @@ def cmd_demo(args) -> None:
 
 
 COMMANDS = {
-    "prepare": cmd_prepare, "download": cmd_download, "corpus": cmd_corpus,
-    "train": cmd_train, "distill": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep,
-    "report": cmd_report, "transcribe": cmd_transcribe, "export": cmd_export,
+    "prepare": cmd_prepare,
+    "download": cmd_download,
+    "corpus": cmd_corpus,
+    "train": cmd_train,
+    "distill": cmd_train,
+    "evaluate": cmd_evaluate,
+    "sweep": cmd_sweep,
+    "report": cmd_report,
+    "transcribe": cmd_transcribe,
+    "export": cmd_export,
     "demo": cmd_demo,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from asrkd.data.dataset import DataError
-    from asrkd.models.checkpoint import CheckpointError
     from asrkd.export import ExportError
+    from asrkd.models.checkpoint import CheckpointError
     from asrkd.runtime import TrainingError
     from asrkd.sweep import SweepError
 
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, DataError, CheckpointError, TrainingError, ExportError, SweepError,
-            ImportError, FileNotFoundError) as err:
+    except (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        TrainingError,
+        ExportError,
+        SweepError,
+        ImportError,
+        FileNotFoundError,
+    ) as err:
         print(f"asrkd {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -41,19 +41,41 @@ class RunSpec:
 
 def plan_runs(cfg: DemoConfig) -> list[RunSpec]:
     """The teacher, then per situation the student without KD and with each variant."""
-    runs = [RunSpec("teacher", "teacher", cfg.teacher_preset, "none", cfg.teacher_overrides,
-                    cfg.teacher_steps)]
+    runs = [
+        RunSpec(
+            "teacher",
+            "teacher",
+            cfg.teacher_preset,
+            "none",
+            cfg.teacher_overrides,
+            cfg.teacher_steps,
+        )
+    ]
     variants = (("none", ()), *cfg.variants)
     for scenario in ("full", "partial"):
         for name, overrides in variants:
-            runs.append(RunSpec(f"{scenario}-{cfg.student_preset}-{name}", scenario,
-                                cfg.student_preset, name,
-                                (*cfg.student_overrides, *overrides), cfg.student_steps))
+            runs.append(
+                RunSpec(
+                    f"{scenario}-{cfg.student_preset}-{name}",
+                    scenario,
+                    cfg.student_preset,
+                    name,
+                    (*cfg.student_overrides, *overrides),
+                    cfg.student_steps,
+                )
+            )
     if cfg.small_student_preset:
         for name, overrides in variants[:2]:
-            runs.append(RunSpec(f"full-{cfg.small_student_preset}-{name}", "full",
-                                cfg.small_student_preset, name,
-                                (*cfg.student_overrides, *overrides), cfg.student_steps))
+            runs.append(
+                RunSpec(
+                    f"full-{cfg.small_student_preset}-{name}",
+                    "full",
+                    cfg.small_student_preset,
+                    name,
+                    (*cfg.student_overrides, *overrides),
+                    cfg.student_steps,
+                )
+            )
     return runs
 
 
@@ -89,9 +111,12 @@ def split_dev_speakers(cuts_path: Path, n_dev: int, out: Path) -> tuple[Path, Pa
 
 def run_config(cfg: DemoConfig, spec: RunSpec, data: dict[str, Path], out: Path) -> Config:
     overrides = [
-        f"data.train_cuts={data['train']}", f"data.dev_cuts={data['dev']}",
-        f"data.test_cuts=[{data['test']}]", f"model.preset={spec.preset}",
-        f"train.max_steps={spec.steps}", f"train.out_dir={out / 'runs' / spec.name}",
+        f"data.train_cuts={data['train']}",
+        f"data.dev_cuts={data['dev']}",
+        f"data.test_cuts=[{data['test']}]",
+        f"model.preset={spec.preset}",
+        f"train.max_steps={spec.steps}",
+        f"train.out_dir={out / 'runs' / spec.name}",
         *spec.overrides,
     ]
     if spec.scenario == "partial":
@@ -103,23 +128,21 @@ def run_config(cfg: DemoConfig, spec: RunSpec, data: dict[str, Path], out: Path)
 
 def train_or_reuse(run_cfg: Config) -> Path:
     """Train unless the run folder already holds a completed run of the same config; resume a
-    run that was interrupted."""
+    run of the same config that was interrupted; start over when the config changed."""
+    import shutil
+
     from asrkd.config import load_config, to_dict
     from asrkd.train import train
 
     out = Path(run_cfg.train.out_dir)
-    done = out / "summary.json"
-    if done.is_file() and (out / "config.yaml").is_file():
-        if to_dict(load_config(out / "config.yaml")) == to_dict(run_cfg):
-            log.info("reusing completed run %s", out)
-            return out
-    resume = (out / "checkpoints").is_dir() and (out / "config.yaml").is_file() and \
-        to_dict(load_config(out / "config.yaml")) == to_dict(run_cfg) and not done.is_file()
-    if not resume and out.exists():
-        import shutil
-
+    saved = out / "config.yaml"
+    same = saved.is_file() and to_dict(load_config(saved)) == to_dict(run_cfg)
+    if same and (out / "summary.json").is_file():
+        log.info("reusing completed run %s", out)
+        return out
+    if not same and out.exists():
         shutil.rmtree(out)
-    return train(run_cfg, resume=resume)
+    return train(run_cfg, resume=same)
 
 
 def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:

@@ -26,13 +26,22 @@ def evaluate_runs(specs, out: Path, data: dict[str, Path], cfg: DemoConfig) -> l
         model = out / "runs" / spec.name / "model.safetensors"
         summary = evaluate(model, [data["test"]], out / "eval" / spec.name, cfg.eval)
         test = next(iter(summary["sets"].values()))
-        rows.append({
-            "name": spec.name, "scenario": spec.scenario, "preset": spec.preset,
-            "strategy": spec.strategy, "variant": spec.variant, "params": summary["n_params"],
-            "mb": summary["bytes_fp32"] / 1e6, "wer": test["wer"], "cer": test["cer"],
-            "latency_ms": summary["speed"]["latency_ms"], "rtf": summary["speed"]["rtf"],
-            "memory_mb": summary["memory"]["model_memory_mb"],
-        })
+        rows.append(
+            {
+                "name": spec.name,
+                "scenario": spec.scenario,
+                "preset": spec.preset,
+                "strategy": spec.strategy,
+                "variant": spec.variant,
+                "params": summary["n_params"],
+                "mb": summary["bytes_fp32"] / 1e6,
+                "wer": test["wer"],
+                "cer": test["cer"],
+                "latency_ms": summary["speed"]["latency_ms"],
+                "rtf": summary["speed"]["rtf"],
+                "memory_mb": summary["memory"]["model_memory_mb"],
+            }
+        )
     add_relative(rows)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     return rows
@@ -42,15 +51,23 @@ def add_relative(rows: list[dict]) -> None:
     """WER change against the same student without KD, memory against the teacher."""
     teacher = next(r for r in rows if r["scenario"] == "teacher")
     for row in rows:
-        base = next((r for r in rows if r["scenario"] == row["scenario"]
-                     and r["preset"] == row["preset"] and r["variant"] == "none"), None)
+        base = next(
+            (
+                r
+                for r in rows
+                if r["scenario"] == row["scenario"]
+                and r["preset"] == row["preset"]
+                and r["variant"] == "none"
+            ),
+            None,
+        )
         own = base is not None and row["scenario"] != "teacher"
         for key in ("wer", "cer"):
-            row[f"{key}_change"] = (row[key] - base[key]) / base[key] if own and base[key] \
-                else None
+            row[f"{key}_change"] = (row[key] - base[key]) / base[key] if own and base[key] else None
         row["size_vs_teacher"] = row["params"] / teacher["params"]
-        row["memory_vs_teacher"] = row["memory_mb"] / teacher["memory_mb"] \
-            if teacher["memory_mb"] > 0 else None
+        row["memory_vs_teacher"] = (
+            row["memory_mb"] / teacher["memory_mb"] if teacher["memory_mb"] > 0 else None
+        )
 
 
 def _pct(x: float | None, signed: bool = False) -> str:
@@ -60,8 +77,10 @@ def _pct(x: float | None, signed: bool = False) -> str:
 
 
 def table_lines(rows: list[dict]) -> list[str]:
-    head = ("| model | params | MB | WER | CER | latency ms | RTF | WER vs baseline "
-            "| CER vs baseline | size vs teacher | memory vs teacher |")
+    head = (
+        "| model | params | MB | WER | CER | latency ms | RTF | WER vs baseline "
+        "| CER vs baseline | size vs teacher | memory vs teacher |"
+    )
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
@@ -88,15 +107,21 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
 
     paths = []
     markers = {"teacher": "*", "full": "o", "partial": "s"}
-    for key, label, fname in (("params", "parameters (M)", "wer_vs_size.png"),
-                              ("latency_ms", "latency per utterance (ms, batch 1)",
-                               "wer_vs_latency.png")):
+    for key, label, fname in (
+        ("params", "parameters (M)", "wer_vs_size.png"),
+        ("latency_ms", "latency per utterance (ms, batch 1)", "wer_vs_latency.png"),
+    ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for r in rows:
             x = r[key] / 1e6 if key == "params" else r[key]
             ax.scatter(x, 100 * r["wer"], marker=markers[r["scenario"]], s=70)
-            ax.annotate(r["name"], (x, 100 * r["wer"]), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                r["name"],
+                (x, 100 * r["wer"]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
         ax.set_xlabel(label)
         ax.set_ylabel("test WER (%)")
         ax.set_title("WER on unseen test voices (o: all transcripts, s: partial, *: teacher)")
@@ -111,8 +136,13 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
 def target_lines(rows: list[dict]) -> list[str]:
     """Whether the demo met its targets, with the numbers either way."""
     lines = []
-    distilled = [r for r in rows if r["variant"] != "none" and r["wer_change"] is not None
-                 and r["size_vs_teacher"] <= TARGET_MEMORY_RATIO]
+    distilled = [
+        r
+        for r in rows
+        if r["variant"] != "none"
+        and r["wer_change"] is not None
+        and r["size_vs_teacher"] <= TARGET_MEMORY_RATIO
+    ]
     if distilled:
         best = min(distilled, key=lambda r: r["wer_change"])
         ok = -best["wer_change"] >= TARGET_WER_REDUCTION
@@ -124,8 +154,11 @@ def target_lines(rows: list[dict]) -> list[str]:
             f"teacher's parameters."
         )
     teacher = next(r for r in rows if r["scenario"] == "teacher")
-    small = [r for r in rows if r["size_vs_teacher"] <= TARGET_SMALL_MEMORY_RATIO
-             and r["scenario"] == "full"]
+    small = [
+        r
+        for r in rows
+        if r["size_vs_teacher"] <= TARGET_SMALL_MEMORY_RATIO and r["scenario"] == "full"
+    ]
     if not small:
         lines.append(
             f"- A student at ≤ {TARGET_SMALL_MEMORY_RATIO:.0%} of the teacher's size within "
@@ -148,26 +181,46 @@ def target_lines(rows: list[dict]) -> list[str]:
 
 def write_report(rows, out: Path, cfg: DemoConfig, timings: dict, librispeech) -> Path:
     plots = plot(rows, out)
-    data = f"LibriSpeech folder {librispeech}" if librispeech else (
-        f"the embedded synthetic corpus ({cfg.corpus.hours} h, seed {cfg.corpus.seed}; "
-        "test voices unseen in training)")
+    data = (
+        f"LibriSpeech folder {librispeech}"
+        if librispeech
+        else (
+            f"the embedded synthetic corpus ({cfg.corpus.hours} h, seed {cfg.corpus.seed}; "
+            "test voices unseen in training)"
+        )
+    )
     lines = [
-        "# asrkd demo report", "",
-        f"Data: {data}. Machine: {os.cpu_count()} CPU cores, {platform.machine()}, "
-        f"date {datetime.date.today().isoformat()}. Total wall time "
-        f"{timings['total'] / 60:.1f} min.", "",
-        "Rows: the teacher; the student in situation (a) `full` (every transcript) and (b) "
-        f"`partial` (transcripts for {cfg.partial_fraction:.0%} of the train speakers, the rest "
-        "as untranscribed audio; its baseline sees only the transcribed part). Strategy `none` "
-        "is the student trained without distillation; every student of a situation has the same "
-        "number of steps. WER/CER on test voices (greedy decoding, no language model); size = "
-        "parameters; memory = peak resident memory added by loading the model and decoding "
-        "utterances one at a time in a fresh process (activations and buffers dominate it at "
-        "these sizes); latency at batch size 1.", "",
-        *table_lines(rows), "", "## Targets", "", *target_lines(rows), "",
-        *[f"![{p.stem}]({p.name})" for p in plots], "",
-        "## Stage times (s)", "",
-        *[f"- {k}: {v:.0f}" for k, v in timings.items()], "",
+        "# asrkd demo report",
+        "",
+        (
+            f"Data: {data}. Machine: {os.cpu_count()} CPU cores, {platform.machine()}, "
+            f"date {datetime.date.today().isoformat()}. Total wall time "
+            f"{timings['total'] / 60:.1f} min."
+        ),
+        "",
+        (
+            "Rows: the teacher; the student in situation (a) `full` (every transcript) and (b) "
+            f"`partial` (transcripts for {cfg.partial_fraction:.0%} of the train speakers, the rest "
+            "as untranscribed audio; its baseline sees only the transcribed part). Strategy `none` "
+            "is the student trained without distillation; every student of a situation has the same "
+            "number of steps. WER/CER on test voices (greedy decoding, no language model); size = "
+            "parameters; memory = peak resident memory added by loading the model and decoding "
+            "utterances one at a time in a fresh process (activations and buffers dominate it at "
+            "these sizes); latency at batch size 1."
+        ),
+        "",
+        *table_lines(rows),
+        "",
+        "## Targets",
+        "",
+        *target_lines(rows),
+        "",
+        *[f"![{p.stem}]({p.name})" for p in plots],
+        "",
+        "## Stage times (s)",
+        "",
+        *[f"- {k}: {v:.0f}" for k, v in timings.items()],
+        "",
     ]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -81,8 +81,13 @@ def score(results: list[Result]) -> dict:
     c = jiwer.process_characters(refs, hyps)
     n_words = w.hits + w.substitutions + w.deletions
     return {
-        "wer": w.wer, "cer": c.cer, "n_utterances": len(refs), "n_words": n_words,
-        "substitutions": w.substitutions, "deletions": w.deletions, "insertions": w.insertions,
+        "wer": w.wer,
+        "cer": c.cer,
+        "n_utterances": len(refs),
+        "n_words": n_words,
+        "substitutions": w.substitutions,
+        "deletions": w.deletions,
+        "insertions": w.insertions,
     }
 
 
@@ -91,8 +96,7 @@ def write_results(results: list[Result], out_dir: Path, name: str) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{name}-greedy"
     with open(out_dir / f"hyps-{tag}.txt", "w", encoding="utf-8") as fh:
-        for cut_id, ref, hyp in results:
-            fh.write(f"{cut_id}\t{ref}\t{hyp}\n")
+        fh.writelines(f"{cut_id}\t{ref}\t{hyp}\n" for cut_id, ref, hyp in results)
     rows = []
     for cut_id, ref, hyp in results:
         if not ref:
@@ -137,8 +141,9 @@ def measure_speed(model: ConformerCTC, cuts: CutSet, cfg: EvalConfig) -> dict:
     }
 
 
-def measure_memory(model_path: str | Path, cuts_path: str | Path, n_utts: int,
-                   threads: int) -> dict:
+def measure_memory(
+    model_path: str | Path, cuts_path: str | Path, n_utts: int, threads: int
+) -> dict:
     """Peak resident memory of loading the model and decoding n_utts utterances one at a time,
     measured in a fresh process so nothing else this process holds is counted."""
     code = (
@@ -148,7 +153,10 @@ def measure_memory(model_path: str | Path, cuts_path: str | Path, n_utts: int,
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(model_path), str(cuts_path), str(n_utts), str(threads)],
-        capture_output=True, text=True, check=False, env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed: {proc.stderr.strip()[-2000:]}")
@@ -173,8 +181,16 @@ def _memory_probe(model_path: str, cuts_path: str, n_utts: int, threads: int) ->
     with torch.inference_mode():
         # Run a throwaway minimal model first, so torch's one-off kernel and thread-pool set-up
         # is in the baseline and the figure below scales with the model measured.
-        warm = ConformerCTC(ConformerDims(n_mels=batches[0].feats.shape[-1], d_model=16,
-                                          n_layers=1, n_heads=2, ff_mult=2, conv_kernel=7))
+        warm = ConformerCTC(
+            ConformerDims(
+                n_mels=batches[0].feats.shape[-1],
+                d_model=16,
+                n_layers=1,
+                n_heads=2,
+                ff_mult=2,
+                conv_kernel=7,
+            )
+        )
         for b in batches:
             warm(b.feats, b.feat_lens)
         del warm
@@ -217,8 +233,9 @@ def evaluate(
     if measure and cuts_paths:
         cuts = load_cuts(cuts_paths[0])
         summary["speed"] = measure_speed(model, cuts, cfg)
-        summary["memory"] = measure_memory(model_path, cuts_paths[0], cfg.latency_utterances,
-                                           cfg.threads)
+        summary["memory"] = measure_memory(
+            model_path, cuts_paths[0], cfg.latency_utterances, cfg.threads
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -49,8 +49,10 @@ def load_training_data(cfg: Config, distilling: bool) -> tuple[CutSet, CutSet]:
     unlabelled = CutSet.from_cuts([])
     n_empty = sum(1 for c in train if not cut_text(c))
     if n_empty:
-        raise DataError(f"{cfg.data.train_cuts}: {n_empty} cuts have no transcript; put "
-                        "untranscribed audio in data.unlabelled_cuts instead")
+        raise DataError(
+            f"{cfg.data.train_cuts}: {n_empty} cuts have no transcript; put "
+            "untranscribed audio in data.unlabelled_cuts instead"
+        )
     if cfg.data.labelled_fraction < 1.0:
         train, unlabelled = split_by_speaker(train, cfg.data.labelled_fraction, cfg.train.seed)
     if cfg.data.unlabelled_cuts:
@@ -59,8 +61,9 @@ def load_training_data(cfg: Config, distilling: bool) -> tuple[CutSet, CutSet]:
         unlabelled = unlabelled + strip_text(load_cuts(cfg.data.unlabelled_cuts))
     if distilling and len(unlabelled):
         train = (train + unlabelled).to_eager()
-    log.info("train: %d cuts (%d untranscribed used)", len(train),
-             len(unlabelled) if distilling else 0)
+    log.info(
+        "train: %d cuts (%d untranscribed used)", len(train), len(unlabelled) if distilling else 0
+    )
     return train, load_cuts(cfg.data.dev_cuts)
 
 
@@ -92,15 +95,23 @@ class TeacherSource:
             return
         manifests = [self.cfg.data.train_cuts, self.cfg.data.unlabelled_cuts]
         self.caches = [
-            build_cache(self.teacher, m, request, self.cfg.teacher.cache_topk,
-                        self.cfg.teacher.cache_dir or None, progress=self.cfg.train.progress)
-            for m in manifests if m
+            build_cache(
+                self.teacher,
+                m,
+                request,
+                self.cfg.teacher.cache_topk,
+                self.cfg.teacher.cache_dir or None,
+                progress=self.cfg.train.progress,
+            )
+            for m in manifests
+            if m
         ]
 
     def __call__(self, batch: Batch) -> TeacherOutput:
         if not self.caches:
-            return self.teacher(batch.feats.to(self.device), batch.feat_lens.to(self.device),
-                                self.request)
+            return self.teacher(
+                batch.feats.to(self.device), batch.feat_lens.to(self.device), self.request
+            )
         ids = batch.cut_ids
         for cache in self.caches:
             if all(c in cache.entries for c in ids):
@@ -161,7 +172,7 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return None
 
 
-def checkpoint_tensors(trainer: "Trainer") -> tuple[dict[str, Tensor], dict]:
+def checkpoint_tensors(trainer: Trainer) -> tuple[dict[str, Tensor], dict]:
     """Optimiser, distiller and RNG tensors, plus JSON-able optimiser/scheduler metadata."""
     tensors = dict(rng_state())
     tensors["rng.specaug"] = trainer.aug_gen.get_state()
@@ -178,7 +189,7 @@ def checkpoint_tensors(trainer: "Trainer") -> tuple[dict[str, Tensor], dict]:
     return tensors, meta
 
 
-def restore_checkpoint(path: Path, trainer: "Trainer") -> None:
+def restore_checkpoint(path: Path, trainer: Trainer) -> None:
     """Load everything `checkpoint_tensors` and the train state saved."""
     from asrkd.train import TrainState
 

@@ -17,9 +17,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,8 +108,9 @@ class Trainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: lr_factor(s, cfg.train.warmup_steps, cfg.train.max_steps,
-                                cfg.train.min_lr_ratio),
+            lambda s: lr_factor(
+                s, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.min_lr_ratio
+            ),
         )
         self.aug_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.state = TrainState()
@@ -127,8 +129,7 @@ class Trainer:
 
     def _build_student(self, teacher_model: ConformerCTC | None, n_mels: int) -> ConformerCTC:
         cfg = self.cfg
-        model = build_model(cfg.model.preset, self.tokenizer.vocab_size, n_mels,
-                            cfg.model.dropout)
+        model = build_model(cfg.model.preset, self.tokenizer.vocab_size, n_mels, cfg.model.dropout)
         if cfg.distill.init_from_teacher:
             from asrkd.distill.student_init import init_from_teacher
 
@@ -156,8 +157,9 @@ class Trainer:
 
     def batches(self):
         """Yield (epoch, index in epoch, cuts) forever, skipping what a resumed run consumed."""
-        sampler = make_sampler(self.train_cuts, self.cfg.data, shuffle=True,
-                               seed=self.cfg.train.seed)
+        sampler = make_sampler(
+            self.train_cuts, self.cfg.data, shuffle=True, seed=self.cfg.train.seed
+        )
         while True:
             sampler.set_epoch(self.state.epoch)
             for i, cuts in enumerate(sampler):
@@ -198,8 +200,13 @@ class Trainer:
 
     def run(self, on_eval: Callable[[int, dict], None] | None = None) -> dict:
         cfg, st = self.cfg, self.state
-        bar = tqdm(total=cfg.train.max_steps, initial=st.step, desc=f"train {self.out.name}",
-                   disable=not cfg.train.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.train.max_steps,
+            initial=st.step,
+            desc=f"train {self.out.name}",
+            disable=not cfg.train.progress,
+            dynamic_ncols=True,
+        )
         t_last, audio_last = time.perf_counter(), 0.0
         for i, cuts in self.batches():
             if st.step >= cfg.train.max_steps:
@@ -215,11 +222,20 @@ class Trainer:
             audio_last += batch.audio_seconds
             if st.step % LOG_EVERY == 0 or st.step == cfg.train.max_steps:
                 speed = audio_last / max(1e-9, time.perf_counter() - t_last)
-                self._log({"step": st.step, "epoch": st.epoch, **row,
-                           "lr": self.scheduler.get_last_lr()[0], "audio_s_per_s": speed})
-                bar.set_postfix(loss=f"{row['loss']:.3f}",
-                                lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                                audio_s_per_s=f"{speed:.0f}")
+                self._log(
+                    {
+                        "step": st.step,
+                        "epoch": st.epoch,
+                        **row,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "audio_s_per_s": speed,
+                    }
+                )
+                bar.set_postfix(
+                    loss=f"{row['loss']:.3f}",
+                    lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                    audio_s_per_s=f"{speed:.0f}",
+                )
                 t_last, audio_last = time.perf_counter(), 0.0
             bar.update(1)
             if st.step % cfg.train.eval_every == 0 or st.step == cfg.train.max_steps:
@@ -238,8 +254,11 @@ class Trainer:
             return
         st.bad_steps += 1
         st.consecutive_bad += 1
-        log.warning("non-finite loss or gradient at step %d (batch %s...): batch skipped",
-                    st.step, batch.cut_ids[0])
+        log.warning(
+            "non-finite loss or gradient at step %d (batch %s...): batch skipped",
+            st.step,
+            batch.cut_ids[0],
+        )
         if st.consecutive_bad >= self.cfg.train.max_bad_steps:
             raise TrainingError(
                 f"{st.consecutive_bad} consecutive batches gave a non-finite loss or gradient. "
@@ -253,8 +272,9 @@ class Trainer:
 
     def _evaluate(self, on_eval: Callable[[int, dict], None] | None) -> None:
         st = self.state
-        results = decode_cuts(self.model, self.dev_cuts, self.tokenizer,
-                              self.cfg.data.max_batch_seconds, self.device)
+        results = decode_cuts(
+            self.model, self.dev_cuts, self.tokenizer, self.cfg.data.max_batch_seconds, self.device
+        )
         wer, cer = error_rates(results)
         row = {"step": st.step, "dev_wer": wer, "dev_cer": cer}
         st.history.append(row)
@@ -266,8 +286,7 @@ class Trainer:
             on_eval(st.step, row)
 
     def save_model(self, path: Path) -> None:
-        save_checkpoint(path, self.model, self.tokenizer, to_dict(self.cfg),
-                        features=self.features)
+        save_checkpoint(path, self.model, self.tokenizer, to_dict(self.cfg), features=self.features)
 
     def save_checkpoint(self) -> None:
         st = self.state
@@ -276,9 +295,15 @@ class Trainer:
         st.numpy_rng = [keys.tolist(), int(pos), int(has_gauss), float(gauss)]
         path = self.out / "checkpoints" / f"step-{st.step:07d}.safetensors"
         tensors, meta = checkpoint_tensors(self)
-        save_checkpoint(path, self.model, self.tokenizer, to_dict(self.cfg),
-                        extra_tensors=tensors, train_state={**st.__dict__, **meta},
-                        features=self.features)
+        save_checkpoint(
+            path,
+            self.model,
+            self.tokenizer,
+            to_dict(self.cfg),
+            extra_tensors=tensors,
+            train_state={**st.__dict__, **meta},
+            features=self.features,
+        )
         old = sorted((self.out / "checkpoints").glob("step-*.safetensors"))
         for stale in old[: -self.cfg.train.keep_checkpoints]:
             stale.unlink()
@@ -306,8 +331,9 @@ class Trainer:
         return summary
 
 
-def train(cfg: Config, resume: bool = False,
-          on_eval: Callable[[int, dict], None] | None = None) -> Path:
+def train(
+    cfg: Config, resume: bool = False, on_eval: Callable[[int, dict], None] | None = None
+) -> Path:
     """Train (or distil) a model as `cfg` says; returns the run folder. `on_eval(step, row)` is
     called after each dev evaluation (a sweep uses it to prune)."""
     trainer = Trainer(cfg, resume=resume)

@@ -42,7 +42,7 @@ class Batch:
     def audio_seconds(self) -> float:
         return float(sum(self.durations))
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         move = {
             k: getattr(self, k).to(device)
             for k in ("feats", "feat_lens", "targets", "target_lens", "labelled")
@@ -162,6 +162,9 @@ def feature_config_of(cuts: CutSet) -> FeatureConfig:
     if extractor != "kaldi-fbank" and extractor != "fbank":
         raise DataError(f"cuts carry {extractor!r} features; asrkd models expect fbank")
     frame_length = FeatureConfig.frame_length
-    return FeatureConfig(sample_rate=feats.sampling_rate, n_mels=feats.num_features,
-                         frame_shift=feats.frame_shift, frame_length=frame_length)
-
+    return FeatureConfig(
+        sample_rate=feats.sampling_rate,
+        n_mels=feats.num_features,
+        frame_shift=feats.frame_shift,
+        frame_length=frame_length,
+    )

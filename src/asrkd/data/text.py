@@ -65,5 +65,5 @@ class Tokenizer:
         return json.dumps({"symbols": list(self.symbols)})
 
     @classmethod
-    def from_json(cls, text: str) -> "Tokenizer":
+    def from_json(cls, text: str) -> Tokenizer:
         return cls(symbols=tuple(json.loads(text)["symbols"]))

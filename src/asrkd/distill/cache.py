@@ -85,7 +85,7 @@ def build_cache(
     cache_root: str | Path | None = None,
     batch_seconds: float = 200.0,
     progress: bool = True,
-) -> "TeacherCache":
+) -> TeacherCache:
     """Run `teacher` over every cut of the manifest (clean features) and store its outputs;
     reuse the existing cache when its key matches."""
     directory = cache_dir_for(cuts_path, cache_root, request, topk)
@@ -94,20 +94,21 @@ def build_cache(
     # the others wait, then find the finished cache and reuse it.
     with open(directory.with_name(directory.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_locked(teacher, cuts_path, request, topk, directory, batch_seconds,
-                             progress)
+        return _build_locked(teacher, cuts_path, request, topk, directory, batch_seconds, progress)
 
 
-def _build_locked(teacher, cuts_path, request, topk, directory: Path, batch_seconds: float,
-                  progress: bool) -> "TeacherCache":
+def _build_locked(
+    teacher, cuts_path, request, topk, directory: Path, batch_seconds: float, progress: bool
+) -> TeacherCache:
     key = cache_key(teacher, cuts_path, request, topk)
     index_path = directory / "index.json"
     if index_path.is_file():
         if json.loads(index_path.read_text())["key"] == key:
             log.info("teacher cache %s is up to date", directory)
             return TeacherCache(directory)
-        log.warning("teacher cache %s is stale (teacher, data or request changed): rebuilding",
-                    directory)
+        log.warning(
+            "teacher cache %s is stale (teacher, data or request changed): rebuilding", directory
+        )
     cuts = CutSet.from_file(cuts_path).to_eager()
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -139,8 +140,14 @@ def _build_locked(teacher, cuts_path, request, topk, directory: Path, batch_seco
                 shard = {}
     if shard:
         save_file(shard, str(tmp / f"shard-{(rows - 1) // SHARD_SIZE:05d}.safetensors"))
-    index = {"key": key, "topk": topk, "vocab_size": _vocab(teacher), "entries": entries,
-             "texts": texts, "hidden_layers": list(request.hidden_layers)}
+    index = {
+        "key": key,
+        "topk": topk,
+        "vocab_size": _vocab(teacher),
+        "entries": entries,
+        "texts": texts,
+        "hidden_layers": list(request.hidden_layers),
+    }
     (tmp / "index.json").write_text(json.dumps(index))
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)

@@ -39,7 +39,12 @@ def ctc_loss(
         utt_mask = torch.ones_like(lengths, dtype=torch.bool)
     log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T', B, V)
     per_utt = F.ctc_loss(
-        log_probs, targets, lengths, target_lens, blank=blank, reduction="none",
+        log_probs,
+        targets,
+        lengths,
+        target_lens,
+        blank=blank,
+        reduction="none",
         zero_infinity=True,
     )
     per_utt = per_utt * utt_mask.to(per_utt.dtype)

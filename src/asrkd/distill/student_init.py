@@ -60,8 +60,12 @@ def init_from_teacher(student: ConformerCTC, teacher: ConformerCTC) -> InitRepor
     missing, unexpected = student.load_state_dict(new_state, strict=True)
     assert not missing and not unexpected
     _smoke_test(student)
-    log.info("student init: copied %d tensors, skipped %d (layer map %s)",
-             len(report.copied), len(report.skipped), layer_map)
+    log.info(
+        "student init: copied %d tensors, skipped %d (layer map %s)",
+        len(report.copied),
+        len(report.skipped),
+        layer_map,
+    )
     return report
 
 

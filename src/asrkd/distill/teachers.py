@@ -29,7 +29,7 @@ class TeacherRequest:
     transcripts: bool = False
     hidden_layers: tuple[int, ...] = ()
 
-    def __or__(self, other: "TeacherRequest") -> "TeacherRequest":
+    def __or__(self, other: TeacherRequest) -> TeacherRequest:
         layers = tuple(sorted(set(self.hidden_layers) | set(other.hidden_layers)))
         return TeacherRequest(
             self.logits or other.logits, self.transcripts or other.transcripts, layers
@@ -54,8 +54,9 @@ class Teacher(Protocol):
         """A hash that changes whenever the teacher's outputs could change."""
         ...
 
-    def __call__(self, feats: Tensor, feat_lens: Tensor, request: TeacherRequest) -> TeacherOutput:
-        ...
+    def __call__(
+        self, feats: Tensor, feat_lens: Tensor, request: TeacherRequest
+    ) -> TeacherOutput: ...
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -80,7 +81,7 @@ class CheckpointTeacher:
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def to(self, device: torch.device) -> "CheckpointTeacher":
+    def to(self, device: torch.device) -> CheckpointTeacher:
         self.model.to(device)
         return self
 

@@ -13,12 +13,15 @@ PRESETS: dict[str, ConformerDims] = {
     # Narrow subsampling convolutions: at full width they would cost as much as the blocks.
     # Four blocks: on the demo's few-minute budget a deeper teacher leaves CTC's all-blank
     # plateau later and less stably (measured, docs/benchmarks.md).
-    "demo-teacher": ConformerDims(d_model=144, n_layers=4, n_heads=4, conv_kernel=15,
-                                  subsampling_channels=32),
-    "demo-student": ConformerDims(d_model=96, n_layers=4, n_heads=4, conv_kernel=15,
-                                  subsampling_channels=32),
-    "demo-student-xs": ConformerDims(d_model=64, n_layers=3, n_heads=4, conv_kernel=15,
-                                     subsampling_channels=32),
+    "demo-teacher": ConformerDims(
+        d_model=144, n_layers=4, n_heads=4, conv_kernel=15, subsampling_channels=32
+    ),
+    "demo-student": ConformerDims(
+        d_model=96, n_layers=4, n_heads=4, conv_kernel=15, subsampling_channels=32
+    ),
+    "demo-student-xs": ConformerDims(
+        d_model=64, n_layers=3, n_heads=4, conv_kernel=15, subsampling_channels=32
+    ),
     # For tests: seconds to train on a handful of utterances.
     "tiny": ConformerDims(d_model=32, n_layers=2, n_heads=2, ff_mult=2, conv_kernel=7),
     "tiny-xs": ConformerDims(d_model=16, n_layers=1, n_heads=2, ff_mult=2, conv_kernel=7),
@@ -29,8 +32,9 @@ def build_model(preset: str, vocab_size: int, n_mels: int, dropout: float) -> Co
     """A fresh model from a named preset, sized for the tokenizer and features in use."""
     import dataclasses
 
-    dims = dataclasses.replace(PRESETS[preset], vocab_size=vocab_size, n_mels=n_mels,
-                               dropout=dropout)
+    dims = dataclasses.replace(
+        PRESETS[preset], vocab_size=vocab_size, n_mels=n_mels, dropout=dropout
+    )
     return ConformerCTC(dims)
 
 
