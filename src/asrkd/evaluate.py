@@ -22,25 +22,13 @@ import torch
 from lhotse import CutSet
 
 from asrkd.config import EvalConfig
-from asrkd.data.dataset import collate, cut_text, load_cuts
+from asrkd.data.dataset import collate, cut_text, duration_batches, load_cuts
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.models.checkpoint import load_model
 from asrkd.models.conformer import ConformerCTC, ConformerDims
 from asrkd.models.ctc import greedy_decode
 
 Result = tuple[str, str, str]  # cut id, reference, hypothesis
-
-
-def _batches(cuts: CutSet, batch_seconds: float) -> list[list]:
-    """Cuts sorted by duration and grouped into batches of at most batch_seconds of audio."""
-    out, current, total = [], [], 0.0
-    for cut in sorted(cuts, key=lambda c: (c.duration, c.id)):
-        if current and total + cut.duration > batch_seconds:
-            out.append(current)
-            current, total = [], 0.0
-        current.append(cut)
-        total += cut.duration
-    return out + ([current] if current else [])
 
 
 @torch.inference_mode()
@@ -55,7 +43,7 @@ def decode_cuts(
     was_training = model.training
     model.eval()
     results = []
-    for group in _batches(cuts, batch_seconds):
+    for group in duration_batches(cuts, batch_seconds):
         batch = collate(CutSet.from_cuts(group), tokenizer)
         out = model(batch.feats.to(device), batch.feat_lens.to(device))
         for cut, ids in zip(group, greedy_decode(out.logits, out.lengths, tokenizer.blank_id)):
@@ -127,7 +115,7 @@ def measure_speed(model: ConformerCTC, cuts: CutSet, cfg: EvalConfig) -> dict:
         model(b.feats, b.feat_lens)
         times.append(time.perf_counter() - t0)
     audio = sum(b.audio_seconds for b in singles)
-    batches = [collate(CutSet.from_cuts(g), tok) for g in _batches(cuts, cfg.batch_seconds)]
+    batches = [collate(CutSet.from_cuts(g), tok) for g in duration_batches(cuts, cfg.batch_seconds)]
     t0 = time.perf_counter()
     for b in batches:
         model(b.feats, b.feat_lens)

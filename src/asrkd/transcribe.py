@@ -8,30 +8,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from asrkd.config import FeatureConfig
+from asrkd.data.audio import load_mono
 from asrkd.data.text import Tokenizer
-from asrkd.data.validate import DataError
 from asrkd.models.checkpoint import model_from_tensors, read_checkpoint
 from asrkd.models.ctc import greedy_decode
-
-
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Mono float32 samples at `sample_rate` (channels averaged, resampled when needed)."""
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError) as err:
-        raise DataError(f"{path}: unreadable audio ({err})") from err
-    if audio.shape[0] == 0:
-        raise DataError(f"{path}: no samples")
-    mono = torch.from_numpy(audio.mean(axis=1)).unsqueeze(0)
-    if rate != sample_rate:
-        from lhotse.augmentation.resample import Resample
-
-        mono = Resample(rate, sample_rate)(mono)
-    return mono.squeeze(0).numpy()
 
 
 def fbank(samples: np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
@@ -117,4 +100,4 @@ def transcribe_files(model_path: str | Path, paths: list[str | Path]) -> list[tu
     file from `asrkd export`."""
     transcriber = open_transcriber(model_path)
     rate = transcriber.features.sample_rate
-    return [(str(p), transcriber(load_audio(p, rate))) for p in paths]
+    return [(str(p), transcriber(load_mono(p, rate))) for p in paths]

@@ -168,3 +168,16 @@ def feature_config_of(cuts: CutSet) -> FeatureConfig:
         frame_shift=feats.frame_shift,
         frame_length=frame_length,
     )
+
+
+def duration_batches(cuts, batch_seconds: float) -> list[list]:
+    """Cuts sorted by (duration, id) and grouped into batches of at most batch_seconds of audio
+    (a single longer cut makes a batch of its own): deterministic, little padding."""
+    out, current, total = [], [], 0.0
+    for cut in sorted(cuts, key=lambda c: (c.duration, c.id)):
+        if current and total + cut.duration > batch_seconds:
+            out.append(current)
+            current, total = [], 0.0
+        current.append(cut)
+        total += cut.duration
+    return out + ([current] if current else [])

@@ -35,6 +35,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from asrkd.config import PrepareConfig, to_dict
+from asrkd.data.audio import load_mono
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.data.validate import (
     AudioInfo,
@@ -300,17 +301,9 @@ def _fix_format(
 
 
 def convert_audio(src: Path, dst: Path, sample_rate: int) -> None:
-    """Downmix to mono (channel mean) and resample with lhotse's port of torchaudio's sinc
-    resampler (lhotse's own Recording.resample needs torchaudio or scipy, neither installed)."""
-    import torch
-    from lhotse.augmentation.torchaudio import get_or_create_resampler
-
-    audio, src_rate = sf.read(str(src), dtype="float32", always_2d=True)
-    mono = torch.from_numpy(audio.mean(axis=1)).unsqueeze(0)
-    if src_rate != sample_rate:
-        mono = get_or_create_resampler(src_rate, sample_rate)(mono)  # kernel cached
+    """Write a mono FLAC copy of `src` at `sample_rate` (channel mean, sinc resampling)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    samples = np.clip(mono.squeeze(0).numpy(), -1.0, 1.0)
+    samples = np.clip(load_mono(src, sample_rate), -1.0, 1.0)
     sf.write(str(dst), samples, sample_rate, format="FLAC", subtype="PCM_16")
 
 

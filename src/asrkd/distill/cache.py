@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from asrkd.data.dataset import collate
+from asrkd.data.dataset import collate, duration_batches
 from asrkd.distill.teachers import Teacher, TeacherOutput, TeacherRequest, file_sha256
 
 log = logging.getLogger(__name__)
@@ -114,16 +114,7 @@ def _build_locked(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     entries, texts, shard, rows = {}, {}, {}, 0
-    ordered = sorted(cuts, key=lambda c: c.duration)
-    batches, current, seconds = [], [], 0.0
-    for cut in ordered:
-        if current and seconds + cut.duration > batch_seconds:
-            batches.append(current)
-            current, seconds = [], 0.0
-        current.append(cut)
-        seconds += cut.duration
-    if current:
-        batches.append(current)
+    batches = duration_batches(cuts, batch_seconds)
     full_request = TeacherRequest(True, True, request.hidden_layers)
     for group in tqdm(batches, desc="teacher cache", unit="batch", disable=not progress):
         batch = collate(CutSet.from_cuts(group), teacher.tokenizer)

@@ -1,0 +1,29 @@
+"""Reading audio as the models expect it: mono float32 at the feature sample rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from asrkd.data.validate import DataError
+
+
+def load_mono(path: str | Path, sample_rate: int) -> np.ndarray:
+    """(n_samples,) float32: channels averaged, resampled to `sample_rate` when needed with
+    lhotse's port of torchaudio's sinc resampler (lhotse's Recording.resample needs torchaudio or
+    scipy, which asrkd does not install). Unreadable or empty audio is a DataError."""
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise DataError(f"{path}: unreadable audio ({err})") from err
+    if audio.shape[0] == 0:
+        raise DataError(f"{path}: no samples")
+    mono = torch.from_numpy(audio.mean(axis=1)).unsqueeze(0)
+    if rate != sample_rate:
+        from lhotse.augmentation.torchaudio import get_or_create_resampler
+
+        mono = get_or_create_resampler(rate, sample_rate)(mono)  # kernel cached per rate pair
+    return mono.squeeze(0).numpy()
