@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from asrkd.config import FeatureConfig
-from asrkd.data.audio import load_mono
+from asrkd.data.audio import fbank_extractor, load_mono
 from asrkd.data.text import Tokenizer
 from asrkd.models.checkpoint import model_from_tensors, read_checkpoint
 from asrkd.models.ctc import greedy_decode
@@ -19,16 +19,7 @@ from asrkd.models.ctc import greedy_decode
 
 def fbank(samples: np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
     """(T, n_mels) log-mel features, computed exactly as `asrkd prepare` computes them."""
-    from lhotse import Fbank, FbankConfig
-
-    extractor = Fbank(
-        FbankConfig(
-            sampling_rate=cfg.sample_rate,
-            num_filters=cfg.n_mels,
-            frame_shift=cfg.frame_shift,
-            frame_length=cfg.frame_length,
-        )
-    )
+    extractor = fbank_extractor(cfg)
     return torch.from_numpy(extractor.extract(samples, cfg.sample_rate))
 
 

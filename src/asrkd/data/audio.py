@@ -8,7 +8,23 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from asrkd.config import FeatureConfig
 from asrkd.data.validate import DataError
+
+
+def fbank_extractor(cfg: FeatureConfig):
+    """The lhotse Fbank that `asrkd prepare` stores and `asrkd transcribe` computes: one place,
+    so a model always sees the features it was trained on."""
+    from lhotse import Fbank, FbankConfig
+
+    return Fbank(
+        FbankConfig(
+            sampling_rate=cfg.sample_rate,
+            num_filters=cfg.n_mels,
+            frame_shift=cfg.frame_shift,
+            frame_length=cfg.frame_length,
+        )
+    )
 
 
 def load_mono(path: str | Path, sample_rate: int) -> np.ndarray:

@@ -35,7 +35,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from asrkd.config import PrepareConfig, to_dict
-from asrkd.data.audio import load_mono
+from asrkd.data.audio import fbank_extractor, load_mono
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.data.validate import (
     AudioInfo,
@@ -368,17 +368,9 @@ def _write_manifests(
 def _compute_features(cuts, storage_path: Path, cfg: PrepareConfig, progress: bool):
     """Fbank once, stored in a lilcom archive; a cut lhotse dropped is an error, not a gap."""
     import torch
-    from lhotse import Fbank, FbankConfig, LilcomChunkyWriter
+    from lhotse import LilcomChunkyWriter
 
-    fc = cfg.features
-    extractor = Fbank(
-        FbankConfig(
-            sampling_rate=fc.sample_rate,
-            num_filters=fc.n_mels,
-            frame_shift=fc.frame_shift,
-            frame_length=fc.frame_length,
-        )
-    )
+    extractor = fbank_extractor(cfg.features)
     threads = torch.get_num_threads()
     if cfg.num_jobs > 1:
         torch.set_num_threads(1)  # the workers do the work; avoids lhotse's oversubscription
