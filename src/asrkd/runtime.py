@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -15,7 +14,14 @@ from lhotse import CutSet
 from torch import Tensor
 
 from asrkd.config import Config, ConfigError
-from asrkd.data.dataset import Batch, DataError, cut_text, load_cuts, split_by_speaker
+from asrkd.data.dataset import (
+    Batch,
+    DataError,
+    cut_text,
+    load_cuts,
+    split_by_speaker,
+    strip_text,
+)
 from asrkd.data.text import Tokenizer
 from asrkd.distill.cache import TeacherCache, build_cache
 from asrkd.distill.teachers import TeacherOutput, TeacherRequest, load_teacher
@@ -56,8 +62,6 @@ def load_training_data(cfg: Config, distilling: bool) -> tuple[CutSet, CutSet]:
     if cfg.data.labelled_fraction < 1.0:
         train, unlabelled = split_by_speaker(train, cfg.data.labelled_fraction, cfg.train.seed)
     if cfg.data.unlabelled_cuts:
-        from asrkd.data.dataset import strip_text
-
         unlabelled = unlabelled + strip_text(load_cuts(cfg.data.unlabelled_cuts))
     if distilling and len(unlabelled):
         train = (train + unlabelled).to_eager()
@@ -215,4 +219,3 @@ def restore_checkpoint(path: Path, trainer: Trainer) -> None:
     if st.numpy_rng is not None:
         keys, pos, has_gauss, gauss = st.numpy_rng
         np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    json.dumps(st.history)  # history must stay JSON-able

@@ -134,7 +134,7 @@ def _build_locked(
     index = {
         "key": key,
         "topk": topk,
-        "vocab_size": _vocab(teacher),
+        "vocab_size": teacher.tokenizer.vocab_size,
         "entries": entries,
         "texts": texts,
         "hidden_layers": list(request.hidden_layers),
@@ -143,10 +143,6 @@ def _build_locked(
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
     return TeacherCache(directory)
-
-
-def _vocab(teacher: Teacher) -> int:
-    return teacher.tokenizer.vocab_size
 
 
 class TeacherCache:
