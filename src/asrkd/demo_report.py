@@ -133,6 +133,10 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     return paths
 
 
+def _rel(x: float, ref: float) -> float | None:
+    return (x - ref) / ref if ref else None
+
+
 def target_lines(rows: list[dict]) -> list[str]:
     """Whether the demo met its targets, with the numbers either way."""
     lines = []
@@ -174,7 +178,9 @@ def target_lines(rows: list[dict]) -> list[str]:
             f"{TARGET_SMALL_WER_GAP:.0%} relative WER of the teacher: "
             f"**{'reached' if ok else 'not reached'}** — best is {best['name']} "
             f"({_pct(best['size_vs_teacher'])} size) at {best['wer']:.1%} WER vs the teacher's "
-            f"{teacher['wer']:.1%} ({_pct(gap, True)})."
+            f"{teacher['wer']:.1%} ({_pct(gap, True)}); CER {best['cer']:.1%} vs "
+            f"{teacher['cer']:.1%} ({_pct(_rel(best['cer'], teacher['cer']), True)}). WER near "
+            "100 % for both says little: read the CER gap too."
         )
     return lines
 
