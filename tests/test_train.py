@@ -16,20 +16,14 @@ from asrkd.evaluate import evaluate
 from asrkd.models.checkpoint import load_model
 from asrkd.runtime import TrainingError
 from asrkd.train import Trainer, train
+from tests.conftest import tiny_run_overrides
 from tests.helpers import write_librispeech_tree
 
 
 def tiny_overrides(paths: dict, out: Path, steps: int, *extra: str) -> list[str]:
+    """The suite's short tiny-preset run, evaluated and checkpointed every 100 steps."""
     return [
-        f"data.train_cuts={paths['train']}",
-        f"data.dev_cuts={paths['dev']}",
-        "data.max_batch_seconds=20",
-        f"train.max_steps={steps}",
-        f"train.out_dir={out}",
-        "train.warmup_steps=30",
-        "model.preset=tiny",
-        "train.lr=3e-3",
-        "train.progress=false",
+        *tiny_run_overrides(paths, out, steps),
         "train.eval_every=100",
         "train.checkpoint_every=100",
         *extra,
