@@ -153,7 +153,6 @@ class DataConfig:
     labelled_fraction: float = 1.0  # keep transcripts for this fraction of train speakers
     max_batch_seconds: float = 120.0  # total audio per batch (duration-bucketed)
     num_buckets: int = 6
-    max_frames_per_token: float = 1.0  # CTC needs >= 1 output frame per token (+ repeats)
     spec_augment: bool = True
     n_freq_masks: int = 2
     freq_mask_width: int = 15
