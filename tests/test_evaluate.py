@@ -79,7 +79,7 @@ def test_no_reference_at_all_is_an_error() -> None:
 
 
 def test_result_files(tmp_path: Path) -> None:
-    summary = write_results(HAND, tmp_path, "test-clean")
+    summary = write_results(HAND, tmp_path, "test-clean", "greedy")
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
         "errors-test-clean-greedy.txt",

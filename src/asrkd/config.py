@@ -26,6 +26,9 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or inconsistent."""
 
 
+DECODERS = ("greedy", "lexicon")
+
+
 def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
     choices = tuple(choices)
     if value not in choices:
@@ -168,10 +171,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which named preset (see asrkd.models.PRESETS) and its dropout."""
+    """Which named preset (see asrkd.models.PRESETS), its dropout and its output units.
+
+    tokenizer: "char" (letters), "bpe" (word pieces learnt on the run's transcribed training
+    text, `bpe_size` symbols with the blank) or the path of a tokenizer .json or a model
+    .safetensors whose units to reuse, e.g. a teacher's, which logit and hidden KD need.
+    """
 
     preset: str = "tiny"
     dropout: float = 0.1
+    tokenizer: str = "char"
+    bpe_size: int = 256
 
     def __post_init__(self) -> None:
         from asrkd.models import PRESETS  # lazy: keeps config importable without torch
@@ -179,6 +189,10 @@ class ModelConfig:
         _check_choice("model.preset", self.preset, PRESETS)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model.dropout must be in [0, 1)")
+        if not self.tokenizer:
+            raise ConfigError('model.tokenizer must be "char", "bpe" or a file path')
+        if not 29 <= self.bpe_size <= 8192:
+            raise ConfigError("model.bpe_size must be in [29, 8192]")
 
 
 @dataclass(frozen=True)
@@ -263,9 +277,31 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """How `asrkd evaluate` decodes and measures. decoder "greedy" is CTC best path; "lexicon"
+    is a beam search restricted to the words of `lexicon_cuts` (a cut manifest; empty: the
+    model's own training manifest, named in its checkpoint) with a unigram LM from the same
+    transcripts (asrkd.lexicon); greedy results are written beside it."""
+
     threads: int = 0
     batch_seconds: float = 60.0  # batch used for the throughput measurement
     latency_utterances: int = 20  # utterances timed one at a time for latency and RTF
+    decoder: str = "greedy"
+    lexicon_cuts: str = ""
+    beam: int = 8
+    lm_weight: float = 0.5
+    word_bonus: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_choice("eval.decoder", self.decoder, DECODERS)
+        if self.beam < 1:
+            raise ConfigError("eval.beam must be at least 1")
+
+    @property
+    def tag(self) -> str:
+        """The decoding settings, as they appear in output file names."""
+        if self.decoder == "greedy":
+            return "greedy"
+        return f"lexicon-b{self.beam}-lm{self.lm_weight:g}-wb{self.word_bonus:g}"
 
 
 @dataclass(frozen=True)
@@ -455,6 +491,9 @@ class DemoConfig:
         ("sequence", ("distill.strategy=sequence",)),
     )
     partial_fraction: float = 0.3
+    # Students trained at once, each in its own process on one thread (teacher first, alone):
+    # on 2 cores two one-thread runs finish sooner than two two-thread runs one after the other.
+    parallel_runs: int = 1
     librispeech_train_part: str = "train-clean-5"
     librispeech_test_part: str = "test-other"
     librispeech_dev_speakers: int = 3
@@ -474,6 +513,8 @@ class DemoConfig:
         replace(Config(), [*self.teacher_overrides, *self.student_overrides])
         if not 0.0 < self.partial_fraction < 1.0:
             raise ConfigError("partial_fraction must be in (0, 1)")
+        if self.parallel_runs < 1:
+            raise ConfigError("parallel_runs must be at least 1")
         if min(self.teacher_steps, self.student_steps) <= 0:
             raise ConfigError("teacher_steps and student_steps must be positive")
 

@@ -1,11 +1,13 @@
-"""Evaluation: greedy CTC decoding, WER/CER, and the cost of running the model.
+"""Evaluation: CTC decoding (greedy, or lexicon beam search), WER/CER, and the cost of running
+the model.
 
-For each test set NAME, `evaluate` writes into its output folder::
+For each test set NAME and decoding TAG (`greedy`, or e.g. `lexicon-b8-lm0.5-wb1`, written
+beside the greedy files), `evaluate` writes into its output folder::
 
-    hyps-NAME-greedy.txt     cut id <TAB> reference <TAB> hypothesis
-    errors-NAME-greedy.txt   per-utterance word alignment and error counts, worst first
-    wer-NAME-greedy.json     WER, CER, error counts
-    summary.json             all sets plus parameters, bytes on disk, peak memory, latency, RTF
+    hyps-NAME-TAG.txt     cut id <TAB> reference <TAB> hypothesis
+    errors-NAME-TAG.txt   per-utterance word alignment and error counts, worst first
+    wer-NAME-TAG.json     WER, CER, error counts
+    summary.json          all sets plus parameters, bytes on disk, peak memory, latency, RTF
 """
 
 from __future__ import annotations
@@ -21,14 +23,28 @@ import jiwer
 import torch
 from lhotse import CutSet
 
-from asrkd.config import EvalConfig
+from asrkd.config import ConfigError, EvalConfig
 from asrkd.data.dataset import collate, cut_text, duration_batches, load_cuts
 from asrkd.data.text import Tokenizer, normalize_text
-from asrkd.models.checkpoint import load_model
+from asrkd.lexicon import LexiconDecoder, WordLM
+from asrkd.models.checkpoint import load_model, read_checkpoint_meta
 from asrkd.models.conformer import ConformerCTC, ConformerDims
 from asrkd.models.ctc import greedy_decode
 
 Result = tuple[str, str, str]  # cut id, reference, hypothesis
+
+
+def _forward(model: ConformerCTC, cuts: CutSet, tokenizer: Tokenizer, batch_seconds, device):
+    """(cuts, normalised references, model output) per duration batch, in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        for group in duration_batches(cuts, batch_seconds):
+            batch = collate(CutSet.from_cuts(group), tokenizer)
+            out = model(batch.feats.to(device), batch.feat_lens.to(device))
+            yield group, [normalize_text(cut_text(c)) for c in group], out
+    finally:
+        model.train(was_training)
 
 
 @torch.inference_mode()
@@ -40,16 +56,56 @@ def decode_cuts(
     device: torch.device | str = "cpu",
 ) -> list[Result]:
     """Greedy-decode every cut; results sorted by cut id."""
-    was_training = model.training
-    model.eval()
     results = []
-    for group in duration_batches(cuts, batch_seconds):
-        batch = collate(CutSet.from_cuts(group), tokenizer)
-        out = model(batch.feats.to(device), batch.feat_lens.to(device))
-        for cut, ids in zip(group, greedy_decode(out.logits, out.lengths, tokenizer.blank_id)):
-            results.append((cut.id, normalize_text(cut_text(cut)), tokenizer.decode(ids)))
-    model.train(was_training)
+    for group, refs, out in _forward(model, cuts, tokenizer, batch_seconds, device):
+        paths = greedy_decode(out.logits, out.lengths, tokenizer.blank_id)
+        results += [(c.id, r, tokenizer.decode(ids)) for c, r, ids in zip(group, refs, paths)]
     return sorted(results)
+
+
+@torch.inference_mode()
+def decode_cuts_lexicon(
+    model: ConformerCTC,
+    cuts: CutSet,
+    tokenizer: Tokenizer,
+    batch_seconds: float,
+    lexicon: LexiconDecoder,
+) -> tuple[list[Result], list[Result]]:
+    """(greedy, lexicon beam search) results of every cut from the same forward passes."""
+    greedy, lex = [], []
+    for group, refs, out in _forward(model, cuts, tokenizer, batch_seconds, "cpu"):
+        paths = greedy_decode(out.logits, out.lengths, tokenizer.blank_id)
+        greedy += [(c.id, r, tokenizer.decode(ids)) for c, r, ids in zip(group, refs, paths)]
+        log_probs = out.logits.float().log_softmax(-1).cpu().numpy()
+        for c, r, lp, n in zip(group, refs, log_probs, out.lengths.tolist()):
+            lex.append((c.id, r, lexicon.decode(lp[:n])))
+    return sorted(greedy), sorted(lex)
+
+
+def make_lexicon_decoder(
+    cfg: EvalConfig, tokenizer: Tokenizer, model_path: str | Path
+) -> LexiconDecoder | None:
+    """The beam-search decoder cfg asks for (None for greedy), its words and unigram LM taken
+    from the transcripts of cfg.lexicon_cuts, or else of the model's training manifest."""
+    if cfg.decoder == "greedy":
+        return None
+    source = cfg.lexicon_cuts
+    if not source:
+        run = read_checkpoint_meta(model_path).get("config") or {}
+        source = run.get("data", {}).get("train_cuts", "")
+        if not source:
+            raise ConfigError(
+                f"{model_path} names no training manifest: set eval.lexicon_cuts to the cut "
+                "manifest whose transcripts give the lexicon decoder its words"
+            )
+    lm = WordLM.from_texts(cut_text(c) for c in load_cuts(source))
+    return LexiconDecoder(tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus)
+
+
+def oov_rate(results: list[Result], lexicon: LexiconDecoder) -> float:
+    """Share of reference words the lexicon cannot spell (they can never be recognised)."""
+    words = [w for _, ref, _ in results for w in ref.split()]
+    return sum(w not in lexicon.lm.log_probs for w in words) / max(1, len(words))
 
 
 def error_rates(results: list[Result]) -> tuple[float, float]:
@@ -79,10 +135,11 @@ def score(results: list[Result]) -> dict:
     }
 
 
-def write_results(results: list[Result], out_dir: Path, name: str) -> dict:
-    """The hypotheses, errors and summary files of one test set; returns the summary."""
+def write_results(results: list[Result], out_dir: Path, name: str, decoding: str) -> dict:
+    """The hypotheses, errors and summary files of one test set and decoding; returns the
+    summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"{name}-greedy"
+    tag = f"{name}-{decoding}"
     with open(out_dir / f"hyps-{tag}.txt", "w", encoding="utf-8") as fh:
         fh.writelines(f"{cut_id}\t{ref}\t{hyp}\n" for cut_id, ref, hyp in results)
     rows = []
@@ -213,11 +270,23 @@ def evaluate(
         "dims": model.dims.__dict__,
         "sets": {},
     }
+    lexicon = make_lexicon_decoder(cfg, tok, model_path)
+    summary["decoding"] = cfg.tag
     for path in cuts_paths:
         cuts = load_cuts(path)
         name = Path(path).name.split(".")[0].removeprefix("cuts_")
-        results = decode_cuts(model, cuts, tok, cfg.batch_seconds)
-        summary["sets"][name] = write_results(results, out_dir, name)
+        if lexicon is None:
+            results = decode_cuts(model, cuts, tok, cfg.batch_seconds)
+            summary["sets"][name] = write_results(results, out_dir, name, cfg.tag)
+            continue
+        greedy, lex = decode_cuts_lexicon(model, cuts, tok, cfg.batch_seconds, lexicon)
+        greedy_summary = write_results(greedy, out_dir, name, "greedy")
+        summary["sets"][name] = {
+            **write_results(lex, out_dir, name, cfg.tag),
+            "oov_rate": oov_rate(lex, lexicon),
+            "greedy_wer": greedy_summary["wer"],
+            "greedy_cer": greedy_summary["cer"],
+        }
     if measure and cuts_paths:
         cuts = load_cuts(cuts_paths[0])
         summary["speed"] = measure_speed(model, cuts, cfg)

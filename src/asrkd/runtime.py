@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -22,10 +23,16 @@ from asrkd.data.dataset import (
     split_by_speaker,
     strip_text,
 )
-from asrkd.data.text import Tokenizer
+from asrkd.data.text import Tokenizer, train_bpe
 from asrkd.distill.cache import TeacherCache, build_cache
 from asrkd.distill.teachers import TeacherOutput, TeacherRequest, load_teacher
-from asrkd.models.checkpoint import CheckpointError, read_checkpoint, rng_state, set_rng_state
+from asrkd.models.checkpoint import (
+    CheckpointError,
+    read_checkpoint,
+    read_checkpoint_meta,
+    rng_state,
+    set_rng_state,
+)
 
 if TYPE_CHECKING:
     from asrkd.train import Trainer
@@ -71,6 +78,31 @@ def load_training_data(cfg: Config, distilling: bool) -> tuple[CutSet, CutSet]:
     return train, load_cuts(cfg.data.dev_cuts)
 
 
+def build_tokenizer(cfg: Config, train_cuts: CutSet) -> Tokenizer:
+    """The run's output units (model.tokenizer): letters, word pieces learnt on the transcribed
+    training cuts, or the units of a tokenizer .json / model .safetensors file."""
+    kind = cfg.model.tokenizer
+    if kind == "char":
+        return Tokenizer()
+    if kind == "bpe":
+        texts = [t for t in (cut_text(c) for c in train_cuts) if t]
+        tok = train_bpe(texts, cfg.model.bpe_size)
+        log.info("BPE: %d symbols learnt on %d transcripts", tok.vocab_size, len(texts))
+        return tok
+    path = Path(kind)
+    if path.suffix == ".safetensors":
+        return Tokenizer.from_json(json.dumps(read_checkpoint_meta(path)["tokenizer"]))
+    if path.suffix == ".json" and path.is_file():
+        try:
+            return Tokenizer.from_json(path.read_text())
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{path}: not a tokenizer file ({err})") from err
+    raise ConfigError(
+        f'model.tokenizer={kind!r}: expected "char", "bpe", a tokenizer .json or a model '
+        ".safetensors file that exists"
+    )
+
+
 # -- teacher ----------------------------------------------------------------------------------
 
 
@@ -91,7 +123,8 @@ class TeacherSource:
         if request.logits and self.teacher.tokenizer.symbols != self.tokenizer.symbols:
             raise ConfigError(
                 f"teacher {self.cfg.teacher.path} has a different vocabulary from the student: "
-                "frame-level logit KD needs the same symbols; use sequence or hidden KD"
+                "frame-level logit KD needs the same symbols: set model.tokenizer to the "
+                "teacher's model file to reuse its units, or use sequence or hidden KD"
             )
         if hasattr(self.teacher, "to"):
             self.teacher.to(device)

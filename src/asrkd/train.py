@@ -28,7 +28,6 @@ from tqdm import tqdm
 
 from asrkd.config import Config, save_config, to_dict
 from asrkd.data.dataset import Batch, collate, feature_config_of, make_sampler, spec_augment
-from asrkd.data.text import Tokenizer
 from asrkd.distill.strategies import Distiller
 from asrkd.evaluate import decode_cuts, error_rates
 from asrkd.models import build_model
@@ -36,6 +35,7 @@ from asrkd.models.checkpoint import save_checkpoint
 from asrkd.models.conformer import ConformerCTC
 from asrkd.runtime import (
     TrainingError,
+    build_tokenizer,
     checkpoint_tensors,
     latest_checkpoint,
     load_training_data,
@@ -92,9 +92,9 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         self._check_out_dir(resume)
         seed_everything(cfg.train.seed)
-        self.tokenizer = Tokenizer()
         distilling = cfg.distill.strategies != ("none",)
         self.train_cuts, self.dev_cuts = load_training_data(cfg, distilling)
+        self.tokenizer = build_tokenizer(cfg, self.train_cuts)
         self.features = to_dict(feature_config_of(self.train_cuts))
         self.teacher_source, teacher_dims, teacher_model = prepare_teacher(cfg, self.tokenizer)
         self.model = self._build_student(teacher_model, self.train_cuts[0].num_features)

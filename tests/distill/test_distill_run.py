@@ -122,3 +122,46 @@ def test_student_initialised_as_its_teacher_has_no_logit_kd_loss(
     row = trainer.step(collate(cuts, trainer.tokenizer))
     assert row["kd_logit"] < 1e-3
     assert row["ctc"] < 0.5
+
+
+def test_bpe_units_learnt_saved_and_shared_with_a_student(prepared_parts, tmp_path) -> None:
+    """model.tokenizer=bpe learns word pieces on the transcribed train text and the checkpoint
+    carries them; a student reuses them through model.tokenizer=<teacher file> for logit KD, and
+    without that the vocabulary check says what to set."""
+    import pytest
+
+    from asrkd.config import ConfigError
+    from asrkd.data.text import BpeTokenizer, Tokenizer
+    from asrkd.runtime import build_tokenizer
+    from asrkd.train import train
+
+    teacher_out = tmp_path / "bpe-teacher"
+    overrides = tiny_run_overrides(prepared_parts, teacher_out, 20)
+    train(load_config(None, [*overrides, "model.tokenizer=bpe", "model.bpe_size=40"]))
+    _, teacher_tok = load_model(teacher_out / "model.safetensors")
+    assert isinstance(teacher_tok, BpeTokenizer) and teacher_tok.vocab_size == 40
+
+    cfg = load_config(None, tiny_run_overrides(prepared_parts, tmp_path / "x", 1))
+    assert build_tokenizer(cfg, []) == Tokenizer()
+    reuse = load_config(None, [f"model.tokenizer={teacher_out / 'model.safetensors'}"])
+    assert build_tokenizer(reuse, []) == teacher_tok
+    (tmp_path / "tok.json").write_text(teacher_tok.to_json())
+    assert build_tokenizer(load_config(None, [f"model.tokenizer={tmp_path / 'tok.json'}"]), []) == (
+        teacher_tok
+    )
+    for bad in (tmp_path / "missing.json", tmp_path / "cache"):
+        with pytest.raises(ConfigError, match="model.tokenizer"):
+            build_tokenizer(load_config(None, [f"model.tokenizer={bad}"]), [])
+
+    teacher = teacher_out / "model.safetensors"
+    with pytest.raises(ConfigError, match="model.tokenizer"):
+        distil(prepared_parts, teacher, tmp_path / "a", ["distill.strategy=logit"])
+    out, _, _ = distil(
+        prepared_parts,
+        teacher,
+        tmp_path / "b",
+        ["distill.strategy=logit", "distill.weight=0.5", f"model.tokenizer={teacher}"],
+    )
+    assert load_model(out / "model.safetensors")[1] == teacher_tok
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["bad_steps"] == 0

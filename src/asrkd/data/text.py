@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 
 BLANK = "<b>"
 DEFAULT_SYMBOLS = (BLANK, " ", "'") + tuple("abcdefghijklmnopqrstuvwxyz")
@@ -66,4 +69,117 @@ class Tokenizer:
 
     @classmethod
     def from_json(cls, text: str) -> Tokenizer:
-        return cls(symbols=tuple(json.loads(text)["symbols"]))
+        """Either kind of tokenizer from its JSON (files without "kind" are characters)."""
+        data = json.loads(text)
+        if data.get("kind", "char") == "bpe":
+            merges = tuple((a, b) for a, b in data["merges"])
+            return BpeTokenizer(symbols=tuple(data["symbols"]), merges=merges)
+        return Tokenizer(symbols=tuple(data["symbols"]))
+
+
+WORD_START = "\u2581"  # "▁": marks a piece that begins a word, as in sentencepiece
+BPE_BASE_SYMBOLS = (BLANK, WORD_START, "'") + tuple("abcdefghijklmnopqrstuvwxyz")
+
+
+@dataclass(frozen=True)
+class BpeTokenizer(Tokenizer):
+    """Byte-pair-encoded word pieces for CTC (as icefall's BPE-500 models use).
+
+    A word is spelled as WORD_START and its letters, then merged by `merges` in rank order, so every word
+    remains encodable through the single letters while frequent words become one or a few
+    symbols; fewer, longer units mean fewer CTC labels per second of audio.
+    """
+
+    symbols: tuple[str, ...] = BPE_BASE_SYMBOLS
+    merges: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        missing = set(BPE_BASE_SYMBOLS) - set(self.symbols)
+        if missing:
+            raise ValueError(f"BPE vocabulary lacks base symbols {sorted(missing)}")
+        known = set(self.symbols)
+        for a, b in self.merges:
+            if a not in known or b not in known or a + b not in known:
+                raise ValueError(f"BPE merge {a!r} + {b!r} names a symbol outside the vocabulary")
+        # Lookup tables derived from the fields (frozen dataclass: set once, not compared).
+        object.__setattr__(self, "_ranks", {pair: i for i, pair in enumerate(self.merges)})
+        object.__setattr__(self, "_index_table", super()._index())
+        object.__setattr__(self, "_word_pieces", {})
+
+    def _pieces(self, word: str) -> list[str]:
+        cache = self._word_pieces  # type: ignore[attr-defined]
+        if word not in cache:
+            cache[word] = apply_merges([WORD_START, *word], self._ranks)  # type: ignore[attr-defined]
+        return cache[word]
+
+    def _index(self) -> dict[str, int]:
+        return self._index_table  # type: ignore[attr-defined]
+
+    def encode(self, text: str) -> list[int]:
+        index = self._index()
+        ids = []
+        for word in normalize_text(text).split():
+            ids.extend(index[p] for p in self._pieces(word) if p in index)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        text = "".join(self.symbols[i] for i in ids if i != self.blank_id)
+        return text.replace(WORD_START, " ").strip()
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"kind": "bpe", "symbols": list(self.symbols), "merges": [list(m) for m in self.merges]}
+        )
+
+
+def apply_merges(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Merge the adjacent pair of lowest rank until no pair has a rank (standard BPE)."""
+    while len(pieces) > 1:
+        pairs = [(ranks.get(p, len(ranks)), i) for i, p in enumerate(pairwise(pieces))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
+    return pieces
+
+
+def word_counts(texts: Iterable[str]) -> Counter[str]:
+    """How often each word of the normalised texts occurs."""
+    return Counter(w for t in texts for w in normalize_text(t).split())
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
+    """Learn merges on the words of `texts` until the vocabulary (blank included) has
+    `vocab_size` symbols or no pair occurs twice. Deterministic: ties go to the pair that sorts
+    first. Pair counts are updated only for the words a merge touches."""
+    if vocab_size < len(BPE_BASE_SYMBOLS):
+        raise ValueError(f"BPE vocabulary must hold at least {len(BPE_BASE_SYMBOLS)} symbols")
+    counts = word_counts(texts)
+    vocab = sorted(counts)
+    words = [[WORD_START, *w] for w in vocab]
+    freqs = [counts[w] for w in vocab]
+    pair_counts: Counter[tuple[str, str]] = Counter()
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for i, pieces in enumerate(words):
+        for pair in pairwise(pieces):
+            pair_counts[pair] += freqs[i]
+            where[pair].add(i)
+    symbols, merges = list(BPE_BASE_SYMBOLS), []
+    while len(symbols) < vocab_size and pair_counts:
+        best = min(pair_counts, key=lambda p: (-pair_counts[p], p))
+        if pair_counts[best] < 2:
+            break
+        merges.append(best)
+        symbols.append(best[0] + best[1])
+        for i in sorted(where.pop(best)):
+            old = words[i]
+            for pair in pairwise(old):
+                pair_counts[pair] -= freqs[i]
+                if pair_counts[pair] <= 0:
+                    del pair_counts[pair]
+            words[i] = apply_merges(list(old), {best: 0})
+            for pair in pairwise(words[i]):
+                pair_counts[pair] += freqs[i]
+                where[pair].add(i)
+    return BpeTokenizer(symbols=tuple(symbols), merges=tuple(merges))

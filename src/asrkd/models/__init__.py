@@ -19,11 +19,17 @@ PRESETS: dict[str, ConformerDims] = {
     "demo-student": ConformerDims(
         d_model=96, n_layers=4, n_heads=4, conv_kernel=15, subsampling_channels=32
     ),
+    # The teacher's width with half its blocks (53 % of it): distill.init_from_teacher can copy
+    # the teacher's subsampling, head and every other block into it.
+    "demo-student-half": ConformerDims(
+        d_model=144, n_layers=2, n_heads=4, conv_kernel=15, subsampling_channels=32
+    ),
     "demo-student-xs": ConformerDims(
         d_model=64, n_layers=3, n_heads=4, conv_kernel=15, subsampling_channels=32
     ),
     # For tests: seconds to train on a handful of utterances.
     "tiny": ConformerDims(d_model=32, n_layers=2, n_heads=2, ff_mult=2, conv_kernel=7),
+    "tiny-half": ConformerDims(d_model=32, n_layers=1, n_heads=2, ff_mult=2, conv_kernel=7),
     "tiny-xs": ConformerDims(d_model=16, n_layers=1, n_heads=2, ff_mult=2, conv_kernel=7),
 }
 

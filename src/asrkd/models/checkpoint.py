@@ -78,20 +78,29 @@ def save_checkpoint(
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """All tensors and the decoded metadata of a checkpoint, with clear errors."""
     path = Path(path)
+    meta = read_checkpoint_meta(path)  # also the missing-file and format checks
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({err})") from err
+    return tensors, meta
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The decoded metadata of a checkpoint without loading its tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as fh:
             raw = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({err})") from err
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an asrkd checkpoint (format={raw.get('format')!r})")
-    meta = {k: (v if k == "format" else json.loads(v)) for k, v in raw.items()}
-    return tensors, meta
+    return {k: (v if k == "format" else json.loads(v)) for k, v in raw.items()}
 
 
 def model_from_tensors(tensors: dict[str, Tensor], meta: dict[str, Any]) -> ConformerCTC:

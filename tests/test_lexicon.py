@@ -1,0 +1,127 @@
+"""Lexicon beam search: exact against brute force over all CTC paths, agrees with greedy
+decoding on confident in-vocabulary input, repairs misspellings, works with BPE pieces."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asrkd.config import ConfigError, EvalConfig
+from asrkd.data.dataset import cut_text, load_cuts
+from asrkd.data.text import BLANK, Tokenizer, train_bpe
+from asrkd.evaluate import evaluate
+from asrkd.lexicon import LexiconDecoder, WordLM
+
+TINY = Tokenizer(symbols=(BLANK, " ", "a", "b"))
+
+
+def peaked(tok: Tokenizer, text: str, p: float = 0.9) -> np.ndarray:
+    """(T', V) log-probs whose best path spells `text`: each token for two frames, a blank
+    frame after each token, probability p on the intended symbol, the rest spread evenly."""
+    frames = []
+    for i in tok.encode(text):
+        frames += [i, i, tok.blank_id]
+    lp = np.full((len(frames), tok.vocab_size), math.log((1 - p) / (tok.vocab_size - 1)))
+    lp[np.arange(len(frames)), frames] = math.log(p)
+    return lp
+
+
+def brute_force(log_probs: np.ndarray, dec: LexiconDecoder) -> str:
+    """Every CTC path, collapsed; probabilities summed per label sequence; the best label
+    sequence that spells lexicon words, scored with the same LM and word bonus."""
+    totals: dict[tuple[int, ...], float] = {}
+    n_frames, vocab = log_probs.shape
+    for path in itertools.product(range(vocab), repeat=n_frames):
+        labels = tuple(t for j, t in enumerate(path) if t != 0 and (j == 0 or path[j - 1] != t))
+        score = float(sum(log_probs[j, t] for j, t in enumerate(path)))
+        totals[labels] = np.logaddexp(totals.get(labels, -np.inf), score)
+    best, best_score = "", -np.inf
+    for labels, score in totals.items():
+        text = "".join(TINY.symbols[t] for t in labels)
+        if text.startswith(" ") or "  " in text:
+            continue
+        words = text.split()
+        if not all(w in dec.lm.log_probs for w in words):
+            continue
+        total = score + sum(dec.lm_weight * dec.lm.log_probs[w] + dec.word_bonus for w in words)
+        if total > best_score:
+            best, best_score = " ".join(words), total
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_full_beam_equals_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lm = WordLM.from_texts(["a ab b ab ba", "ab ab a"])
+    logits = rng.normal(size=(6, TINY.vocab_size)) * 2
+    log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    dec = LexiconDecoder(TINY, lm, beam=10_000, lm_weight=0.7, word_bonus=0.3, prune=-np.inf)
+    assert dec.decode(log_probs) == brute_force(log_probs, dec)
+
+
+def test_confident_in_vocabulary_input_decodes_as_greedy_and_misspellings_are_repaired() -> None:
+    tok = Tokenizer()
+    lm = WordLM.from_texts(["the cat sat on the mat", "a dog ate the food", "all well"])
+    dec = LexiconDecoder(tok, lm, beam=8)
+    for text in ("the cat sat on the mat", "all well", "a dog ate the food", "dog"):
+        assert dec.decode(peaked(tok, text)) == text
+    # "cet" is no word: with the e only slightly ahead of an a, the lexicon picks "cat".
+    lp = peaked(tok, "the cet")
+    e, a = tok.encode("e")[0], tok.encode("a")[0]
+    for j in range(len(lp)):
+        if lp[j].argmax() == e and j > 6:
+            lp[j, a] = lp[j, e] - 0.5
+    assert dec.decode(lp) == "the cat"
+    assert dec.decode(np.zeros((0, tok.vocab_size))) == ""
+
+
+def test_bpe_pieces_and_word_priors() -> None:
+    texts = ["the cat sat on the mat", "the dog ate the food", "the cat and the dog"] * 4
+    tok = train_bpe(texts, 60)
+    lm = WordLM.from_texts(texts)
+    dec = LexiconDecoder(tok, lm, beam=8)
+    for text in ("the cat sat on the mat", "the dog", "food"):
+        assert dec.decode(peaked(tok, text)) == text
+    assert lm.log_probs["the"] > lm.log_probs["food"]
+    assert math.isclose(sum(math.exp(v) for v in lm.log_probs.values()), 1.0)
+    with pytest.raises(ValueError, match="no words"):
+        WordLM.from_texts(["", "?!"])
+
+
+def test_evaluate_with_the_lexicon_decoder(
+    tiny_teacher: Path, prepared_parts: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = EvalConfig(decoder="lexicon", lexicon_cuts=str(prepared_parts["train"]))
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1"
+    summary = evaluate(tiny_teacher, [prepared_parts["test"]], tmp_path, cfg, measure=False)
+    test = summary["sets"]["test"]
+    assert summary["decoding"] == cfg.tag
+    assert 0.0 <= test["oov_rate"] < 1.0 and "greedy_wer" in test
+    for tag in ("greedy", cfg.tag):
+        assert (tmp_path / f"hyps-test-{tag}.txt").is_file()
+        assert (tmp_path / f"wer-test-{tag}.json").is_file()
+    lexicon = set(
+        WordLM.from_texts(cut_text(c) for c in load_cuts(prepared_parts["train"])).log_probs
+    )
+    hyp_words = {
+        w
+        for line in (tmp_path / f"hyps-test-{cfg.tag}.txt").read_text().splitlines()
+        for w in (line.split("\t") + [""])[2].split()
+    }
+    assert hyp_words and hyp_words <= lexicon  # only lexicon words are ever recognised
+    assert test["wer"] <= test["greedy_wer"] + 0.02
+    # Without lexicon_cuts the model's own training manifest (named in its checkpoint) is used.
+    again = evaluate(
+        tiny_teacher,
+        [prepared_parts["test"]],
+        tmp_path / "b",
+        EvalConfig(decoder="lexicon"),
+        measure=False,
+    )
+    assert again["sets"] == summary["sets"]
+    with pytest.raises(ConfigError, match="eval.decoder"):
+        EvalConfig(decoder="wfst")
