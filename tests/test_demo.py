@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from asrkd.cli import main
 from asrkd.config import DemoConfig, load_config
@@ -19,7 +20,7 @@ def tiny_demo_overrides(out) -> list[str]:
         "corpus.chapters_per_speaker=1",
         "corpus.max_words=6",
         "teacher_preset=tiny",
-        "student_preset=tiny-xs",
+        "student_preset=tiny-half",
         "small_student_preset=",
         "teacher_steps=30",
         "student_steps=10",
@@ -41,6 +42,9 @@ def test_plan_covers_both_situations():
         assert {"none", "logit"} <= strategies
     logit = next(s for s in specs if s.variant == "logit")
     assert logit.overrides == ("distill.strategy=logit",)  # logit KD at its defaults
+    assert logit.uses_teacher and not next(s for s in specs if s.variant == "none").uses_teacher
+    init_only = DemoConfig(variants=(("init", ("distill.init_from_teacher=True",)),))
+    assert [s.uses_teacher for s in plan_runs(init_only)[1:3]] == [False, True]
 
 
 def test_scaled_down_demo_end_to_end(tmp_path, capsys):
@@ -53,21 +57,83 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys):
     names = {r["name"] for r in rows}
     assert {
         "teacher",
-        "full-tiny-xs-none",
-        "full-tiny-xs-logit",
-        "partial-tiny-xs-none",
-        "partial-tiny-xs-logit-w0.5-T2",
+        "full-tiny-half-none",
+        "full-tiny-half-logit",
+        "full-tiny-half-logit-init",
+        "partial-tiny-half-none",
+        "partial-tiny-half-logit-init",
     } <= names
     for row in rows:
         assert 0.0 <= row["wer"] and row["params"] > 0 and row["latency_ms"] > 0
         assert row["name"] in report and row["name"] in printed
-    assert "## Targets" in report and ("reached" in report)
+    targets = report.split("## Targets")[1]
+    assert "(a) all transcripts" in targets and "(b) partial" in targets
+    assert "lexicon beam search" in report and "greedy WER" in report
     assert (out / "wer_vs_size.png").stat().st_size > 1000
     assert (out / "wer_vs_latency.png").stat().st_size > 1000
     # the baseline in (b) saw only the transcribed speakers, the distilled students all audio
-    partial_base = load_config(out / "runs" / "partial-tiny-xs-none" / "config.yaml")
+    partial_base = load_config(out / "runs" / "partial-tiny-half-none" / "config.yaml")
     assert partial_base.data.labelled_fraction < 1.0
-    # a second run reuses every completed stage
-    assert main(["demo", "configs/demo.yaml", *sets]) == 0
+    distilled = load_config(out / "runs" / "partial-tiny-half-logit-init" / "config.yaml")
+    assert Path(distilled.teacher.path).is_absolute() and Path(distilled.teacher.path).is_file()
+    # a second run reuses every completed stage, also when it trains students in parallel
+    assert main(["demo", "configs/demo.yaml", *sets, "--set", "parallel_runs=2"]) == 0
     timings = json.loads((out / "timings.json").read_text())
-    assert timings["teacher"] < 5.0
+    assert timings["teacher"] < 5.0 and timings["students"] < 5.0
+    # a retrained teacher behind the same path invalidates the distilled students, not baselines
+    runs = out / "runs"
+    before = {p.parent.name: p.stat().st_mtime for p in runs.glob("*/summary.json")}
+    assert main(["demo", "configs/demo.yaml", *sets, "--set", "teacher_steps=31"]) == 0
+    after = {p.parent.name: p.stat().st_mtime for p in runs.glob("*/summary.json")}
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed == {name for name in before if name == "teacher" or "logit" in name}
+
+
+def test_students_trained_in_parallel_match_sequential_ones(tmp_path, capsys):
+    """Two students at a time in their own processes: same configs (bar threads), same
+    results as one after the other, and a failing run stops the demo with its own error."""
+    import pytest
+
+    seq, par = tmp_path / "seq", tmp_path / "par"
+    base = [*tiny_demo_overrides(seq), "variants=[[logit, [distill.strategy=logit]]]"]
+    assert main(["demo", "configs/demo.yaml", *[a for o in base for a in ("--set", o)]]) == 0
+    sets = [*base, f"out_dir={par}", "parallel_runs=2"]
+    assert main(["demo", "configs/demo.yaml", *[a for o in sets for a in ("--set", o)]]) == 0
+    for name in ("full-tiny-half-none", "full-tiny-half-logit", "partial-tiny-half-logit"):
+        a = json.loads((seq / "runs" / name / "summary.json").read_text())
+        b = json.loads((par / "runs" / name / "summary.json").read_text())
+        assert a["steps"] == b["steps"] and a["best_dev_wer"] == pytest.approx(b["best_dev_wer"])
+        assert load_config(par / "runs" / name / "config.yaml").train.threads == 1
+    missing = tmp_path / "missing.json"
+    bad = [*sets, f"variants=[[logit, [distill.strategy=logit, model.tokenizer={missing}]]]"]
+    capsys.readouterr()
+    assert main(["demo", "configs/demo.yaml", *[a for o in bad for a in ("--set", o)]]) == 2
+    assert f"model.tokenizer='{missing}'" in capsys.readouterr().err
+
+
+def test_demo_on_a_librispeech_folder(tmp_path):
+    """`asrkd demo --librispeech DIR`: the same pipeline on a LibriSpeech-layout folder, dev
+    speakers held out of the train part, the test part as test, the lexicon from the train
+    split's transcripts."""
+    from tests.helpers import write_librispeech_tree
+
+    root = write_librispeech_tree(tmp_path / "ls", {"train-clean-5": 60, "test-other": 12})
+    out = tmp_path / "demo"
+    sets = [
+        *tiny_demo_overrides(out),
+        "librispeech_dev_speakers=1",
+        "variants=[[logit, [distill.strategy=logit]]]",
+    ]
+    args = ["demo", "configs/demo.yaml", "--librispeech", str(root)]
+    assert main([*args, *[a for o in sets for a in ("--set", o)]]) == 0
+    assert not (out / "corpus").exists()  # nothing synthesised
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["name"] for r in rows} >= {
+        "teacher",
+        "full-tiny-half-logit",
+        "partial-tiny-half-none",
+    }
+    teacher_cfg = load_config(out / "runs" / "teacher" / "config.yaml")
+    assert teacher_cfg.data.train_cuts.endswith("cuts_train-split.jsonl.gz")
+    assert "test-other" in teacher_cfg.data.test_cuts[0]
+    assert "LibriSpeech folder" in (out / "report.md").read_text()

@@ -38,6 +38,16 @@ class RunSpec:
         sets = [o.split("=", 1)[1] for o in self.overrides if o.startswith("distill.strategy=")]
         return sets[-1] if sets else "none"
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Distils, or starts from the teacher's layers (distill.init_from_teacher)."""
+        init = [
+            o.split("=", 1)[1].strip().lower()
+            for o in self.overrides
+            if o.split("=", 1)[0].strip() == "distill.init_from_teacher"
+        ]
+        return self.strategy != "none" or (bool(init) and init[-1] in ("true", "1", "yes"))
+
 
 def plan_runs(cfg: DemoConfig) -> list[RunSpec]:
     """The teacher, then per situation the student without KD and with each variant."""
@@ -121,8 +131,10 @@ def run_config(cfg: DemoConfig, spec: RunSpec, data: dict[str, Path], out: Path)
     ]
     if spec.scenario == "partial":
         overrides.append(f"data.labelled_fraction={cfg.partial_fraction}")
-    if spec.strategy != "none":
-        overrides.append(f"teacher.path={out / 'runs' / 'teacher' / 'model.safetensors'}")
+    if spec.uses_teacher:
+        # absolute: the run's saved config.yaml must work from any directory
+        teacher = (out / "runs" / "teacher" / "model.safetensors").resolve()
+        overrides.append(f"teacher.path={teacher}")
     return replace(cfg.run, overrides)
 
 
@@ -134,15 +146,87 @@ def train_or_reuse(run_cfg: Config) -> Path:
     from asrkd.config import load_config, to_dict
     from asrkd.train import train
 
+    def settings(c: Config) -> dict:  # what the result depends on: not threads nor progress
+        return to_dict(replace(c, ["train.threads=0", "train.progress=false"]))
+
     out = Path(run_cfg.train.out_dir)
-    saved = out / "config.yaml"
-    same = saved.is_file() and to_dict(load_config(saved)) == to_dict(run_cfg)
+    saved, stamp = out / "config.yaml", out / "inputs.json"
+    inputs = input_hashes(run_cfg)
+    same = (
+        saved.is_file()
+        and settings(load_config(saved)) == settings(run_cfg)
+        and stamp.is_file()
+        and json.loads(stamp.read_text()) == inputs
+    )
     if same and (out / "summary.json").is_file():
         log.info("reusing completed run %s", out)
         return out
     if not same and out.exists():
         shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(inputs, indent=2))
     return train(run_cfg, resume=same)
+
+
+def input_hashes(cfg: Config) -> dict[str, str]:
+    """sha256 of the files a run reads (manifests, teacher, tokenizer file): a rebuilt corpus or
+    a retrained teacher behind the same paths must not let a stale run be reused."""
+    from asrkd.distill.teachers import file_sha256
+
+    paths = {
+        "train_cuts": cfg.data.train_cuts,
+        "dev_cuts": cfg.data.dev_cuts,
+        "unlabelled_cuts": cfg.data.unlabelled_cuts,
+        "teacher": cfg.teacher.path
+        if cfg.distill.strategies != ("none",) or cfg.distill.init_from_teacher
+        else "",
+        "tokenizer": cfg.model.tokenizer if cfg.model.tokenizer not in ("char", "bpe") else "",
+    }
+    return {k: file_sha256(p) for k, p in paths.items() if p and Path(p).is_file()}
+
+
+def train_in_parallel(configs: list[Config], n_workers: int) -> None:
+    """Train (or reuse) runs `n_workers` at a time, each in a fresh process on one thread, under
+    one progress bar fed by the runs' metrics.jsonl files. The first error stops the demo."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    from tqdm import tqdm
+
+    configs = [replace(c, ["train.threads=1", "train.progress=false"]) for c in configs]
+    total = sum(c.train.max_steps for c in configs)
+    show = configs[0].train.progress if configs else False
+    ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with (
+        ProcessPoolExecutor(n_workers, mp_context=ctx) as pool,
+        tqdm(total=total, desc="students", unit="step", disable=not show) as bar,
+    ):
+        pending = {pool.submit(train_or_reuse, c) for c in configs}
+        while pending:
+            done, pending = wait(pending, timeout=2.0, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise failed[0].exception()  # the run's own error, naming what to check
+            bar.n = sum(_steps_done(c) for c in configs)
+            bar.refresh()
+
+
+def _steps_done(cfg: Config) -> int:
+    """Steps a run has logged so far (its max_steps once it has a summary)."""
+    out = Path(cfg.train.out_dir)
+    if (out / "summary.json").is_file():
+        return cfg.train.max_steps
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line).get("step", 0))
+        except ValueError:  # a row being written
+            continue
+    return 0
 
 
 def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:
@@ -158,11 +242,16 @@ def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:
     timings["data"] = time.perf_counter() - t0
     specs = plan_runs(cfg)
     configs = [run_config(cfg, spec, data, out) for spec in specs]  # all validated up front
-    for spec, run_cfg in zip(specs, configs):
+    sequential = len(specs) if cfg.parallel_runs == 1 else 1  # the teacher always runs alone
+    for spec, run_cfg in zip(specs[:sequential], configs[:sequential]):
         t1 = time.perf_counter()
         log.info("demo: %s (%s, %s, %d steps)", spec.name, spec.preset, spec.variant, spec.steps)
         train_or_reuse(run_cfg)
         timings[spec.name] = time.perf_counter() - t1
+    if sequential < len(specs):
+        t1 = time.perf_counter()
+        train_in_parallel(configs[sequential:], cfg.parallel_runs)
+        timings["students"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     rows = evaluate_runs(specs, out, data, cfg)
     timings["evaluate"] = time.perf_counter() - t1
