@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from asrkd.cli import main
 from asrkd.config import DemoConfig, load_config
 from asrkd.demo import plan_runs
+from asrkd.distill.teachers import file_sha256
 
 
 def tiny_demo_overrides(out) -> list[str]:
@@ -30,6 +33,7 @@ def tiny_demo_overrides(out) -> list[str]:
         "run.train.checkpoint_every=10",
         "run.train.progress=false",
         "eval.latency_utterances=2",
+        "deliver_int8=false",  # the end-to-end test turns it on
     ]
 
 
@@ -49,7 +53,7 @@ def test_plan_covers_both_situations():
 
 def test_scaled_down_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    sets = [a for o in tiny_demo_overrides(out) for a in ("--set", o)]
+    sets = [a for o in [*tiny_demo_overrides(out), "deliver_int8=true"] for a in ("--set", o)]
     assert main(["demo", "configs/demo.yaml", *sets]) == 0
     printed = capsys.readouterr().out
     report = (out / "report.md").read_text()
@@ -66,6 +70,23 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys):
     for row in rows:
         assert 0.0 <= row["wer"] and row["params"] > 0 and row["latency_ms"] > 0
         assert row["name"] in report and row["name"] in printed
+    # the distilled student with the best dev WER, shipped as one int8 ONNX file and scored
+    int8 = next(r for r in rows if r["name"].endswith("-int8"))
+    source = next(r for r in rows if r["name"] == int8["name"].removesuffix("-int8"))
+    dev_wers = {
+        r["name"]: json.loads((out / "runs" / r["name"] / "summary.json").read_text())
+        for r in rows
+        if r["scenario"] != "teacher" and r["variant"] != "none" and r["format"] == "safetensors"
+    }
+    assert source["name"] == min(dev_wers, key=lambda n: dev_wers[n]["best_dev_wer"])
+    assert int8["format"] == "onnx-int8" and int8["params"] == source["params"]
+    # (no size check here: the tiny model's int8 file is mostly graph and lexicon, not weights;
+    # tests/test_export.py checks that int8 files are smaller)
+    assert int8["size_vs_teacher"] == pytest.approx(int8["mb"] / rows[0]["mb"])
+    assert (out / "export" / f"{int8['name']}.onnx").stat().st_size == pytest.approx(
+        int8["mb"] * 1e6
+    )
+    assert "int8 ONNX file" in report
     targets = report.split("## Targets")[1]
     assert "(a) all transcripts" in targets and "(b) partial" in targets
     assert "lexicon beam search" in report and "greedy WER" in report
@@ -79,7 +100,7 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys):
     # a second run reuses every completed stage, also when it trains students in parallel
     assert main(["demo", "configs/demo.yaml", *sets, "--set", "parallel_runs=2"]) == 0
     timings = json.loads((out / "timings.json").read_text())
-    assert timings["teacher"] < 5.0 and timings["students"] < 5.0
+    assert timings["teacher"] < 5.0 and timings["students"] < 5.0 and timings["export"] < 5.0
     # a retrained teacher behind the same path invalidates the distilled students, not baselines
     runs = out / "runs"
     before = {p.parent.name: p.stat().st_mtime for p in runs.glob("*/summary.json")}
@@ -87,13 +108,18 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys):
     after = {p.parent.name: p.stat().st_mtime for p in runs.glob("*/summary.json")}
     changed = {name for name in before if after[name] != before[name]}
     assert changed == {name for name in before if name == "teacher" or "logit" in name}
+    # ... and the int8 file follows its (retrained) source model
+    int8 = next(
+        r for r in json.loads((out / "results.json").read_text()) if r["format"] != "safetensors"
+    )
+    stamp = json.loads((out / "export" / f"{int8['name']}.inputs.json").read_text())
+    source = runs / int8["name"].removesuffix("-int8") / "model.safetensors"
+    assert stamp["model"] == file_sha256(source)
 
 
 def test_students_trained_in_parallel_match_sequential_ones(tmp_path, capsys):
     """Two students at a time in their own processes: same configs (bar threads), same
     results as one after the other, and a failing run stops the demo with its own error."""
-    import pytest
-
     seq, par = tmp_path / "seq", tmp_path / "par"
     base = [*tiny_demo_overrides(seq), "variants=[[logit, [distill.strategy=logit]]]"]
     assert main(["demo", "configs/demo.yaml", *[a for o in base for a in ("--set", o)]]) == 0

@@ -13,6 +13,7 @@ from asrkd.config import EvalConfig
 from asrkd.data.dataset import load_cuts
 from asrkd.evaluate import decode_cuts, error_rates, evaluate, measure_speed, score, write_results
 from asrkd.models.checkpoint import load_model
+from asrkd.transcribe import open_model_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -117,5 +118,5 @@ def test_decode_and_evaluate_a_trained_model(
     assert json.loads((tmp_path / "summary.json").read_text())["sets"] == summary["sets"]
     assert (tmp_path / "hyps-test-greedy.txt").is_file()
 
-    speed = measure_speed(model, cuts, EvalConfig(latency_utterances=3))
+    speed = measure_speed(open_model_file(tiny_teacher), cuts, EvalConfig(latency_utterances=3))
     assert speed["latency_utterances"] == 3 and speed["rtf"] > 0

@@ -3,6 +3,7 @@ trip, int8 quantisation, and transcription from the .onnx file alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ import jiwer
 import pytest
 import torch
 
-from asrkd.config import ConfigError, ExportConfig, load_config
-from asrkd.data.dataset import load_cuts
+from asrkd.config import ConfigError, EvalConfig, ExportConfig, load_config
+from asrkd.data.audio import load_mono
+from asrkd.data.dataset import cut_text, load_cuts
+from asrkd.evaluate import evaluate
 from asrkd.export import (
     ExportError,
     export_model,
@@ -23,7 +26,7 @@ from asrkd.export import (
 )
 from asrkd.models import build_model
 from asrkd.models.checkpoint import CheckpointError, load_model, read_checkpoint
-from asrkd.transcribe import OnnxTranscriber, transcribe_files
+from asrkd.transcribe import OnnxTranscriber, fbank, transcribe_files
 
 pytest.importorskip("onnxscript", reason="export tests need the export extra: asrkd[export]")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,6 +45,11 @@ def onnx_files(tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return {
         "fp32": export_model(tiny_teacher, out / "model.onnx", ExportConfig()),
         "int8": export_model(tiny_teacher, out / "model-int8.onnx", ExportConfig(quantize=True)),
+        "int8-lexicon": export_model(
+            tiny_teacher,
+            out / "model-int8-lexicon.onnx",
+            ExportConfig(quantize=True, lexicon_cuts="train", beam=4, lm_weight=0.3),
+        ),
     }
 
 
@@ -67,6 +75,8 @@ def test_export_config_is_validated() -> None:
         ExportConfig(quantize_ops=("LSTM",))
     with pytest.raises(ConfigError, match="quantize_ops"):
         ExportConfig(quantize=True, quantize_ops=())
+    with pytest.raises(ConfigError, match="beam"):
+        ExportConfig(beam=0)
     cfg = load_config(None, ["quantize=true", "opset=20"], ExportConfig)
     assert cfg.quantize and cfg.opset == 20
 
@@ -98,7 +108,8 @@ def test_metadata_round_trip(tiny_teacher, onnx_files) -> None:
         got = read_onnx_metadata(props, path)
         assert got["dims"] == meta["dims"] and got["tokenizer"] == meta["tokenizer"]
         assert got["features"] == meta["features"]  # a trained model stores its features
-        assert got["quantized"] is (kind == "int8")
+        assert got["quantized"] is kind.startswith("int8")
+        assert ("lexicon" in got) is kind.endswith("lexicon")
     with pytest.raises(CheckpointError, match="not an asrkd ONNX export"):
         read_onnx_metadata({"producer": "someone else"}, "x.onnx")
     with pytest.raises(CheckpointError, match="no such model file"):
@@ -143,3 +154,47 @@ def test_metadata_is_plain_json(onnx_files) -> None:
     assert json.loads(props["asrkd.tokenizer"])["symbols"][0] == "<b>"
     # the exporter's debug metadata (stack traces with local paths) is not shipped
     assert b"stack_trace" not in onnx_files["fp32"].read_bytes()
+
+
+def test_evaluate_scores_onnx_files_like_the_model_file(
+    tiny_teacher, onnx_files, prepared_parts, tmp_path
+) -> None:
+    """`asrkd evaluate` on exported files: fp32 scores exactly as the .safetensors file, int8
+    within INT8_CER; the summary names the format and the network's parameter count."""
+    cfg = EvalConfig(decoder="lexicon", beam=4, lm_weight=0.3, threads=1)
+    test = [prepared_parts["test"]]
+    eager = evaluate(tiny_teacher, test, tmp_path / "eager", cfg, measure=False)
+    # the fp32 file carries no lexicon: the same words from the manifest named in the config
+    named = dataclasses.replace(cfg, lexicon_cuts=str(prepared_parts["train"]))
+    fp32 = evaluate(onnx_files["fp32"], test, tmp_path / "fp32", named, measure=False)
+    int8 = evaluate(onnx_files["int8-lexicon"], test, tmp_path / "int8", cfg, measure=True)
+    assert fp32["sets"] == eager["sets"]
+    assert (fp32["format"], int8["format"], eager["format"]) == ("onnx", "onnx-int8", "safetensors")
+    assert int8["n_params"] == eager["n_params"]
+    assert int8["bytes_on_disk"] < 0.8 * fp32["bytes_on_disk"]
+    assert abs(int8["sets"]["test"]["cer"] - eager["sets"]["test"]["cer"]) <= INT8_CER
+    assert int8["speed"]["latency_ms"] > 0 and int8["memory"]["peak_rss_mb"] > 0
+    # An ONNX file has no run config: without eval.lexicon_cuts or a lexicon inside, say so.
+    with pytest.raises(ConfigError, match="names no training manifest"):
+        evaluate(onnx_files["int8"], test, tmp_path / "x", cfg, measure=False)
+
+
+def test_a_lexicon_inside_the_file_decodes_transcriptions(
+    tiny_teacher, onnx_files, prepared_parts, test_audio
+) -> None:
+    """export lexicon_cuts=train: `asrkd transcribe` spells only training words, exactly as
+    the lexicon decoder with the stored settings does on the same logits."""
+    lexicon_model = OnnxTranscriber(onnx_files["int8-lexicon"])
+    plain = OnnxTranscriber(onnx_files["int8"])
+    assert plain.lexicon is None and lexicon_model.lexicon is not None
+    lex = lexicon_model.lexicon
+    assert (lex.beam, lex.lm_weight, lex.word_bonus) == (4, 0.3, 1.0)
+    train_words = {w for c in load_cuts(prepared_parts["train"]) for w in cut_text(c).split()}
+    assert set(lex.lm.log_probs) == train_words
+    texts = [t for _, t in transcribe_files(onnx_files["int8-lexicon"], test_audio)]
+    assert all(set(t.split()) <= train_words for t in texts)
+    for path, text in zip(test_audio, texts):
+        feats = fbank(load_mono(path, plain.features.sample_rate), plain.features)
+        logits, lengths = plain.forward(feats[None], torch.tensor([feats.shape[0]]))
+        log_probs = logits[0, : int(lengths[0])].float().log_softmax(-1).numpy()
+        assert lex.decode(log_probs) == text

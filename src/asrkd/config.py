@@ -494,6 +494,10 @@ class DemoConfig:
     # Students trained at once, each in its own process on one thread (teacher first, alone):
     # on 2 cores two one-thread runs finish sooner than two two-thread runs one after the other.
     parallel_runs: int = 1
+    # Export the distilled student with the best dev WER as one int8 ONNX file (with the
+    # lexicon when eval.decoder is lexicon) and score that file on the test voices too: the
+    # model a user ships (needs the export extra).
+    deliver_int8: bool = True
     librispeech_train_part: str = "train-clean-5"
     librispeech_test_part: str = "test-other"
     librispeech_dev_speakers: int = 3
@@ -535,6 +539,14 @@ class ExportConfig:
     quantize_ops: tuple[str, ...] = ("MatMul", "Gemm")
     verify: bool = True  # run the exported fp32 graph against eager PyTorch before saving
     verify_tolerance: float = 1e-4  # max abs logit difference accepted by `verify`
+    # A cut manifest whose transcripts' words and unigram LM are stored in the file, so that
+    # `asrkd transcribe` decodes with the lexicon beam search below (as `asrkd evaluate` does
+    # with eval.decoder=lexicon); empty: no lexicon, greedy decoding. "train": the model's own
+    # training manifest, named in its checkpoint.
+    lexicon_cuts: str = ""
+    beam: int = 8
+    lm_weight: float = 0.5
+    word_bonus: float = 1.0
 
     def __post_init__(self) -> None:
         _check_choice("format", self.format, EXPORT_FORMATS)
@@ -548,3 +560,5 @@ class ExportConfig:
             raise ConfigError("quantize=true needs at least one of quantize_ops")
         if self.verify_tolerance <= 0:
             raise ConfigError("verify_tolerance must be positive")
+        if self.beam < 1:
+            raise ConfigError("beam must be at least 1")

@@ -229,6 +229,51 @@ def _steps_done(cfg: Config) -> int:
     return 0
 
 
+def deliver_int8(cfg: DemoConfig, specs: list[RunSpec], out: Path) -> tuple[RunSpec, Path] | None:
+    """Export the distilled student with the best dev WER (the one a user would ship) as one
+    int8 ONNX file, with the lexicon when the demo decodes with one; reused while the model and
+    export settings are unchanged. None (and a warning) without the export extra."""
+    from asrkd.config import ExportConfig, to_dict
+    from asrkd.distill.teachers import file_sha256
+    from asrkd.export import export_model, require_onnx_exporter
+
+    try:
+        require_onnx_exporter()
+    except ImportError as err:
+        log.warning("demo: no int8 file for the report: %s", err)
+        return None
+    students = [s for s in specs if s.scenario != "teacher" and s.variant != "none"]
+    if not students:
+        return None
+
+    def dev_wer(spec: RunSpec) -> float:
+        summary = json.loads((out / "runs" / spec.name / "summary.json").read_text())
+        return summary["best_dev_wer"]
+
+    best = min(students, key=dev_wer)
+    src = out / "runs" / best.name / "model.safetensors"
+    dst = out / "export" / f"{best.name}-int8.onnx"
+    export_cfg = ExportConfig(
+        quantize=True,
+        lexicon_cuts="train" if cfg.eval.decoder == "lexicon" else "",
+        beam=cfg.eval.beam,
+        lm_weight=cfg.eval.lm_weight,
+        word_bonus=cfg.eval.word_bonus,
+    )
+    stamp = dst.with_suffix(".inputs.json")
+    inputs = {"model": file_sha256(src), "export": to_dict(export_cfg)}
+    if dst.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == inputs:
+        log.info("reusing %s", dst)
+        return best, dst
+    log.info(
+        "demo: exporting %s (best dev WER %.1f%%) as int8 ONNX", best.name, 100 * dev_wer(best)
+    )
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    export_model(src, dst, export_cfg)
+    stamp.write_text(json.dumps(inputs, indent=2))
+    return best, dst
+
+
 def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:
     """Run every stage, print the table, return the report path."""
     from asrkd.demo_report import evaluate_runs, print_table, write_report
@@ -253,7 +298,10 @@ def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:
         train_in_parallel(configs[sequential:], cfg.parallel_runs)
         timings["students"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    rows = evaluate_runs(specs, out, data, cfg)
+    delivered = deliver_int8(cfg, specs, out) if cfg.deliver_int8 else None
+    timings["export"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    rows = evaluate_runs(specs, out, data, cfg, delivered)
     timings["evaluate"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
     (out / "timings.json").write_text(json.dumps(timings, indent=2))

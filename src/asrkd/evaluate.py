@@ -17,34 +17,38 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jiwer
 import torch
 from lhotse import CutSet
 
-from asrkd.config import ConfigError, EvalConfig
+from asrkd.config import EvalConfig
 from asrkd.data.dataset import collate, cut_text, duration_batches, load_cuts
 from asrkd.data.text import Tokenizer, normalize_text
-from asrkd.lexicon import LexiconDecoder, WordLM
-from asrkd.models.checkpoint import load_model, read_checkpoint_meta
+from asrkd.lexicon import LexiconDecoder, lm_from_manifest, training_manifest
 from asrkd.models.conformer import ConformerCTC, ConformerDims
 from asrkd.models.ctc import greedy_decode
+from asrkd.transcribe import ModelFile, is_onnx, open_model_file
 
 Result = tuple[str, str, str]  # cut id, reference, hypothesis
 
 
-def _forward(model: ConformerCTC, cuts: CutSet, tokenizer: Tokenizer, batch_seconds, device):
-    """(cuts, normalised references, model output) per duration batch, in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        for group in duration_batches(cuts, batch_seconds):
-            batch = collate(CutSet.from_cuts(group), tokenizer)
-            out = model(batch.feats.to(device), batch.feat_lens.to(device))
-            yield group, [normalize_text(cut_text(c)) for c in group], out
-    finally:
-        model.train(was_training)
+Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _outputs(forward: Forward, cuts: CutSet, tokenizer: Tokenizer, batch_seconds: float):
+    """(cuts, normalised references, logits (B, T', V), lengths (B,)) per duration batch."""
+    for group in duration_batches(cuts, batch_seconds):
+        batch = collate(CutSet.from_cuts(group), tokenizer)
+        logits, lengths = forward(batch.feats, batch.feat_lens)
+        yield group, [normalize_text(cut_text(c)) for c in group], logits, lengths
+
+
+def _greedy(group, refs, logits, lengths, tokenizer: Tokenizer) -> list[Result]:
+    paths = greedy_decode(logits, lengths, tokenizer.blank_id)
+    return [(c.id, r, tokenizer.decode(ids)) for c, r, ids in zip(group, refs, paths)]
 
 
 @torch.inference_mode()
@@ -55,51 +59,57 @@ def decode_cuts(
     batch_seconds: float,
     device: torch.device | str = "cpu",
 ) -> list[Result]:
-    """Greedy-decode every cut; results sorted by cut id."""
-    results = []
-    for group, refs, out in _forward(model, cuts, tokenizer, batch_seconds, device):
-        paths = greedy_decode(out.logits, out.lengths, tokenizer.blank_id)
-        results += [(c.id, r, tokenizer.decode(ids)) for c, r, ids in zip(group, refs, paths)]
+    """Greedy-decode every cut with a model being trained (eval mode meanwhile); results
+    sorted by cut id."""
+
+    def forward(feats, feat_lens):
+        out = model(feats.to(device), feat_lens.to(device))
+        return out.logits, out.lengths
+
+    was_training = model.training
+    model.eval()
+    try:
+        results = []
+        for group, refs, logits, lengths in _outputs(forward, cuts, tokenizer, batch_seconds):
+            results += _greedy(group, refs, logits, lengths, tokenizer)
+    finally:
+        model.train(was_training)
     return sorted(results)
 
 
 @torch.inference_mode()
-def decode_cuts_lexicon(
-    model: ConformerCTC,
-    cuts: CutSet,
-    tokenizer: Tokenizer,
-    batch_seconds: float,
-    lexicon: LexiconDecoder,
-) -> tuple[list[Result], list[Result]]:
-    """(greedy, lexicon beam search) results of every cut from the same forward passes."""
+def decode_model_file(
+    model: ModelFile, cuts: CutSet, batch_seconds: float, lexicon: LexiconDecoder | None
+) -> tuple[list[Result], list[Result] | None]:
+    """(greedy, lexicon beam search or None) results of every cut from the same forward
+    passes of an opened model file (PyTorch or ONNX)."""
+    tok = model.tokenizer
     greedy, lex = [], []
-    for group, refs, out in _forward(model, cuts, tokenizer, batch_seconds, "cpu"):
-        paths = greedy_decode(out.logits, out.lengths, tokenizer.blank_id)
-        greedy += [(c.id, r, tokenizer.decode(ids)) for c, r, ids in zip(group, refs, paths)]
-        log_probs = out.logits.float().log_softmax(-1).cpu().numpy()
-        for c, r, lp, n in zip(group, refs, log_probs, out.lengths.tolist()):
+    for group, refs, logits, lengths in _outputs(model.forward, cuts, tok, batch_seconds):
+        greedy += _greedy(group, refs, logits, lengths, tok)
+        if lexicon is None:
+            continue
+        log_probs = logits.float().log_softmax(-1).cpu().numpy()
+        for c, r, lp, n in zip(group, refs, log_probs, lengths.tolist()):
             lex.append((c.id, r, lexicon.decode(lp[:n])))
-    return sorted(greedy), sorted(lex)
+    return sorted(greedy), (sorted(lex) if lexicon is not None else None)
 
 
 def make_lexicon_decoder(
-    cfg: EvalConfig, tokenizer: Tokenizer, model_path: str | Path
+    cfg: EvalConfig, model: ModelFile, model_path: str | Path
 ) -> LexiconDecoder | None:
-    """The beam-search decoder cfg asks for (None for greedy), its words and unigram LM taken
-    from the transcripts of cfg.lexicon_cuts, or else of the model's training manifest."""
+    """The beam-search decoder cfg asks for (None for greedy). Its words and unigram LM come
+    from the transcripts of cfg.lexicon_cuts; else from the lexicon an exported file carries;
+    else from the model's training manifest. Beam and weights always come from cfg."""
     if cfg.decoder == "greedy":
         return None
-    source = cfg.lexicon_cuts
-    if not source:
-        run = read_checkpoint_meta(model_path).get("config") or {}
-        source = run.get("data", {}).get("train_cuts", "")
-        if not source:
-            raise ConfigError(
-                f"{model_path} names no training manifest: set eval.lexicon_cuts to the cut "
-                "manifest whose transcripts give the lexicon decoder its words"
-            )
-    lm = WordLM.from_texts(cut_text(c) for c in load_cuts(source))
-    return LexiconDecoder(tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus)
+    if cfg.lexicon_cuts:
+        lm = lm_from_manifest(cfg.lexicon_cuts)
+    elif model.lexicon is not None:
+        lm = model.lexicon.lm
+    else:
+        lm = lm_from_manifest(training_manifest(model.run_config, model_path))
+    return LexiconDecoder(model.tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus)
 
 
 def oov_rate(results: list[Result], lexicon: LexiconDecoder) -> float:
@@ -158,32 +168,35 @@ def write_results(results: list[Result], out_dir: Path, name: str, decoding: str
 
 
 @torch.inference_mode()
-def measure_speed(model: ConformerCTC, cuts: CutSet, cfg: EvalConfig) -> dict:
+def measure_speed(model: ModelFile, cuts: CutSet, cfg: EvalConfig) -> dict:
     """Latency at batch size 1 (mean over the first cfg.latency_utterances cuts by id), its
     real-time factor, and throughput at batches of cfg.batch_seconds of audio."""
-    model.eval()
-    tok = Tokenizer()
+    tok = model.tokenizer
     chosen = sorted(cuts, key=lambda c: c.id)[: cfg.latency_utterances]
     singles = [collate(CutSet.from_cuts([c]), tok) for c in chosen]
-    model(singles[0].feats, singles[0].feat_lens)  # warm-up
+    model.forward(singles[0].feats, singles[0].feat_lens)  # warm-up
     times = []
     for b in singles:
         t0 = time.perf_counter()
-        model(b.feats, b.feat_lens)
+        model.forward(b.feats, b.feat_lens)
         times.append(time.perf_counter() - t0)
     audio = sum(b.audio_seconds for b in singles)
     batches = [collate(CutSet.from_cuts(g), tok) for g in duration_batches(cuts, cfg.batch_seconds)]
     t0 = time.perf_counter()
     for b in batches:
-        model(b.feats, b.feat_lens)
+        model.forward(b.feats, b.feat_lens)
     elapsed = time.perf_counter() - t0
     return {
         "latency_ms": 1000 * sum(times) / len(times),
         "rtf": sum(times) / audio,
         "throughput_audio_s_per_s": sum(b.audio_seconds for b in batches) / elapsed,
         "latency_utterances": len(singles),
-        "threads": torch.get_num_threads(),
+        "threads": cfg.threads if is_onnx_model(model) else torch.get_num_threads(),
     }
+
+
+def is_onnx_model(model: ModelFile) -> bool:
+    return model.format.startswith("onnx")
 
 
 def measure_memory(
@@ -239,13 +252,14 @@ def _memory_probe(model_path: str, cuts_path: str, n_utts: int, threads: int) ->
         for b in batches:
             warm(b.feats, b.feat_lens)
         del warm
+    if is_onnx(model_path):
+        import onnxruntime  # noqa: F401  the runtime's own code is not the model's memory
     base = _status_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the high-water mark VmHWM to the current RSS
-    model, _ = load_model(model_path)
-    with torch.inference_mode():
-        for b in batches:
-            model(b.feats, b.feat_lens)
+    model = open_model_file(model_path, threads)
+    for b in batches:
+        model.forward(b.feats, b.feat_lens)
     peak = _status_mb("VmHWM")
     return {"peak_rss_mb": peak, "baseline_rss_mb": base, "model_memory_mb": peak - base}
 
@@ -257,29 +271,30 @@ def evaluate(
     cfg: EvalConfig,
     measure: bool = True,
 ) -> dict:
-    """Score a model file on each cut manifest and (optionally) measure its cost."""
+    """Score a model file (.safetensors, or .onnx from `asrkd export`) on each cut manifest and
+    (optionally) measure its cost."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
-    model, tok = load_model(model_path)
+    model = open_model_file(model_path, cfg.threads)
     summary: dict = {
         "model": str(model_path),
-        "n_params": model.n_params(),
-        "bytes_fp32": 4 * model.n_params(),
+        "format": model.format,
+        "n_params": model.n_params,
+        "bytes_fp32": 4 * model.n_params,
         "bytes_on_disk": Path(model_path).stat().st_size,
         "dims": model.dims.__dict__,
         "sets": {},
     }
-    lexicon = make_lexicon_decoder(cfg, tok, model_path)
+    lexicon = make_lexicon_decoder(cfg, model, model_path)
     summary["decoding"] = cfg.tag
     for path in cuts_paths:
         cuts = load_cuts(path)
         name = Path(path).name.split(".")[0].removeprefix("cuts_")
-        if lexicon is None:
-            results = decode_cuts(model, cuts, tok, cfg.batch_seconds)
-            summary["sets"][name] = write_results(results, out_dir, name, cfg.tag)
+        greedy, lex = decode_model_file(model, cuts, cfg.batch_seconds, lexicon)
+        if lex is None:
+            summary["sets"][name] = write_results(greedy, out_dir, name, cfg.tag)
             continue
-        greedy, lex = decode_cuts_lexicon(model, cuts, tok, cfg.batch_seconds, lexicon)
         greedy_summary = write_results(greedy, out_dir, name, "greedy")
         summary["sets"][name] = {
             **write_results(lex, out_dir, name, cfg.tag),

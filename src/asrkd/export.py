@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from asrkd.config import ExportConfig, FeatureConfig
+from asrkd.lexicon import LexiconDecoder, WordLM, lm_from_manifest, training_manifest
 from asrkd.models.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -72,16 +73,48 @@ def require_onnx_exporter() -> None:
         raise ImportError(f"asrkd export needs {', '.join(missing)}: pip install 'asrkd[export]'")
 
 
-def onnx_metadata(meta: dict[str, Any], quantized: bool) -> dict[str, str]:
-    """metadata_props of an exported file, from a checkpoint's decoded metadata."""
+def onnx_metadata(
+    meta: dict[str, Any], quantized: bool, lexicon: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """metadata_props of an exported file, from a checkpoint's decoded metadata (and the
+    lexicon decoder's words, LM and settings, when the file carries one)."""
     features = FeatureConfig(**(meta.get("features") or {}))
-    return {
+    props = {
         "asrkd.format": ONNX_FORMAT,
         "asrkd.dims": json.dumps(meta["dims"]),
         "asrkd.tokenizer": json.dumps(meta["tokenizer"]),
         "asrkd.features": json.dumps(dataclasses.asdict(features)),
         "asrkd.quantized": json.dumps(quantized),
     }
+    if lexicon is not None:
+        props["asrkd.lexicon"] = json.dumps(lexicon)
+    return props
+
+
+def lexicon_metadata(cfg: ExportConfig, meta: dict[str, Any], model_path: str | Path):
+    """{"log_probs", "beam", "lm_weight", "word_bonus"} from cfg.lexicon_cuts ("train": the
+    model's own training manifest), or None when cfg asks for no lexicon."""
+    if not cfg.lexicon_cuts:
+        return None
+    source = cfg.lexicon_cuts
+    if source == "train":
+        source = training_manifest(meta.get("config") or {}, model_path)
+    return {
+        "log_probs": lm_from_manifest(source).log_probs,
+        "beam": cfg.beam,
+        "lm_weight": cfg.lm_weight,
+        "word_bonus": cfg.word_bonus,
+    }
+
+
+def lexicon_from_metadata(meta: dict[str, Any], tokenizer) -> LexiconDecoder | None:
+    """The lexicon decoder an exported file carries (read_onnx_metadata's dict), or None."""
+    lex = meta.get("lexicon")
+    if not lex:
+        return None
+    return LexiconDecoder(
+        tokenizer, WordLM(lex["log_probs"]), lex["beam"], lex["lm_weight"], lex["word_bonus"]
+    )
 
 
 def read_onnx_metadata(props: dict[str, str], path: str | Path = "") -> dict[str, Any]:
@@ -240,7 +273,8 @@ def export_model(
         raise CheckpointError(f"{model_path}: does not fit an asrkd model ({err})") from err
     program = _to_onnx(model, cfg.opset)
     strip_debug_info(program.model)
-    program.model.metadata_props.update(onnx_metadata(meta, cfg.quantize))
+    lexicon = lexicon_metadata(cfg, meta, model_path)
+    program.model.metadata_props.update(onnx_metadata(meta, cfg.quantize, lexicon))
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = os.path.join(tmp, "fp32.onnx")

@@ -16,9 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from asrkd.config import ConfigError
+from asrkd.data.dataset import cut_text, load_cuts
 from asrkd.data.text import WORD_START, BpeTokenizer, Tokenizer, word_counts
 
 NEG_INF = float("-inf")
@@ -37,6 +40,22 @@ class WordLM:
             raise ValueError("no words to build a lexicon from")
         total = sum(counts.values())
         return cls({w: math.log(c / total) for w, c in sorted(counts.items())})
+
+
+def training_manifest(run_config: dict, model_path: str | Path) -> str:
+    """The training cut manifest a checkpoint's run config names (ConfigError if none)."""
+    source = run_config.get("data", {}).get("train_cuts", "")
+    if not source:
+        raise ConfigError(
+            f"{model_path} names no training manifest: give the cut manifest whose transcripts "
+            "are the lexicon's words (eval.lexicon_cuts, or lexicon_cuts for export)"
+        )
+    return source
+
+
+def lm_from_manifest(path: str | Path) -> WordLM:
+    """The unigram LM of a cut manifest's transcripts."""
+    return WordLM.from_texts(cut_text(c) for c in load_cuts(path))
 
 
 @dataclass

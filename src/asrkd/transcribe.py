@@ -1,11 +1,18 @@
-"""Transcribe audio files with a model file: the same fbank features the model was trained on
-(stored in the file), mono at the model's sample rate, greedy CTC decoding. A model file is either
-a .safetensors file (eager PyTorch) or a .onnx file from `asrkd export` (onnxruntime)."""
+"""Model files as recognisers: audio -> fbank (the settings stored in the file, mono at the
+model's sample rate) -> logits -> text. A model file is either a .safetensors file (eager
+PyTorch) or a .onnx file from `asrkd export` (onnxruntime, fp32 or int8). Decoding is greedy
+CTC, or the lexicon beam search when the file carries a lexicon (`asrkd export` with
+lexicon_cuts), so that `asrkd transcribe` gives the text `asrkd evaluate` scored.
+
+`asrkd evaluate` opens model files through `open_model_file` too: one path from file to logits
+for both formats.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +20,9 @@ import torch
 from asrkd.config import FeatureConfig
 from asrkd.data.audio import fbank_extractor, load_mono
 from asrkd.data.text import Tokenizer
+from asrkd.lexicon import LexiconDecoder
 from asrkd.models.checkpoint import model_from_tensors, read_checkpoint
+from asrkd.models.conformer import ConformerCTC, ConformerDims
 from asrkd.models.ctc import greedy_decode
 
 
@@ -23,11 +32,20 @@ def fbank(samples: np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
     return torch.from_numpy(extractor.extract(samples, cfg.sample_rate))
 
 
-class _CTCTranscriber:
-    """Audio -> fbank -> (logits, lengths) -> greedy CTC text; subclasses provide the model."""
+class ModelFile:
+    """A model file opened for inference; subclasses provide `forward`.
+
+    Attributes: tokenizer, features (FeatureConfig), dims (ConformerDims), run_config (the
+    training run's config as a dict; empty for ONNX files), lexicon (LexiconDecoder or None),
+    format ("safetensors", "onnx" or "onnx-int8").
+    """
 
     tokenizer: Tokenizer
     features: FeatureConfig
+    dims: ConformerDims
+    run_config: dict[str, Any]
+    lexicon: LexiconDecoder | None = None
+    format: str
 
     def forward(
         self, feats: torch.Tensor, feat_lens: torch.Tensor
@@ -35,20 +53,35 @@ class _CTCTranscriber:
         """feats (B, T, F), feat_lens (B,) -> logits (B, T', V), lengths (B,)."""
         raise NotImplementedError
 
+    @property
+    def n_params(self) -> int:
+        """Parameters of the network (the same count for fp32 and int8 files)."""
+        return ConformerCTC(self.dims).n_params()
+
     def __call__(self, samples: np.ndarray) -> str:
         feats = fbank(samples, self.features)
         logits, lengths = self.forward(feats[None], torch.tensor([feats.shape[0]]))
-        return self.tokenizer.decode(greedy_decode(logits, lengths)[0])
+        if self.lexicon is not None:
+            return self.lexicon.decode(logits[0, : int(lengths[0])].float().log_softmax(-1).numpy())
+        return self.tokenizer.decode(greedy_decode(logits, lengths, self.tokenizer.blank_id)[0])
 
 
-class Transcriber(_CTCTranscriber):
-    """A model file (.safetensors) loaded once, turning audio into text."""
+class Transcriber(ModelFile):
+    """A model file (.safetensors) loaded once, turning audio into text (greedy)."""
+
+    format = "safetensors"
 
     def __init__(self, model_path: str | Path) -> None:
         tensors, meta = read_checkpoint(model_path)
-        self.model = model_from_tensors(tensors, meta)
+        self.model = model_from_tensors(tensors, meta).eval()
+        self.dims = self.model.dims
         self.tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
         self.features = FeatureConfig(**meta.get("features") or {})
+        self.run_config = meta.get("config") or {}
+
+    @property
+    def n_params(self) -> int:
+        return self.model.n_params()
 
     @torch.inference_mode()
     def forward(
@@ -58,18 +91,23 @@ class Transcriber(_CTCTranscriber):
         return out.logits, out.lengths
 
 
-class OnnxTranscriber(_CTCTranscriber):
-    """A file written by `asrkd export` (.onnx, fp32 or int8) run with onnxruntime; tokenizer
-    and feature settings come from its metadata. threads=0 lets onnxruntime decide."""
+class OnnxTranscriber(ModelFile):
+    """A file written by `asrkd export` (.onnx, fp32 or int8) run with onnxruntime; tokenizer,
+    feature settings and any lexicon come from its metadata. threads=0 lets onnxruntime
+    decide."""
 
     def __init__(self, model_path: str | Path, threads: int = 0) -> None:
-        from asrkd.export import onnx_session, read_onnx_metadata
+        from asrkd.export import lexicon_from_metadata, onnx_session, read_onnx_metadata
 
         self.session = onnx_session(model_path, threads)
         props = self.session.get_modelmeta().custom_metadata_map
         meta = read_onnx_metadata(props, model_path)
         self.tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
         self.features = FeatureConfig(**meta["features"])
+        self.dims = ConformerDims(**meta["dims"])
+        self.run_config = {}
+        self.lexicon = lexicon_from_metadata(meta, self.tokenizer)
+        self.format = "onnx-int8" if meta.get("quantized") else "onnx"
 
     def forward(
         self, feats: torch.Tensor, feat_lens: torch.Tensor
@@ -79,16 +117,21 @@ class OnnxTranscriber(_CTCTranscriber):
         return run_onnx(self.session, feats, feat_lens)
 
 
-def open_transcriber(model_path: str | Path) -> _CTCTranscriber:
-    """OnnxTranscriber for an exported .onnx file, Transcriber for a .safetensors model file."""
-    if Path(model_path).suffix.lower() == ".onnx":
-        return OnnxTranscriber(model_path)
+def is_onnx(model_path: str | Path) -> bool:
+    return Path(model_path).suffix.lower() == ".onnx"
+
+
+def open_model_file(model_path: str | Path, threads: int = 0) -> ModelFile:
+    """OnnxTranscriber for an exported .onnx file, Transcriber for a .safetensors model file.
+    `threads` applies to onnxruntime; PyTorch uses torch.set_num_threads."""
+    if is_onnx(model_path):
+        return OnnxTranscriber(model_path, threads)
     return Transcriber(model_path)
 
 
 def transcribe_files(model_path: str | Path, paths: list[str | Path]) -> list[tuple[str, str]]:
     """(path, text) for each audio file; `model_path` is a .safetensors model file or a .onnx
     file from `asrkd export`."""
-    transcriber = open_transcriber(model_path)
+    transcriber = open_model_file(model_path)
     rate = transcriber.features.sample_rate
     return [(str(p), transcriber(load_mono(p, rate))) for p in paths]

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from asrkd.models import PRESETS, build_model
-from asrkd.models.conformer import ConformerCTC, ConformerDims, Subsampling, subsampled_lengths
+from asrkd.models.conformer import (
+    ConformerCTC,
+    ConformerDims,
+    Dropout,
+    Subsampling,
+    pointwise,
+    subsampled_lengths,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,3 +123,37 @@ def test_librispeech_presets_follow_the_size_rules() -> None:
     assert n["conformer-m-40"] <= 0.40 * n["conformer-m"]
     assert n["conformer-m-15"] <= 0.15 * n["conformer-m"]
     assert n["conformer-m-15"] < n["conformer-m-40"]
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_fast_dropout_drops_p_and_keeps_the_mean(p: float) -> None:
+    """Dropout's 16-bit masks against the definition: a share p of elements dropped (to within
+    sampling error over 10^6 draws), the rest scaled by 1/(1-p), the gradient the same mask."""
+    torch.manual_seed(0)
+    drop = Dropout(p).train()
+    x = torch.ones(1000, 1000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / 1e6) ** 0.5
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)), rtol=1e-4)
+    assert abs(y.mean().item() - 1.0) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(x * mask * scale)/dx = mask * scale
+    # the four 16-bit draws of each 64-bit word are independent: no stripes in the mask
+    by_lane = kept.flatten()[: 4 * 250_000].view(-1, 4).float().mean(0)
+    assert (by_lane - (1 - p)).abs().max() < 0.01
+    # a seed gives the same mask (runs stay reproducible); eval mode and p=0 are the identity
+    torch.manual_seed(0)
+    assert torch.equal(drop(torch.ones(1000, 1000)), y.detach())
+    z = torch.randn(3, 5)
+    assert drop.eval()(z) is z and Dropout(0.0).train()(z) is z
+    with pytest.raises(ValueError):
+        Dropout(1.0)
+
+
+def test_pointwise_matches_the_kernel_one_convolution() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(12, 24, 1)
+    x = torch.randn(3, 17, 12)
+    reference = conv(x.transpose(1, 2)).transpose(1, 2)
+    assert torch.allclose(pointwise(conv, x), reference, atol=1e-6)

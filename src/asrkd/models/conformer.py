@@ -7,6 +7,7 @@ H attention heads, V vocabulary (CTC blank at index 0).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +103,53 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return rotated.flatten(-2)
 
 
+# Dropout masks from 16-bit random integers: keep probability exact to 1/65536.
+_MASK_LEVELS = 1 << 16
+
+
+def dropout_keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[Tensor, float]:
+    """(bool keep mask of `shape`, scale 1/(1 - p')) with p' = p rounded to 1/65536.
+
+    torch draws one random float per element for nn.Dropout, which on CPU cost a quarter of a
+    training step (aten::bernoulli_); one random 64-bit word gives four 16-bit draws, ~3x faster
+    in all. Uses the global torch generator, so runs stay reproducible under a seed."""
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-(1 << 63), (1 << 63) - 1)  # every bit random (one value of 2^64 missing)
+    draws = words.view(torch.int16)[:n].view(shape)  # uniform over -32768..32767
+    dropped = round(p * _MASK_LEVELS)
+    return draws >= dropped - _MASK_LEVELS // 2, _MASK_LEVELS / (_MASK_LEVELS - dropped)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout as nn.Dropout (same module state, no parameters), with the faster
+    dropout_keep_mask on CPU; other devices use torch's own kernel."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        keep, scale = dropout_keep_mask(x.shape, self.p, x.device)
+        return x * (keep * scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """A kernel-1 Conv1d applied to channels-last x (B, T', D_in) -> (B, T', D_out): the same
+    weights as a matrix product, which on CPU runs faster than the convolution and its
+    backward, and needs no transposes."""
+    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
@@ -109,7 +157,7 @@ class SelfAttention(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
         b, t, d = x.shape
@@ -133,14 +181,14 @@ class ConvModule(nn.Module):
         self.depthwise = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
         self.conv_norm = nn.LayerNorm(d_model)
         self.pointwise_out = nn.Conv1d(d_model, d_model, 1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        y = F.glu(self.pointwise_in(self.norm(x).transpose(1, 2)), dim=1)  # (B, D, T')
-        y = y.masked_fill(~mask[:, None, :], 0.0)  # padding must not leak into valid frames
-        y = self.depthwise(y).transpose(1, 2)
-        y = F.silu(self.conv_norm(y)).transpose(1, 2)
-        return self.dropout(self.pointwise_out(y).transpose(1, 2))
+        y = F.glu(pointwise(self.pointwise_in, self.norm(x)), dim=-1)  # (B, T', D)
+        y = y.masked_fill(~mask[:, :, None], 0.0)  # padding must not leak into valid frames
+        y = self.depthwise(y.transpose(1, 2)).transpose(1, 2)
+        y = F.silu(self.conv_norm(y))
+        return self.dropout(pointwise(self.pointwise_out, y))
 
 
 class FeedForward(nn.Module):
@@ -150,9 +198,9 @@ class FeedForward(nn.Module):
             nn.LayerNorm(d_model),
             nn.Linear(d_model, mult * d_model),
             nn.SiLU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(mult * d_model, d_model),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
 
     def forward(self, x: Tensor) -> Tensor:
