@@ -1,0 +1,140 @@
+"""Seconds per CTC training step of a preset: asrkd's model as it is, against its reference
+paths (torch's nn.Dropout instead of asrkd's Dropout; kernel-1 nn.Conv1d calls instead of
+`pointwise` matrix products; both = the code before 2026-11-29), measured in one run on the
+same batches.
+
+    .venv/bin/python benchmarks/train_step.py --train CUTS [--presets demo-teacher]
+        [--dropout 0.05] [--batch-seconds 30] [--steps 30] [--rounds 3] [--threads 2]
+
+Each variant starts from the same weights (the reference paths use the very same parameters) and trains --steps steps (AdamW, CTC loss) on the
+same collated batches after 3 warm-up steps; the variants take turns for --rounds rounds and the
+median per variant is printed, so machine noise hits all of them alike. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import time
+import types
+
+import torch
+import torch.nn.functional as F
+
+from asrkd.config import DataConfig
+from asrkd.data.dataset import collate, load_cuts, make_sampler
+from asrkd.data.text import Tokenizer
+from asrkd.models import build_model
+from asrkd.models.conformer import ConvModule, Dropout
+
+WARMUP = 3
+
+
+def with_torch_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose asrkd Dropout modules are torch's nn.Dropout (same p)."""
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+    return model
+
+
+def _conv_forward_reference(self: ConvModule, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """ConvModule.forward as it was: channels-first kernel-1 convolutions."""
+    y = F.glu(self.pointwise_in(self.norm(x).transpose(1, 2)), dim=1)  # (B, D, T')
+    y = y.masked_fill(~mask[:, None, :], 0.0)
+    y = self.depthwise(y).transpose(1, 2)
+    y = F.silu(self.conv_norm(y)).transpose(1, 2)
+    return self.dropout(self.pointwise_out(y).transpose(1, 2))
+
+
+def with_conv1d_pointwise(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose convolution modules call their kernel-1 nn.Conv1d layers."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, ConvModule):
+            module.forward = types.MethodType(_conv_forward_reference, module)
+    return model
+
+
+def seconds_per_step(model: torch.nn.Module, batches: list) -> float:
+    model = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step(b) -> None:
+        out = model(b.feats, b.feat_lens)
+        log_probs = out.logits.log_softmax(-1).transpose(0, 1)
+        loss = F.ctc_loss(log_probs, b.targets, out.lengths, b.target_lens, zero_infinity=True)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for b in batches[:WARMUP]:
+        step(b)
+    t0 = time.perf_counter()
+    for b in batches[WARMUP:]:
+        step(b)
+    return (time.perf_counter() - t0) / (len(batches) - WARMUP)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", required=True, help="training cut manifest (with features)")
+    ap.add_argument("--presets", nargs="+", default=["demo-teacher"])
+    ap.add_argument("--dropout", type=float, default=0.05)
+    ap.add_argument("--batch-seconds", type=float, default=30.0)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    tok = Tokenizer()
+    sampler = make_sampler(
+        load_cuts(args.train),
+        DataConfig(max_batch_seconds=args.batch_seconds),
+        shuffle=True,
+        seed=0,
+    )
+    batches = []
+    for cuts in sampler:
+        batches.append(collate(cuts, tok))
+        if len(batches) == args.steps + WARMUP:
+            break
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{args.threads} threads, torch {torch.__version__}, {args.steps} steps x "
+        f"{args.rounds} rounds, batches of {args.batch_seconds:g} s"
+    )
+    print(
+        "\n| preset | asrkd s/step | nn.Dropout | Conv1d pointwise | both (before) | no dropout "
+        "| speed-up vs before |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for preset in args.presets:
+        torch.manual_seed(0)
+        model = build_model(preset, tok.vocab_size, batches[0].feats.shape[-1], args.dropout)
+        variants = {
+            "asrkd": model,
+            "torch": with_torch_dropout(model),
+            "conv1d": with_conv1d_pointwise(model),
+            "before": with_conv1d_pointwise(with_torch_dropout(model)),
+            "none": build_model(preset, tok.vocab_size, batches[0].feats.shape[-1], 0.0),
+        }
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(args.rounds):
+            for name, variant in variants.items():
+                torch.manual_seed(1)
+                times[name].append(seconds_per_step(variant, batches))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(
+            f"| {preset} | {med['asrkd']:.3f} | {med['torch']:.3f} | {med['conv1d']:.3f} "
+            f"| {med['before']:.3f} | {med['none']:.3f} | {med['before'] / med['asrkd']:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
