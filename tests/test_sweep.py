@@ -15,18 +15,8 @@ import pytest
 
 from asrkd.config import ConfigError, SweepConfig, load_config
 from asrkd.report import report
-from asrkd.sweep import (
-    RESULTS,
-    _reporter,
-    expand_grid,
-    make_spec,
-    open_study,
-    parse_grid,
-    point_name,
-    read_rows,
-    relevant,
-    sweep,
-)
+from asrkd.sweep import RESULTS, _reporter, open_study, read_rows, sweep
+from asrkd.sweep_grid import expand_grid, make_spec, parse_grid, point_name, relevant
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -167,7 +167,8 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from asrkd.sweep import parse_grid, sweep
+    from asrkd.sweep import sweep
+    from asrkd.sweep_grid import parse_grid
 
     base = load_config(args.config, args.overrides, Config)
     extra = _shorthand(args.sweep_overrides, seeds=args.seeds, jobs=args.jobs, storage=args.storage)

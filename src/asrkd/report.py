@@ -17,7 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from asrkd.sweep import RESULTS, SEED_KEY, STRATEGY_KEY, read_rows, relevant
+from asrkd.sweep import RESULTS, read_rows
+from asrkd.sweep_grid import SEED_KEY, STRATEGY_KEY, relevant
 
 WEIGHT_KEY, TEMPERATURE_KEY, PRESET_KEY = "distill.weight", "distill.temperature", "model.preset"
 Setting = tuple[tuple[str, Any], ...]  # sorted (key, value) pairs, seed excluded
