@@ -4,7 +4,7 @@ paths (torch's nn.Dropout instead of asrkd's Dropout; kernel-1 nn.Conv1d calls i
 same batches.
 
     .venv/bin/python benchmarks/train_step.py --train CUTS [--presets demo-teacher]
-        [--dropout 0.05] [--batch-seconds 30] [--steps 30] [--rounds 3] [--threads 2]
+        [--dropout 0.05] [--batch-seconds 30] [--steps 30] [--rounds 3] [--threads 1 2]
 
 Each variant starts from the same weights (the reference paths use the very same parameters) and trains --steps steps (AdamW, CTC loss) on the
 same collated batches after 3 warm-up steps; the variants take turns for --rounds rounds and the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
 import platform
 import statistics
@@ -89,9 +90,8 @@ def main() -> None:
     ap.add_argument("--batch-seconds", type=float, default=30.0)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2])
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     tok = Tokenizer()
     sampler = make_sampler(
         load_cuts(args.train),
@@ -106,15 +106,16 @@ def main() -> None:
             break
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{args.threads} threads, torch {torch.__version__}, {args.steps} steps x "
+        f"threads {args.threads}, torch {torch.__version__}, {args.steps} steps x "
         f"{args.rounds} rounds, batches of {args.batch_seconds:g} s"
     )
     print(
-        "\n| preset | asrkd s/step | nn.Dropout | Conv1d pointwise | both (before) | no dropout "
+        "\n| preset | threads | asrkd s/step | nn.Dropout | Conv1d pointwise | both (before) | no dropout "
         "| speed-up vs before |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for preset in args.presets:
+    print("|---|---|---|---|---|---|---|---|")
+    for preset, threads in itertools.product(args.presets, args.threads):
+        torch.set_num_threads(threads)
         torch.manual_seed(0)
         model = build_model(preset, tok.vocab_size, batches[0].feats.shape[-1], args.dropout)
         variants = {
@@ -131,7 +132,7 @@ def main() -> None:
                 times[name].append(seconds_per_step(variant, batches))
         med = {k: statistics.median(v) for k, v in times.items()}
         print(
-            f"| {preset} | {med['asrkd']:.3f} | {med['torch']:.3f} | {med['conv1d']:.3f} "
+            f"| {preset} | {threads} | {med['asrkd']:.3f} | {med['torch']:.3f} | {med['conv1d']:.3f} "
             f"| {med['before']:.3f} | {med['none']:.3f} | {med['before'] / med['asrkd']:.2f}x |"
         )
 

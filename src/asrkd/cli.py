@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a SweepConfig value",
     )
 
-    p = sub.add_parser("report", help="Markdown + plots from a sweep's results.jsonl")
-    p.add_argument("folder", help="sweep folder (or its results.jsonl)")
+    p = sub.add_parser(
+        "report", help="Markdown + plots from a sweep's results.jsonl or a folder of runs"
+    )
+    p.add_argument("folder", help="sweep folder (or its results.jsonl), or a folder of run folders")
 
     p = sub.add_parser("transcribe", help="transcribe audio files with a model")
     p.add_argument("model")

@@ -1,4 +1,5 @@
-"""Sweep reports: ``report.md`` and PNG plots, rebuilt at any time from ``results.jsonl``.
+"""Sweep reports: ``report.md`` and PNG plots, rebuilt at any time from ``results.jsonl`` — or
+from a folder of run folders (``asrkd train``/``distill`` outputs) without one.
 
 The report holds: the best setting of each strategy (chosen on dev, with its test WER); each
 setting's WER change against the no-distillation baseline of the same seed, as mean +- std over
@@ -11,14 +12,16 @@ distill.strategy=none setting that agrees with it on every key plain training re
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from asrkd.sweep import RESULTS, read_rows
-from asrkd.sweep_grid import SEED_KEY, STRATEGY_KEY, relevant
+from asrkd.config import load_config, to_dict
+from asrkd.sweep import RESULTS, ROW_KEYS, read_rows, set_name
+from asrkd.sweep_grid import SEED_KEY, STRATEGY_KEY, flat_config, relevant
 
 WEIGHT_KEY, TEMPERATURE_KEY, PRESET_KEY = "distill.weight", "distill.temperature", "model.preset"
 Setting = tuple[tuple[str, Any], ...]  # sorted (key, value) pairs, seed excluded
@@ -30,13 +33,71 @@ Setting = tuple[tuple[str, Any], ...]  # sorted (key, value) pairs, seed exclude
 
 def load_rows(folder: str | Path) -> list[dict]:
     """Rows of a sweep folder's results.jsonl (or of that file), the last per run name: a run
-    retried after a failure replaces its FAIL row."""
+    retried after a failure replaces its FAIL row. A folder without results.jsonl is read as a
+    folder of run folders (rows_from_runs)."""
     path = Path(folder)
+    if path.is_dir() and not (path / RESULTS).is_file():
+        return rows_from_runs(path)
     path = path if path.is_file() else path / RESULTS
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `asrkd sweep` into {path.parent} first")
     latest = {row["name"]: row for row in read_rows(path)}
     return list(latest.values())
+
+
+# Run-folder settings that are bookkeeping, not something the runs compare.
+_NOT_SETTINGS = ("train.out_dir", "train.threads", "train.progress", "teacher.path")
+
+
+def rows_from_runs(folder: Path) -> list[dict]:
+    """Rows like a sweep's for a folder of `asrkd train`/`asrkd distill` run folders: params
+    are the usual row keys plus every config key whose value differs between the runs; dev WER
+    is the run's best (greedy) dev WER from summary.json; test WER, latency and memory come
+    from `<run>/eval/summary.json` when `asrkd evaluate` wrote one there."""
+    runs = sorted(p.parent for p in folder.glob("*/config.yaml"))
+    if not runs:
+        raise FileNotFoundError(
+            f"{folder}: neither a sweep folder ({RESULTS}) nor a folder of run folders "
+            "(*/config.yaml)"
+        )
+    configs = {run: load_config(run / "config.yaml") for run in runs}
+    flats = {run: flat_config(to_dict(cfg)) for run, cfg in configs.items()}
+    keys = sorted({k for flat in flats.values() for k in flat} - set(_NOT_SETTINGS))
+    varying = [k for k in keys if len({json.dumps(f.get(k)) for f in flats.values()}) > 1]
+    return [_run_row(run, configs[run], flats[run], [*ROW_KEYS, *varying], folder) for run in runs]
+
+
+def _run_row(run: Path, cfg, flat: dict, keys: list[str], folder: Path) -> dict:
+    strategy = cfg.distill.strategy
+    params = {
+        k: _hashable(flat.get(k)) if relevant(k, strategy) else None for k in dict.fromkeys(keys)
+    }
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    eval_path = run / "eval" / "summary.json"
+    evaluated = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
+    test_names = [set_name(p) for p in cfg.data.test_cuts]
+    test = next((evaluated["sets"][n] for n in test_names if n in evaluated.get("sets", {})), {})
+    return {
+        "name": run.name,
+        "trial": None,
+        "state": "COMPLETE" if summary else "INCOMPLETE",
+        "params": params,
+        "run_dir": str(run.relative_to(folder)),
+        "error": None,
+        "dev_wer": summary.get("best_dev_wer"),
+        "test_wer": test.get("wer"),
+        "test_cer": test.get("cer"),
+        "n_params": summary.get("n_params"),
+        "latency_ms": evaluated.get("speed", {}).get("latency_ms"),
+        "model_memory_mb": evaluated.get("memory", {}).get("model_memory_mb"),
+        "train_seconds": summary.get("train_seconds"),
+    }
+
+
+def _hashable(value: Any) -> Any:
+    """Config values as row params: lists (tuples in configs) become JSON text."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
 
 
 def setting_of(row: dict) -> Setting:
