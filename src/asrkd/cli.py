@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
     p = sub.add_parser("evaluate", help="WER/CER, size, memory, latency of a model")
-    p.add_argument("model", help="model file (.safetensors)")
+    p.add_argument("model", help="model file (.safetensors, or .onnx from asrkd export)")
     p.add_argument("--cuts", nargs="+", required=True, help="cut manifests to score")
     p.add_argument("--out", required=True, help="folder for hypotheses, errors and summary")
     p.add_argument("--threads", type=int, help="shorthand for --set threads=N")

@@ -1,5 +1,6 @@
 """Evaluation: CTC decoding (greedy, or lexicon beam search), WER/CER, and the cost of running
-the model.
+the model — a .safetensors model file, or an .onnx file from `asrkd export` (fp32 or int8, run
+by onnxruntime), so a delivered file is scored as it will run.
 
 For each test set NAME and decoding TAG (`greedy`, or e.g. `lexicon-b8-lm0.5-wb1`, written
 beside the greedy files), `evaluate` writes into its output folder::
