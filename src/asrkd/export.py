@@ -91,7 +91,9 @@ def onnx_metadata(
     return props
 
 
-def lexicon_metadata(cfg: ExportConfig, meta: dict[str, Any], model_path: str | Path):
+def lexicon_metadata(
+    cfg: ExportConfig, meta: dict[str, Any], model_path: str | Path
+) -> dict[str, Any] | None:
     """{"log_probs", "beam", "lm_weight", "word_bonus"} from cfg.lexicon_cuts ("train": the
     model's own training manifest), or None when cfg asks for no lexicon."""
     if not cfg.lexicon_cuts:
