@@ -15,7 +15,7 @@ import pytest
 
 from asrkd.config import ConfigError, SweepConfig, load_config
 from asrkd.report import report
-from asrkd.sweep import RESULTS, _reporter, open_study, read_rows, sweep
+from asrkd.sweep import RESULTS, _reporter, open_study, pending, read_rows, sweep
 from asrkd.sweep_grid import expand_grid, make_spec, parse_grid, point_name, relevant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +191,27 @@ def test_tpe_sweep_runs_n_trials_each_with_every_seed(
     assert len(calls) == 10
     study = open_study(make_spec(base, grid, ranges, cfg), cfg, tmp_path)
     assert len(study.trials) == 5
+
+
+def test_an_orphan_running_trial_does_not_hold_up_a_finished_grid(tmp_path: Path) -> None:
+    """A worker killed right after creating its trial (no grid point, no pid yet) leaves it
+    RUNNING; once every grid point is complete, workers stop instead of waiting grace_seconds
+    (seen: a resumed sweep sat idle for 10 minutes)."""
+    base = load_config(None, ["distill.strategy=logit", "teacher.path=t.safetensors"])
+    grid, ranges = parse_grid(["distill.weight=0.1,0.5"])
+    cfg = SweepConfig(grace_seconds=600)
+    spec = make_spec(base, grid, ranges, cfg)
+    study = open_study(spec, cfg, tmp_path)
+    study._storage.create_new_trial(study._study_id)  # the orphan: RUNNING, no attributes
+    n_points = len(spec["points"])
+    assert pending(study, spec, cfg) == (n_points, 1)
+    points = optuna.distributions.CategoricalDistribution(list(range(n_points)))
+    for point in range(n_points):  # every point done by other workers
+        done = optuna.trial.create_trial(
+            params={"point": point}, distributions={"point": points}, value=0.5
+        )
+        study.add_trial(done)
+    assert pending(study, spec, cfg) == (0, 0)
 
 
 # ---------------------------------------------------------------------------------------------

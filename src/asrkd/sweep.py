@@ -195,6 +195,12 @@ def pending(study: optuna.Study, spec: dict, sweep_cfg: SweepConfig) -> tuple[in
     if spec["mode"] == "grid":
         claimed = {trial_point(study, t) for t in trials} - {None}
         fresh = len(spec["points"]) - len(claimed)
+        # A worker killed between creating its trial and taking a grid point leaves a RUNNING
+        # trial that names neither a point nor a pid: once every point is done, nothing running
+        # can add work, so no worker waits grace_seconds for it.
+        done = {trial_point(study, t) for t in trials if t.state == TrialState.COMPLETE}
+        if len(done - {None}) >= len(spec["points"]):
+            running = 0
     else:
         origins = {
             t.system_attrs.get("failed_trial", t.number)
