@@ -1,7 +1,8 @@
-"""Seconds per CTC training step of a preset: asrkd's model as it is, against its reference
-paths (torch's nn.Dropout instead of asrkd's Dropout; kernel-1 nn.Conv1d calls instead of
-`pointwise` matrix products; both = the code before 2026-11-29), measured in one run on the
-same batches.
+"""Seconds per CTC training step of a preset: asrkd's model and optimiser as they are, against
+their reference paths (torch's nn.Dropout instead of asrkd's Dropout; kernel-1 nn.Conv1d calls
+instead of `pointwise` matrix products; attention dropout inside torch's
+scaled_dot_product_attention instead of asrkd's masks; AdamW without fused=True; all four = the
+code before 2026-11-29), measured in one run on the same batches.
 
     .venv/bin/python benchmarks/train_step.py --train CUTS [--presets demo-teacher]
         [--dropout 0.05] [--batch-seconds 30] [--steps 30] [--rounds 3] [--threads 1 2]
@@ -29,7 +30,7 @@ from asrkd.config import DataConfig
 from asrkd.data.dataset import collate, load_cuts, make_sampler
 from asrkd.data.text import Tokenizer
 from asrkd.models import build_model
-from asrkd.models.conformer import ConvModule, Dropout
+from asrkd.models.conformer import ConvModule, Dropout, SelfAttention, apply_rotary
 
 WARMUP = 3
 
@@ -62,9 +63,29 @@ def with_conv1d_pointwise(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def seconds_per_step(model: torch.nn.Module, batches: list) -> float:
+def _attention_forward_reference(self: SelfAttention, x, mask, rope):
+    """SelfAttention.forward as it was: attention dropout inside scaled_dot_product_attention."""
+    b, t, d = x.shape
+    qkv = self.qkv(self.norm(x)).view(b, t, 3, self.n_heads, d // self.n_heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+    p = self.dropout.p if self.training else 0.0
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=p)
+    return self.dropout(self.out(y.transpose(1, 2).reshape(b, t, d)))
+
+
+def with_sdpa_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose attention drops weights inside torch's SDPA (aten::bernoulli_)."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, SelfAttention):
+            module.forward = types.MethodType(_attention_forward_reference, module)
+    return model
+
+
+def seconds_per_step(model: torch.nn.Module, batches: list, fused: bool = True) -> float:
     model = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)
 
     def step(b) -> None:
         out = model(b.feats, b.feat_lens)
@@ -110,31 +131,32 @@ def main() -> None:
         f"{args.rounds} rounds, batches of {args.batch_seconds:g} s"
     )
     print(
-        "\n| preset | threads | asrkd s/step | nn.Dropout | Conv1d pointwise | both (before) | no dropout "
-        "| speed-up vs before |"
+        "\n| preset | threads | asrkd s/step | nn.Dropout | Conv1d pointwise | SDPA dropout "
+        "| unfused AdamW | all four (before) | no dropout | speed-up vs before |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for preset, threads in itertools.product(args.presets, args.threads):
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         model = build_model(preset, tok.vocab_size, batches[0].feats.shape[-1], args.dropout)
-        variants = {
-            "asrkd": model,
-            "torch": with_torch_dropout(model),
-            "conv1d": with_conv1d_pointwise(model),
-            "before": with_conv1d_pointwise(with_torch_dropout(model)),
-            "none": build_model(preset, tok.vocab_size, batches[0].feats.shape[-1], 0.0),
+        before = with_sdpa_dropout(with_conv1d_pointwise(with_torch_dropout(model)))
+        variants = {  # name: (model, fused AdamW)
+            "asrkd": (model, True),
+            "torch": (with_torch_dropout(model), True),
+            "conv1d": (with_conv1d_pointwise(model), True),
+            "sdpa": (with_sdpa_dropout(model), True),
+            "unfused": (model, False),
+            "before": (before, False),
+            "none": (build_model(preset, tok.vocab_size, batches[0].feats.shape[-1], 0.0), True),
         }
         times: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(args.rounds):
-            for name, variant in variants.items():
+            for name, (variant, fused) in variants.items():
                 torch.manual_seed(1)
-                times[name].append(seconds_per_step(variant, batches))
+                times[name].append(seconds_per_step(variant, batches, fused))
         med = {k: statistics.median(v) for k, v in times.items()}
-        print(
-            f"| {preset} | {threads} | {med['asrkd']:.3f} | {med['torch']:.3f} | {med['conv1d']:.3f} "
-            f"| {med['before']:.3f} | {med['none']:.3f} | {med['before'] / med['asrkd']:.2f}x |"
-        )
+        cells = " | ".join(f"{med[k]:.3f}" for k in variants)
+        print(f"| {preset} | {threads} | {cells} | {med['before'] / med['asrkd']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from asrkd.models.conformer import (
     ConformerDims,
     Dropout,
     Subsampling,
+    attention_with_dropout,
     pointwise,
     subsampled_lengths,
 )
@@ -127,21 +128,24 @@ def test_librispeech_presets_follow_the_size_rules() -> None:
 
 @pytest.mark.parametrize("p", [0.05, 0.3])
 def test_fast_dropout_drops_p_and_keeps_the_mean(p: float) -> None:
-    """Dropout's 16-bit masks against the definition: a share p of elements dropped (to within
-    sampling error over 10^6 draws), the rest scaled by 1/(1-p), the gradient the same mask."""
+    """Dropout's 8-bit masks against the definition: a share p' = round(256 p) / 256 of elements
+    dropped (to within sampling error over 10^6 draws), the rest scaled by 1/(1-p'), the
+    gradient the same mask."""
     torch.manual_seed(0)
     drop = Dropout(p).train()
+    p_used = round(256 * p) / 256
+    assert abs(p_used - p) <= 1 / 512
     x = torch.ones(1000, 1000, requires_grad=True)
     y = drop(x)
     kept = y != 0
-    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / 1e6) ** 0.5
-    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)), rtol=1e-4)
+    assert abs(kept.float().mean().item() - (1 - p_used)) < 5 * (p * (1 - p) / 1e6) ** 0.5
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p_used)), rtol=1e-6)
     assert abs(y.mean().item() - 1.0) < 0.01
     y.sum().backward()
-    assert torch.equal(x.grad, y.detach())  # d(x * mask * scale)/dx = mask * scale
-    # the four 16-bit draws of each 64-bit word are independent: no stripes in the mask
-    by_lane = kept.flatten()[: 4 * 250_000].view(-1, 4).float().mean(0)
-    assert (by_lane - (1 - p)).abs().max() < 0.01
+    assert torch.equal(x.grad, y.detach())  # d(x * mask)/dx = mask
+    # the eight 8-bit draws of each 64-bit word are independent: no stripes in the mask
+    by_lane = kept.flatten()[: 8 * 125_000].view(-1, 8).float().mean(0)
+    assert (by_lane - (1 - p_used)).abs().max() < 0.01
     # a seed gives the same mask (runs stay reproducible); eval mode and p=0 are the identity
     torch.manual_seed(0)
     assert torch.equal(drop(torch.ones(1000, 1000)), y.detach())
@@ -149,6 +153,8 @@ def test_fast_dropout_drops_p_and_keeps_the_mean(p: float) -> None:
     assert drop.eval()(z) is z and Dropout(0.0).train()(z) is z
     with pytest.raises(ValueError):
         Dropout(1.0)
+    with pytest.raises(ValueError):
+        Dropout(0.999)  # rounds to 1
 
 
 def test_pointwise_matches_the_kernel_one_convolution() -> None:
@@ -157,3 +163,31 @@ def test_pointwise_matches_the_kernel_one_convolution() -> None:
     x = torch.randn(3, 17, 12)
     reference = conv(x.transpose(1, 2)).transpose(1, 2)
     assert torch.allclose(pointwise(conv, x), reference, atol=1e-6)
+
+
+def test_attention_with_dropout_is_sdpa_with_its_weights_dropped() -> None:
+    """Without dropping it equals F.scaled_dot_product_attention under the same key mask; with
+    p it equals the dropped, rescaled weights times v, and masked keys get no weight."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 8) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., 6:] = False
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(
+        attention_with_dropout(q, k, v, mask, Dropout(0.3).eval()), reference, atol=1e-5
+    )
+
+    class Recorder(Dropout):
+        def forward(self, x):
+            self.seen = x
+            self.out = super().forward(x)
+            return self.out
+
+    drop = Recorder(0.3).train()
+    y = attention_with_dropout(q, k, v, mask, drop)
+    assert torch.allclose(drop.seen.sum(-1), torch.ones(2, 3, 9), atol=1e-5)  # softmax rows
+    assert (drop.seen[1, ..., 6:] == 0).all()  # padded keys never attended
+    assert 0 < (drop.out == 0).float().mean() < 0.6  # some weights dropped
+    assert torch.allclose(y, drop.out @ v, atol=1e-6)
