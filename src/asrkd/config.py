@@ -263,7 +263,11 @@ class TrainConfig:
     checkpoint_every: int = 100
     eval_every: int = 200
     keep_checkpoints: int = 2
-    threads: int = 0  # 0 = torch's default
+    threads: int = 0  # 0 = torch's default; per process when processes > 1
+    # Data-parallel processes on this machine, each on its share of every batch (asrkd.distributed;
+    # GPUs: one per process). On 2 CPU cores 2 x 1 thread is no faster than 1 x 2 threads (the
+    # gradient exchange eats the gain; docs/benchmarks.md).
+    processes: int = 1
     device: str = "auto"  # auto = cuda when available, else cpu
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
     progress: bool = True
@@ -271,6 +275,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps <= 0 or self.checkpoint_every <= 0 or self.eval_every <= 0:
             raise ConfigError("train.max_steps, checkpoint_every and eval_every must be positive")
+        if self.processes < 1:
+            raise ConfigError("train.processes must be at least 1")
         if self.lr <= 0:
             raise ConfigError("train.lr must be positive")
 

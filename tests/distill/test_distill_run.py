@@ -28,10 +28,10 @@ def distil(parts, teacher: Path, tmp_path: Path, overrides: list[str]):
     seen = {"labelled": 0, "unlabelled": 0}
     step = trainer.step
 
-    def counting_step(batch):
+    def counting_step(batch, weight=1.0):
         seen["labelled"] += int(batch.labelled.sum())
         seen["unlabelled"] += int((~batch.labelled).sum())
-        return step(batch)
+        return step(batch, weight)
 
     trainer.step = counting_step
     trainer.run()

@@ -107,6 +107,10 @@ def make_sampler(
         shuffle=shuffle,
         seed=seed,
         drop_last=False,
+        # Every process of a data-parallel run sees every batch and trains on its share of it
+        # (asrkd.distributed); lhotse would otherwise deal whole batches to the processes.
+        world_size=1,
+        rank=0,
     )
 
 
