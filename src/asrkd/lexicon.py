@@ -142,33 +142,34 @@ class LexiconDecoder:
 
     def decode(self, log_probs: np.ndarray) -> str:
         """log_probs (T', V): log-softmax outputs of one utterance's valid frames -> text."""
-        # prefix -> [log P(ends in blank), log P(ends in a token)]; the tuple of emitted tokens
-        # identifies a hypothesis (CTC collapses paths onto it).
-        beams: dict[tuple[int, ...], list[float]] = {(): [0.0, NEG_INF]}
-        hyps: dict[tuple[int, ...], _Hyp] = {(): _Hyp(0, (), 0.0, -1)}
-        for row in log_probs:
-            cand = [int(v) for v in np.flatnonzero(row > self.prune) if v != self.blank]
-            lp = row.tolist()
-            nxt: dict[tuple[int, ...], list[float]] = {}
+        # prefix -> [log P(ends in blank), log P(ends in a token)]. A prefix (the tokens emitted
+        # so far: CTC collapses paths onto it) is a number: `child[(prefix, token)]` numbers its
+        # extensions, `hyps[prefix]` is its hypothesis, None where the lexicon forbids it.
+        # Numbers rather than token tuples: hashing ever longer tuples dominated decoding.
+        beams: dict[int, list[float]] = {0: [0.0, NEG_INF]}
+        hyps: list[_Hyp | None] = [_Hyp(0, (), 0.0, -1)]
+        child: dict[tuple[int, int], int] = {}
+        blank = self.blank
+        keep = log_probs > self.prune
+        keep[:, blank] = False
+        for row, cand in zip(log_probs.tolist(), (np.flatnonzero(k).tolist() for k in keep)):
+            nxt: dict[int, list[float]] = {}
             for prefix, (pb, pnb) in beams.items():
                 hyp, total = hyps[prefix], _lae(pb, pnb)
-                _add(nxt, prefix, 0, total + lp[self.blank])
+                _add(nxt, prefix, 0, total + row[blank])
                 for v in cand:
                     if v == hyp.last:
-                        _add(nxt, prefix, 1, pnb + lp[v])  # repeat collapses onto the prefix
+                        _add(nxt, prefix, 1, pnb + row[v])  # repeat collapses onto the prefix
                         source = pb  # a new token only after a blank
                     else:
                         source = total
-                    new = prefix + (v,)
-                    if new not in hyps:
-                        ext = self._extend(hyp, v)
-                        if ext is None:
-                            continue
-                        hyps[new] = ext
-                    _add(nxt, new, 1, source + lp[v])
-            ranked = sorted(
-                nxt.items(), key=lambda kv: -(_lae(kv[1][0], kv[1][1]) + hyps[kv[0]].lm)
-            )
+                    new = child.get((prefix, v))
+                    if new is None:
+                        new = child[(prefix, v)] = len(hyps)
+                        hyps.append(self._extend(hyp, v))
+                    if hyps[new] is not None:
+                        _add(nxt, new, 1, source + row[v])
+            ranked = sorted(nxt.items(), key=lambda kv: -(_lae(*kv[1]) + hyps[kv[0]].lm))
             beams = dict(ranked[: self.beam])
         return self._best(beams, hyps)
 

@@ -1,0 +1,83 @@
+"""Seconds to lexicon-decode a test set with asrkd's LexiconDecoder, optionally against another
+version of asrkd/lexicon.py (e.g. an older commit's) on the very same log-probabilities, checking
+that both give the same transcripts.
+
+    git show a434418:src/asrkd/lexicon.py > /tmp/lexicon_before.py
+    .venv/bin/python benchmarks/lexicon_decode.py --models runs/demo/runs/teacher/model.safetensors \
+        --cuts runs/demo/manifests/cuts_test.jsonl.gz [--reference /tmp/lexicon_before.py] \
+        [--rounds 3]
+
+The network runs once per model (one thread); only the beam search is timed, medians of
+--rounds alternating rounds. Decoder settings: EvalConfig's (beam 8, LM weight 0.5, word bonus
+1), lexicon from the model's own training manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+
+import torch
+
+from asrkd.config import EvalConfig
+from asrkd.data.dataset import load_cuts
+from asrkd.evaluate import _outputs, make_lexicon_decoder
+from asrkd.transcribe import open_model_file
+
+
+def load_reference(path: str):
+    spec = importlib.util.spec_from_file_location("lexicon_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", required=True)
+    ap.add_argument("--cuts", required=True)
+    ap.add_argument("--reference", default="", help="another lexicon.py to compare with")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cfg = EvalConfig(decoder="lexicon")
+    cuts = load_cuts(args.cuts)
+    reference = load_reference(args.reference) if args.reference else None
+    print("\n| model | utterances | frames | asrkd s | reference s | speed-up | same text |")
+    print("|---|---|---|---|---|---|---|")
+    for path in args.models:
+        model = open_model_file(path, 1)
+        decoder = make_lexicon_decoder(cfg, model, path)
+        rows = []
+        with torch.inference_mode():
+            for group, _, logits, lengths in _outputs(model.forward, cuts, model.tokenizer, 60.0):
+                log_probs = logits.float().log_softmax(-1).numpy()
+                rows += [log_probs[i, :n] for i, n in enumerate(lengths.tolist())]
+        decoders = {"asrkd": decoder}
+        if reference is not None:
+            ref = reference.LexiconDecoder.__new__(reference.LexiconDecoder)
+            ref.__dict__.update(decoder.__dict__)  # same trie, LM and settings
+            decoders["reference"] = ref
+        times: dict[str, list[float]] = {k: [] for k in decoders}
+        texts = {}
+        for _ in range(args.rounds):
+            for name, dec in decoders.items():
+                t0 = time.perf_counter()
+                texts[name] = [dec.decode(r) for r in rows]
+                times[name].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ref_s = f"{med['reference']:.2f}" if reference else "–"
+        gain = f"{med['reference'] / med['asrkd']:.2f}x" if reference else "–"
+        same = str(texts["asrkd"] == texts["reference"]) if reference else "–"
+        print(
+            f"| {path} | {len(rows)} | {sum(len(r) for r in rows)} | {med['asrkd']:.2f} "
+            f"| {ref_s} | {gain} | {same} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
