@@ -22,15 +22,19 @@ def evaluate_runs(
 ) -> list[dict]:
     """Evaluate every run's best-on-dev model on the test speakers, and the delivered int8
     file (a (RunSpec, path) pair from demo.deliver_int8) if any; one row per model."""
-    from asrkd.evaluate import evaluate
+    from asrkd.evaluate import measure_costs, write_summary
 
     models = [(spec, spec.name, out / "runs" / spec.name / "model.safetensors") for spec in specs]
     if delivered is not None:
         spec, path = delivered
         models.append((spec, f"{spec.name}-int8", path))
+    jobs = [(model, data["test"], out / "eval" / name, cfg.eval) for _, name, model in models]
+    summaries = _in_processes(_score, jobs, cfg.parallel_runs)
     rows = []
-    for spec, name, model in models:
-        summary = evaluate(model, [data["test"]], out / "eval" / name, cfg.eval)
+    for (spec, name, model), summary in zip(models, summaries):
+        # timed one model at a time on a quiet machine, after all the scoring
+        summary.update(measure_costs(model, data["test"], cfg.eval, memory=False))
+        write_summary(summary, out / "eval" / name)
         test = next(iter(summary["sets"].values()))
         int8 = summary["format"] == "onnx-int8"
         rows.append(
@@ -56,6 +60,30 @@ def evaluate_runs(
     add_relative(rows)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     return rows
+
+
+def _score(model: Path, test: Path, out_dir: Path, cfg) -> dict:
+    """Decode and score one model on the test cuts on one thread, and probe its memory."""
+    from dataclasses import replace
+
+    from asrkd.evaluate import evaluate, measure_costs
+
+    summary = evaluate(model, [test], out_dir, replace(cfg, threads=1), measure=False)
+    summary.update(measure_costs(model, test, cfg, speed=False))
+    return summary
+
+
+def _in_processes(fn, jobs: list[tuple], n_workers: int) -> list:
+    """[fn(*job) for job in jobs], n_workers fresh one-thread processes at a time (in this
+    process when n_workers is 1)."""
+    if n_workers <= 1:
+        return [fn(*job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+        return list(pool.map(fn, *zip(*jobs)))
 
 
 def add_relative(rows: list[dict]) -> None:

@@ -304,11 +304,33 @@ def evaluate(
             "greedy_cer": greedy_summary["cer"],
         }
     if measure and cuts_paths:
-        cuts = load_cuts(cuts_paths[0])
-        summary["speed"] = measure_speed(model, cuts, cfg)
-        summary["memory"] = measure_memory(
-            model_path, cuts_paths[0], cfg.latency_utterances, cfg.threads
-        )
+        summary.update(measure_costs(model_path, cuts_paths[0], cfg, model))
+    return write_summary(summary, out_dir)
+
+
+def measure_costs(
+    model_path: str | Path,
+    cuts_path: str | Path,
+    cfg: EvalConfig,
+    model: ModelFile | None = None,
+    speed: bool = True,
+    memory: bool = True,
+) -> dict:
+    """{"speed": measure_speed(...), "memory": measure_memory(...)} on one cut manifest; the
+    timing wants a quiet machine, the memory probe (a fresh process) does not."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    costs = {}
+    if speed:
+        model = model or open_model_file(model_path, cfg.threads)
+        costs["speed"] = measure_speed(model, load_cuts(cuts_path), cfg)
+    if memory:
+        costs["memory"] = measure_memory(model_path, cuts_path, cfg.latency_utterances, cfg.threads)
+    return costs
+
+
+def write_summary(summary: dict, out_dir: str | Path) -> dict:
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
