@@ -1,6 +1,6 @@
 """Seconds per CTC training step of a preset: asrkd's model and optimiser as they are, against
-their reference paths (torch's nn.Dropout instead of asrkd's Dropout; kernel-1 nn.Conv1d calls
-instead of `pointwise` matrix products; attention dropout inside torch's
+their reference paths (torch's nn.Dropout instead of asrkd's Dropout; nn.Conv1d calls instead of
+`pointwise` matrix products and the channels-last `depthwise`; attention dropout inside torch's
 scaled_dot_product_attention instead of asrkd's masks; AdamW without fused=True; all four = the
 code before 2026-11-29), measured in one run on the same batches.
 
@@ -46,7 +46,8 @@ def with_torch_dropout(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _conv_forward_reference(self: ConvModule, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """ConvModule.forward as it was: channels-first kernel-1 convolutions."""
+    """ConvModule.forward as it was: Conv1d calls on channels-first tensors (kernel-1 and
+    depthwise)."""
     y = F.glu(self.pointwise_in(self.norm(x).transpose(1, 2)), dim=1)  # (B, D, T')
     y = y.masked_fill(~mask[:, None, :], 0.0)
     y = self.depthwise(y).transpose(1, 2)
@@ -55,7 +56,7 @@ def _conv_forward_reference(self: ConvModule, x: torch.Tensor, mask: torch.Tenso
 
 
 def with_conv1d_pointwise(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` whose convolution modules call their kernel-1 nn.Conv1d layers."""
+    """A copy of `model` whose convolution modules call their nn.Conv1d layers."""
     model = copy.deepcopy(model)
     for module in model.modules():
         if isinstance(module, ConvModule):
@@ -131,7 +132,7 @@ def main() -> None:
         f"{args.rounds} rounds, batches of {args.batch_seconds:g} s"
     )
     print(
-        "\n| preset | threads | asrkd s/step | nn.Dropout | Conv1d pointwise | SDPA dropout "
+        "\n| preset | threads | asrkd s/step | nn.Dropout | Conv1d calls | SDPA dropout "
         "| unfused AdamW | all four (before) | no dropout | speed-up vs before |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")

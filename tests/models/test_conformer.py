@@ -14,6 +14,7 @@ from asrkd.models.conformer import (
     Dropout,
     Subsampling,
     attention_with_dropout,
+    depthwise,
     pointwise,
     subsampled_lengths,
 )
@@ -163,6 +164,19 @@ def test_pointwise_matches_the_kernel_one_convolution() -> None:
     x = torch.randn(3, 17, 12)
     reference = conv(x.transpose(1, 2)).transpose(1, 2)
     assert torch.allclose(pointwise(conv, x), reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_frames", [1, 7, 49])
+def test_depthwise_matches_the_grouped_convolution(n_frames: int) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(12, 12, 15, padding=7, groups=12)
+    x = torch.randn(3, n_frames, 12, requires_grad=True)
+    reference = conv(x.transpose(1, 2)).transpose(1, 2)
+    y = depthwise(conv, x)
+    assert y.shape == reference.shape and torch.allclose(y, reference, atol=1e-6)
+    (grad_ref,) = torch.autograd.grad(reference.square().sum(), x)
+    (grad,) = torch.autograd.grad(y.square().sum(), x)
+    assert torch.allclose(grad, grad_ref, atol=1e-5)
 
 
 def test_attention_with_dropout_is_sdpa_with_its_weights_dropped() -> None:

@@ -152,6 +152,21 @@ def pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
     return F.linear(x, conv.weight.squeeze(-1), conv.bias)
 
 
+def depthwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """A depthwise Conv1d (groups = channels, odd kernel, "same" padding) applied to
+    channels-last x (B, T', D) -> (B, T', D): the same weights run as a 2-D convolution on a
+    (B, D, 1, T') view whose strides are already channels-last, so oneDNN needs none of the
+    copies the 1-D call makes of the transposed input; ~2x faster forward and backward on CPU."""
+    y = F.conv2d(
+        x.transpose(1, 2).unsqueeze(2),
+        conv.weight.unsqueeze(2),
+        conv.bias,
+        padding=(0, conv.padding[0]),
+        groups=conv.groups,
+    )
+    return y.squeeze(2).transpose(1, 2)
+
+
 def attention_with_dropout(
     q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor, dropout: Dropout
 ) -> Tensor:
@@ -203,7 +218,7 @@ class ConvModule(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         y = F.glu(pointwise(self.pointwise_in, self.norm(x)), dim=-1)  # (B, T', D)
         y = y.masked_fill(~mask[:, :, None], 0.0)  # padding must not leak into valid frames
-        y = self.depthwise(y.transpose(1, 2)).transpose(1, 2)
+        y = depthwise(self.depthwise, y)
         y = F.silu(self.conv_norm(y))
         return self.dropout(pointwise(self.pointwise_out, y))
 
