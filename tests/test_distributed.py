@@ -106,3 +106,29 @@ def test_torchrun_environment_and_conflicting_settings(prepared_parts, tmp_path,
         train(cfg)
     with pytest.raises(ConfigError, match="processes"):
         load_config(None, ["train.processes=0"])
+
+
+def test_the_all_reduce_message_keeps_the_gradients_dtype(monkeypatch) -> None:
+    """One float32 message of gradients plus extras (loss terms, flag): a float64 extra must not
+    promote it (that doubled the bytes sent)."""
+    import torch.distributed as dist
+
+    from asrkd.distributed import free_port, sum_gradients
+
+    sent = []
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
+    try:
+        real = dist.all_reduce
+        monkeypatch.setattr(dist, "all_reduce", lambda t: (sent.append(t.dtype), real(t)))
+        w = torch.nn.Parameter(torch.ones(3))
+        w.grad = torch.full((3,), 2.0)
+        unused = torch.nn.Parameter(torch.ones(2))  # no gradient: counts as zeros
+        extras = torch.tensor([0.0, 1.5], dtype=torch.float64)
+        summed = sum_gradients([w, unused], extras, World(rank=0, size=2))
+    finally:
+        dist.destroy_process_group()
+    assert sent == [torch.float32]
+    assert summed.dtype == torch.float64 and summed.tolist() == [0.0, 1.5]
+    assert w.grad.tolist() == [2.0, 2.0, 2.0] and unused.grad.tolist() == [0.0, 0.0]

@@ -117,14 +117,16 @@ def sum_gradients(params: Sequence[torch.nn.Parameter], extras: Tensor, world: W
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params] + [extras.to(params[0].device)])
+    grads = [p.grad.reshape(-1) for p in params]
+    # extras in the gradients' dtype: torch.cat would otherwise promote the whole message
+    flat = torch.cat(grads + [extras.to(device=grads[0].device, dtype=grads[0].dtype)])
     dist.all_reduce(flat)
     offset = 0
     for p in params:
         n = p.numel()
         p.grad.copy_(flat[offset : offset + n].view_as(p))
         offset += n
-    return flat[offset:].cpu()
+    return flat[offset:].to("cpu", torch.float64)
 
 
 def broadcast_parameters(module: torch.nn.Module, world: World) -> None:
