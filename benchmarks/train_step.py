@@ -56,13 +56,18 @@ def _conv_forward_reference(self: ConvModule, x: torch.Tensor, mask: torch.Tenso
     return self.dropout(self.pointwise_out(y).transpose(1, 2))
 
 
-def with_conv1d_pointwise(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` whose convolution modules call their nn.Conv1d layers."""
+def with_forward(model: torch.nn.Module, cls: type, forward) -> torch.nn.Module:
+    """A copy of `model` whose `cls` modules run `forward` (a reference path) instead."""
     model = copy.deepcopy(model)
     for module in model.modules():
-        if isinstance(module, ConvModule):
-            module.forward = types.MethodType(_conv_forward_reference, module)
+        if isinstance(module, cls):
+            module.forward = types.MethodType(forward, module)
     return model
+
+
+def with_conv1d_pointwise(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose convolution modules call their nn.Conv1d layers."""
+    return with_forward(model, ConvModule, _conv_forward_reference)
 
 
 def _attention_forward_reference(self: SelfAttention, x, mask, rope):
@@ -78,11 +83,7 @@ def _attention_forward_reference(self: SelfAttention, x, mask, rope):
 
 def with_sdpa_dropout(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of `model` whose attention drops weights inside torch's SDPA (aten::bernoulli_)."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, SelfAttention):
-            module.forward = types.MethodType(_attention_forward_reference, module)
-    return model
+    return with_forward(model, SelfAttention, _attention_forward_reference)
 
 
 def seconds_per_step(model: torch.nn.Module, batches: list, fused: bool = True) -> float:
