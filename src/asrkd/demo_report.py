@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+from dataclasses import replace
 from pathlib import Path
 
 from asrkd.config import DemoConfig
@@ -28,7 +29,9 @@ def evaluate_runs(
     if delivered is not None:
         spec, path = delivered
         models.append((spec, f"{spec.name}-int8", path))
-    jobs = [(model, data["test"], out / "eval" / name, cfg.eval) for _, name, model in models]
+    # one thread per worker when scoring runs in parallel; the timing below uses cfg.eval's
+    score_cfg = replace(cfg.eval, threads=1) if cfg.parallel_runs > 1 else cfg.eval
+    jobs = [(model, data["test"], out / "eval" / n, score_cfg, cfg.eval) for _, n, model in models]
     summaries = _in_processes(_score, jobs, cfg.parallel_runs)
     rows = []
     for (spec, name, model), summary in zip(models, summaries):
@@ -62,13 +65,11 @@ def evaluate_runs(
     return rows
 
 
-def _score(model: Path, test: Path, out_dir: Path, cfg) -> dict:
-    """Decode and score one model on the test cuts on one thread, and probe its memory."""
-    from dataclasses import replace
-
+def _score(model: Path, test: Path, out_dir: Path, score_cfg, cfg) -> dict:
+    """Decode and score one model on the test cuts (score_cfg), and probe its memory (cfg)."""
     from asrkd.evaluate import evaluate, measure_costs
 
-    summary = evaluate(model, [test], out_dir, replace(cfg, threads=1), measure=False)
+    summary = evaluate(model, [test], out_dir, score_cfg, measure=False)
     summary.update(measure_costs(model, test, cfg, speed=False))
     return summary
 
