@@ -149,7 +149,6 @@ def launch(fn: Callable[..., None], n_processes: int, *args) -> None:
 
 
 def _entry(rank: int, fn: Callable[..., None], size: int, init_method: str, args: tuple) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = logging.INFO if rank == 0 else logging.WARNING  # one copy of the progress messages
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fn(World(rank=rank, size=size, local_rank=rank), init_method, *args)

@@ -121,11 +121,12 @@ class Trainer:
         self.distiller.to(self.device)
         if self.teacher_source is not None:
             self.teacher_source.attach(self.distiller.request, self.device)
-        params = list(self.model.parameters()) + list(self.distiller.parameters())
+        # what the optimiser trains: the student and the distiller's projections
+        self.params = list(self.model.parameters()) + list(self.distiller.parameters())
         # fused: one kernel per tensor instead of a dozen small ops (half the optimizer's time
         # on CPU); the same update up to rounding
         self.optimizer = torch.optim.AdamW(
-            params,
+            self.params,
             lr=cfg.train.lr,
             weight_decay=cfg.train.weight_decay,
             fused=self.device.type in ("cpu", "cuda"),
@@ -217,8 +218,7 @@ class Trainer:
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             return None
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
         if not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             return None
@@ -249,8 +249,7 @@ class Trainer:
         if total is not None and finite:
             local[1] = total.item() * weight
             local[2:] = [terms[k].item() * weight for k in names]
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        summed = sum_gradients(params, torch.tensor(local, dtype=torch.float64), self.world)
+        summed = sum_gradients(self.params, torch.tensor(local, dtype=torch.float64), self.world)
         return bool(summed[0] == 0), float(summed[1]), dict(zip(names, summed[2:].tolist()))
 
     def _share(self, cuts: list) -> tuple[Batch | None, float]:
