@@ -6,13 +6,24 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install lint clean
 
-# No `pip --no-compile`: it saves ~25 s of install, but where PYTHONDONTWRITEBYTECODE is set (as on
-# these machines) every later process then compiles torch on import (~2.3 s each, measured).
+EXTRAS := test,espeak,export
+# uv installs the very same packages as pip in ~25 s instead of ~60 s (docs/benchmarks.md,
+# "Installing"); pip stays the fallback where uv cannot be had or fails. uv does not read pip's
+# configuration, so it is handed the wheel folders pip is configured with (the CPU torch wheel
+# lies in one on these machines). --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is
+# set (as here) a package left uncompiled is compiled again on every import (~2.3 s for torch).
+FIND_LINKS = $(sort $(PIP_FIND_LINKS) $(foreach key,global.find-links install.find-links,\
+               $(shell $(PYTHON) -m pip config get $(key) 2>/dev/null)))
+UV_INSTALL = $(VENV)/bin/uv pip install -q --no-cache --compile-bytecode \
+             --python $(VENV)/bin/python $(addprefix --find-links ,$(FIND_LINKS))
+
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[test,espeak,export]'
+	($(PIP) install -q -c constraints.txt uv && \
+	 $(UV_INSTALL) -c constraints.txt torch==2.13.0 -e '.[$(EXTRAS)]') || \
+	($(PIP) install -q --upgrade pip && \
+	 $(PIP) install -q -c constraints.txt torch==2.13.0 && \
+	 $(PIP) install -q -c constraints.txt -e '.[$(EXTRAS)]')
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -72,6 +72,27 @@ def test_second_call_reuses_and_changed_config_recomputes(tmp_path: Path) -> Non
     assert CutSet.from_file(out["dev"])[0].load_features().shape[1] == 40
 
 
+def test_two_workers_give_the_same_features_one_thread_each(
+    prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """num_jobs=2 spawns lhotse workers told to use one thread (OMP_NUM_THREADS, which spawned
+    processes read): same features as one process, and the caller's environment is restored."""
+    corpus, one_job = prepared
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    two_jobs = prepare_librispeech(
+        corpus, ["dev"], tmp_path, PrepareConfig(num_jobs=2), progress=False
+    )
+    assert os.environ["OMP_NUM_THREADS"] == "2"
+    a = {c.id: c.load_features() for c in CutSet.from_file(one_job["dev"])}
+    b = {c.id: c.load_features() for c in CutSet.from_file(two_jobs["dev"])}
+    assert a.keys() == b.keys()
+    for cut_id, feats in a.items():
+        np.testing.assert_allclose(b[cut_id], feats, atol=1e-4)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    prepare_librispeech(corpus, ["dev"], tmp_path / "again", PrepareConfig(num_jobs=2), False)
+    assert "OMP_NUM_THREADS" not in os.environ
+
+
 def test_missing_part_is_a_data_error(tmp_path: Path) -> None:
     corpus = write_librispeech_tree(tmp_path, {"dev": 1}, n_speakers=1)
     with pytest.raises(DataError, match="nope"):

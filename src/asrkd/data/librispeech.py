@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import unicodedata
 from collections import defaultdict
@@ -371,9 +372,13 @@ def _compute_features(cuts, storage_path: Path, cfg: PrepareConfig, progress: bo
     from lhotse import LilcomChunkyWriter
 
     extractor = fbank_extractor(cfg.features)
-    threads = torch.get_num_threads()
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     if cfg.num_jobs > 1:
-        torch.set_num_threads(1)  # the workers do the work; avoids lhotse's oversubscription
+        # The workers do the work, one thread each: lhotse spawns them, so they read
+        # OMP_NUM_THREADS rather than inherit torch's setting; without it two workers on 2 cores
+        # took 21 s instead of 11 s for the demo's 1.6 h (docs/benchmarks.md).
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
     try:
         with_feats = cuts.compute_and_store_features(
             extractor=extractor,
@@ -384,6 +389,10 @@ def _compute_features(cuts, storage_path: Path, cfg: PrepareConfig, progress: bo
         ).to_eager()
     finally:
         torch.set_num_threads(threads)
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
     # lhotse skips a cut whose audio fails to load, with only a log line.
     lost = sorted(set(cuts.ids) - set(with_feats.ids))
     if lost:
