@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install lint clean
 
-EXTRAS := test,espeak,export
+EXTRAS := test,espeak,export,postgres
 # uv installs the very same packages as pip in ~25 s instead of ~60 s (docs/benchmarks.md,
 # "Installing"); pip stays the fallback where uv cannot be had or fails. uv does not read pip's
 # configuration, so it is handed the wheel folders pip is configured with (the CPU torch wheel

@@ -77,3 +77,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def sweep_data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Prepared manifests of a tiny synthetic corpus and a (briefly trained) tiny teacher, for
+    the sweep tests (test_sweep.py, test_sweep_postgres.py)."""
+    from asrkd.config import PrepareConfig, load_config
+    from asrkd.data.librispeech import prepare_librispeech
+    from asrkd.train import train
+    from tests.helpers import write_librispeech_tree
+    from tests.test_sweep import tiny_overrides
+
+    root = tmp_path_factory.mktemp("sweep_data")
+    tree = write_librispeech_tree(root, {"train": 40, "dev": 8, "test": 8}, n_speakers=4)
+    parts = prepare_librispeech(
+        tree, ["train", "dev", "test"], root / "data", PrepareConfig(), progress=False
+    )
+    manifests = {k: str(v) for k, v in parts.items()}
+    teacher = train(load_config(None, tiny_overrides(manifests, 20, root / "teacher")))
+    return {**manifests, "teacher": str(teacher / "model.safetensors")}

@@ -40,24 +40,6 @@ def tiny_overrides(manifests: dict, steps: int, out_dir: Path | str) -> list[str
     ]
 
 
-@pytest.fixture(scope="session")
-def sweep_data(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Prepared manifests of a tiny synthetic corpus and a (briefly trained) tiny teacher."""
-    from asrkd.config import PrepareConfig
-    from asrkd.data.librispeech import prepare_librispeech
-    from asrkd.train import train
-    from tests.helpers import write_librispeech_tree
-
-    root = tmp_path_factory.mktemp("sweep_data")
-    tree = write_librispeech_tree(root, {"train": 40, "dev": 8, "test": 8}, n_speakers=4)
-    parts = prepare_librispeech(
-        tree, ["train", "dev", "test"], root / "data", PrepareConfig(), progress=False
-    )
-    manifests = {k: str(v) for k, v in parts.items()}
-    teacher = train(load_config(None, tiny_overrides(manifests, 20, root / "teacher")))
-    return {**manifests, "teacher": str(teacher / "model.safetensors")}
-
-
 def base_config(sweep_data: dict, steps: int = 20):
     overrides = tiny_overrides(sweep_data, steps, "unused")
     return load_config(

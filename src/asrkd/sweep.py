@@ -80,6 +80,8 @@ def _retry_callback(sweep_cfg: SweepConfig) -> Callable[[optuna.Study, FrozenTri
 
 def open_storage(url: str, sweep_cfg: SweepConfig) -> optuna.storages.RDBStorage:
     """RDB storage with heartbeats: a RUNNING trial silent for grace_seconds is stale."""
+    from sqlalchemy.exc import NoSuchModuleError
+
     if url.startswith("sqlite"):
         engine_kwargs: dict = {"connect_args": {"timeout": 300}}  # workers share one file
     else:
@@ -88,13 +90,33 @@ def open_storage(url: str, sweep_cfg: SweepConfig) -> optuna.storages.RDBStorage
     callback_arg = "heartbeat_stale_trial_callback" if new_api else "failed_trial_callback"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=sweep_cfg.heartbeat_seconds,
-            grace_period=sweep_cfg.grace_seconds,
-            **{callback_arg: _retry_callback(sweep_cfg)},
-        )
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=sweep_cfg.heartbeat_seconds,
+                grace_period=sweep_cfg.grace_seconds,
+                **{callback_arg: _retry_callback(sweep_cfg)},
+            )
+        except (ImportError, NoSuchModuleError) as err:  # optuna hides the missing driver
+            hint = (
+                "pip install 'asrkd[postgres]' (psycopg 3, which SQLAlchemy 2 uses for "
+                "postgresql:// URLs)"
+                if url.split(":", 1)[0] in ("postgresql", "postgresql+psycopg")
+                else "install the database driver the URL names"
+            )
+            cause = err.__cause__ or err.__context__ or err
+            raise ConfigError(f"sweep.storage {_safe(url)}: {cause}; {hint}") from err
+
+
+def _safe(url: str) -> str:
+    """A database URL without its password, for messages."""
+    head, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{head}{sep}{user}:***@{host}" if ":" in credentials else url
 
 
 def open_study(spec: dict, sweep_cfg: SweepConfig, out_dir: str | Path) -> optuna.Study:
