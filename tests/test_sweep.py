@@ -15,7 +15,15 @@ import pytest
 
 from asrkd.config import ConfigError, SweepConfig, load_config
 from asrkd.report import report
-from asrkd.sweep import RESULTS, _reporter, open_study, pending, read_rows, sweep
+from asrkd.sweep import (
+    RESULTS,
+    _reporter,
+    open_study,
+    pending,
+    read_rows,
+    sweep,
+    trial_point,
+)
 from asrkd.sweep_grid import expand_grid, make_spec, parse_grid, point_name, relevant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,6 +202,34 @@ def test_an_orphan_running_trial_does_not_hold_up_a_finished_grid(tmp_path: Path
         )
         study.add_trial(done)
     assert pending(study, spec, cfg) == (0, 0)
+
+
+@pytest.mark.slow
+def test_an_orphan_holding_a_grid_point_is_retried(sweep_data: dict, tmp_path: Path) -> None:
+    """A worker killed between creating its trial and naming its pid leaves a RUNNING trial with
+    a grid point and no heartbeat, which optuna never calls stale: the sweep fails it after
+    3 heartbeats, retries its point and finishes (it used to wait for it forever)."""
+    base = base_config(sweep_data, steps=20)
+    grid = {"distill.weight": [0.1, 0.5]}  # + the baseline = 3 points
+    cfg = SweepConfig(heartbeat_seconds=1, grace_seconds=600)
+    study = open_study(make_spec(base, grid, {}, cfg), cfg, tmp_path)
+    orphan = study.ask()  # the grid sampler gives it a point; nobody will run it
+    point = trial_point(study, study.trials[orphan.number])
+    assert point is not None and "pid" not in study.trials[orphan.number].user_attrs
+    t0 = time.monotonic()
+    sweep(base, grid, {}, cfg, tmp_path)
+    rows = read_rows(tmp_path / RESULTS)
+    assert sorted(r["name"] for r in rows) == [
+        "000-none-s0",
+        "001-logit-w0.1-s0",
+        "002-logit-w0.5-s0",
+    ]
+    trials = open_study(make_spec(base, grid, {}, cfg), cfg, tmp_path).trials
+    assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
+    assert int(retry[0].params["point"]) == point
+    assert time.monotonic() - t0 < 120
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ the last checkpoint.
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import json
 import logging
@@ -190,6 +191,7 @@ def recover(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # it finished meanwhile
+    fail_orphans(study, sweep_cfg, local)
     trials = study.get_trials(deepcopy=True)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     callback = _retry_callback(sweep_cfg)
@@ -197,6 +199,34 @@ def recover(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
         if t.state == TrialState.FAIL and t.number not in retried:
             callback(study, t)  # does nothing past max_retries
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - n_waiting
+
+
+def fail_orphans(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
+    """Fail, and queue one retry of, each RUNNING trial whose worker died between creating it
+    and saying who it is: no pid, and older than 3 heartbeats (SQLite: this machine's clock) or
+    grace_seconds (a shared database: clocks of several machines). A live worker names its pid
+    and records a heartbeat within milliseconds of creating its trial. optuna's heartbeat check
+    never fails such a trial (it has no heartbeat), and it may hold a grid point: without this a
+    resumed grid waited for it forever. Returns the number failed here."""
+    limit = 3 * sweep_cfg.heartbeat_seconds if local else sweep_cfg.grace_seconds
+    now = datetime.datetime.now()
+    callback = _retry_callback(sweep_cfg)
+    n_failed = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "pid" in t.user_attrs or t.datetime_start is None:
+            continue
+        if (now - t.datetime_start).total_seconds() < limit:
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it (and queued its retry) first
+        log.warning("trial %d: its worker died before it started; retrying it", t.number)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            callback(study, study._storage.get_trial(t._trial_id))
+        n_failed += 1
+    return n_failed
 
 
 def trial_point(study: optuna.Study, t: FrozenTrial) -> int | None:
@@ -244,10 +274,12 @@ def work(
         torch.set_num_threads(threads)
     study = open_study(spec, sweep_cfg, out_dir)
     objective = Objective(base, spec, sweep_cfg, Path(out_dir))
+    local = storage_url(sweep_cfg, out_dir).startswith("sqlite")
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)
+        fail_orphans(study, sweep_cfg, local)
         startable, running = pending(study, spec, sweep_cfg)
         if startable:
             study.optimize(objective, n_trials=1, catch=(Exception,))
