@@ -3,10 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test install lint clean
 
-EXTRAS := test,espeak,export,postgres
+EXTRAS := test,espeak,export
+# What only the tests use on top (the demo does without): psycopg for the PostgreSQL sweep
+# tests, transformers for the hf-ctc teacher.
+TEST_EXTRAS := postgres,hf
 # uv installs the very same packages as pip in ~25 s instead of ~60 s (docs/benchmarks.md,
 # "Installing"); pip stays the fallback where uv cannot be had or fails. uv does not read pip's
 # configuration, so it is handed the wheel folders pip is configured with (the CPU torch wheel
@@ -26,12 +30,17 @@ $(STAMP): pyproject.toml constraints.txt
 	 $(PIP) install -q -c constraints.txt -e '.[$(EXTRAS)]')
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(UV_INSTALL) -c constraints.txt -e '.[$(EXTRAS),$(TEST_EXTRAS)]' || \
+	$(PIP) install -q -c constraints.txt -e '.[$(EXTRAS),$(TEST_EXTRAS)]'
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/asrkd demo configs/demo.yaml
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -329,6 +329,11 @@ class Config:
             )
         if self.data.unlabelled_cuts and self.distill.strategies == ("none",):
             raise ConfigError("data.unlabelled_cuts is only used by a distillation strategy")
+        if self.distill.init_from_teacher and self.teacher.kind != "checkpoint":
+            raise ConfigError(
+                "distill.init_from_teacher copies layers of an asrkd model: it needs "
+                f"teacher.kind=checkpoint, not {self.teacher.kind!r}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -120,6 +120,29 @@ class TeacherSource:
     def attach(self, request: TeacherRequest, device: torch.device) -> None:
         """Check compatibility and build (or reuse) the caches the request needs."""
         self.request, self.device = request, device
+        kind = self.cfg.teacher.kind
+        offers = getattr(self.teacher, "offers", None)
+        if offers is not None:
+            missing = [
+                what
+                for what, asked, given in (
+                    ("frame logits", request.logits, offers.logits),
+                    ("hidden states", bool(request.hidden_layers), bool(offers.hidden_layers)),
+                    ("transcripts", request.transcripts, offers.transcripts),
+                )
+                if asked and not given
+            ]
+            if missing:
+                raise ConfigError(
+                    f"distill.strategy={self.cfg.distill.strategy!r} needs the teacher's "
+                    f"{' and '.join(missing)}, which a teacher.kind={kind!r} teacher does not "
+                    "give: use distill.strategy=sequence (its transcripts)"
+                )
+        if getattr(self.teacher, "needs_audio", False) and not self.cfg.teacher.cache:
+            raise ConfigError(
+                f"teacher.kind={kind!r} hears audio, which training batches do not carry: it "
+                "runs once into the teacher cache (set teacher.cache=true)"
+            )
         if request.logits and self.teacher.tokenizer.symbols != self.tokenizer.symbols:
             raise ConfigError(
                 f"teacher {self.cfg.teacher.path} has a different vocabulary from the student: "

@@ -21,6 +21,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from lhotse import CutSet
 from safetensors import safe_open
@@ -28,7 +29,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from asrkd.data.dataset import collate, duration_batches
+from asrkd.data.dataset import DataError, collate, duration_batches
 from asrkd.distill.teachers import Teacher, TeacherOutput, TeacherRequest, file_sha256
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,17 @@ def _build_locked(
     tmp.mkdir(parents=True)
     entries, texts, shard, rows = {}, {}, {}, 0
     batches = duration_batches(cuts, batch_seconds)
-    full_request = TeacherRequest(True, True, request.hidden_layers)
+    offers = getattr(teacher, "offers", None)  # a teacher that gives only some outputs
+    logits = offers.logits if offers is not None else True
+    full_request = TeacherRequest(logits, True, request.hidden_layers)
+    needs_audio = getattr(teacher, "needs_audio", False)
     for group in tqdm(batches, desc="teacher cache", unit="batch", disable=not progress):
         batch = collate(CutSet.from_cuts(group), teacher.tokenizer)
-        out = teacher(batch.feats, batch.feat_lens, full_request)
+        extra = {}
+        if needs_audio:  # in the batch's order; prepare made every recording mono
+            by_id = {c.id: c for c in group}
+            extra["audio"] = [_audio(by_id[i]) for i in batch.cut_ids]
+        out = teacher(batch.feats, batch.feat_lens, full_request, **extra)
         for i, cut_id in enumerate(batch.cut_ids):
             n_shard = rows // SHARD_SIZE
             for name, tensor in _pack(out, i, topk).items():
@@ -143,6 +151,15 @@ def _build_locked(
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
     return TeacherCache(directory)
+
+
+def _audio(cut) -> tuple[np.ndarray, int]:
+    """(mono samples, sample rate) of a cut, for a teacher that hears audio."""
+    try:
+        samples = cut.load_audio()
+    except Exception as err:
+        raise DataError(f"cut {cut.id}: cannot load its audio for the teacher ({err})") from err
+    return np.asarray(samples, np.float32).mean(axis=0), int(cut.sampling_rate)
 
 
 class TeacherCache:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from asrkd.config import DistillConfig
+from asrkd.config import ConfigError, DistillConfig
 from asrkd.data.dataset import Batch
 from asrkd.data.text import Tokenizer
 from asrkd.distill.losses import align_time, ctc_loss, frame_kl, hidden_distance
@@ -147,7 +147,9 @@ class Distiller(nn.Module):
     @staticmethod
     def _hidden(cfg: DistillConfig, student: ConformerDims, teacher: ConformerDims | None):
         if teacher is None:
-            raise ValueError("hidden-state KD needs a teacher that exposes its layers")
+            raise ConfigError(
+                "hidden-state KD needs a teacher that exposes its layers (teacher.kind=checkpoint)"
+            )
         layer_map = cfg.hidden_layer_map or auto_layer_map(student.n_layers, teacher.n_layers)
         for s, t in layer_map:
             if not (0 <= s < student.n_layers and 0 <= t < teacher.n_layers):

@@ -1,9 +1,12 @@
 """Teachers: anything that, for a batch of features, gives frame logits over the student's
 vocabulary, hidden states of chosen layers, or transcripts.
 
-Strategies only see `TeacherOutput`, so a teacher from another toolkit (a Hugging Face CTC model,
-Whisper) plugs in by implementing `Teacher` and adding its class to TEACHERS: logits and hidden
-states only where its frames and vocabulary match the student's, transcripts always.
+Strategies only see `TeacherOutput`, so a teacher from another toolkit plugs in by implementing
+`Teacher` and adding its class to TEACHERS: logits and hidden states only where its frames and
+vocabulary match the student's, transcripts always. A teacher that declares `offers` (a
+TeacherRequest) gives only that; one with `needs_audio` is called with the utterances' audio and
+runs from the teacher cache. `hf-ctc` (HFCTCTeacher) is such a teacher: any Hugging Face CTC
+recogniser, for its transcripts.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from asrkd.data.text import Tokenizer
+from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.models.checkpoint import load_model
 from asrkd.models.ctc import greedy_decode
 
@@ -101,7 +105,88 @@ class CheckpointTeacher:
         return result
 
 
-TEACHERS: dict[str, type] = {"checkpoint": CheckpointTeacher}
+class HFCTCTeacher:
+    """A Hugging Face CTC recogniser (wav2vec 2.0, HuBERT, WavLM, ... through transformers'
+    AutoModelForCTC and its processor): `path` is a folder written by `save_pretrained` or a
+    Hub model id, which transformers downloads once into its cache. Needs `asrkd[hf]`.
+
+    It hears audio, not asrkd's features, and spells with its own units at its own frame rate,
+    so it gives transcripts only: sequence-level KD (`distill.strategy=sequence`), also as
+    pseudo-labels for untranscribed audio (`data.unlabelled_cuts`). It runs once per manifest,
+    into the teacher cache (`teacher.cache`), one utterance at a time: no padding, so each
+    transcript is exactly what the model gives for that utterance alone.
+    """
+
+    needs_audio = True  # build_cache passes audio=[(samples, sample_rate), ...]
+    offers = TeacherRequest(transcripts=True)
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
+        except ImportError as err:
+            raise ImportError(
+                "teacher.kind=hf-ctc needs transformers: pip install 'asrkd[hf]'"
+            ) from err
+        self.path = str(path)
+        try:
+            self.extractor = AutoFeatureExtractor.from_pretrained(self.path)
+            self.hf_tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.hf_model = AutoModelForCTC.from_pretrained(self.path).eval()
+        except OSError as err:  # neither a model folder nor a Hub id it could fetch
+            raise FileNotFoundError(f"teacher.path={self.path} (hf-ctc): {err}") from err
+        self.hf_model.requires_grad_(False)
+        self.tokenizer = Tokenizer()  # asrkd's characters: the cache collates with it
+        self.sample_rate = int(self.extractor.sampling_rate)
+        self.device = torch.device("cpu")
+        if Path(self.path).is_dir():
+            files = sorted(p for p in Path(self.path).rglob("*") if p.is_file())
+            listing = "".join(f"{p.relative_to(self.path)}:{file_sha256(p)}\n" for p in files)
+        else:  # a Hub id: the revision transformers resolved it to
+            listing = f"{self.path}@{getattr(self.hf_model.config, '_commit_hash', None)}"
+        self._fingerprint = hashlib.sha256(f"hf-ctc\n{listing}".encode()).hexdigest()
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def to(self, device: torch.device) -> HFCTCTeacher:
+        self.device = device
+        self.hf_model.to(device)
+        return self
+
+    def transcribe(self, samples: np.ndarray, sample_rate: int) -> str:
+        """Greedy CTC transcript of one mono utterance, normalised like asrkd's transcripts."""
+        if sample_rate != self.sample_rate:
+            from asrkd.data.augment import resample
+
+            samples = resample(samples, sample_rate, self.sample_rate)
+        inputs = self.extractor(
+            np.asarray(samples, np.float32), sampling_rate=self.sample_rate, return_tensors="pt"
+        )
+        with torch.inference_mode():
+            logits = self.hf_model(inputs["input_values"].to(self.device)).logits
+        text = self.hf_tokenizer.batch_decode(logits.argmax(-1).cpu())[0]
+        return normalize_text(text)
+
+    def __call__(
+        self,
+        feats: Tensor,
+        feat_lens: Tensor,
+        request: TeacherRequest,
+        audio: list[tuple[np.ndarray, int]] | None = None,
+    ) -> TeacherOutput:
+        if request.logits or request.hidden_layers:
+            raise ValueError(f"teacher {self.path} (hf-ctc) gives transcripts only")
+        if audio is None or len(audio) != len(feat_lens):
+            raise ValueError(f"teacher {self.path} (hf-ctc) needs the audio of every utterance")
+        from asrkd.models import subsampled_lengths
+
+        return TeacherOutput(
+            lengths=subsampled_lengths(feat_lens),
+            transcripts=[self.transcribe(x, sr) for x, sr in audio],
+        )
+
+
+TEACHERS: dict[str, type] = {"checkpoint": CheckpointTeacher, "hf-ctc": HFCTCTeacher}
 
 
 def load_teacher(kind: str, path: str | Path) -> Teacher:
