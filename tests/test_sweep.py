@@ -205,6 +205,7 @@ def test_an_orphan_running_trial_does_not_hold_up_a_finished_grid(tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # study.ask()
 def test_an_orphan_holding_a_grid_point_is_retried(sweep_data: dict, tmp_path: Path) -> None:
     """A worker killed between creating its trial and naming its pid leaves a RUNNING trial with
     a grid point and no heartbeat, which optuna never calls stale: the sweep fails it after
