@@ -16,14 +16,21 @@ TEST_EXTRAS := postgres,hf
 # configuration, so it is handed the wheel folders pip is configured with (the CPU torch wheel
 # lies in one on these machines). --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is
 # set (as here) a package left uncompiled is compiled again on every import (~2.3 s for torch).
-FIND_LINKS = $(sort $(PIP_FIND_LINKS) $(foreach key,global.find-links install.find-links,\
-               $(shell $(PYTHON) -m pip config get $(key) 2>/dev/null)))
-UV_INSTALL = $(VENV)/bin/uv pip install -q --no-cache --compile-bytecode \
-             --python $(VENV)/bin/python $(addprefix --find-links ,$(FIND_LINKS))
+# Where pip is told to use another index or none (a mirror, an offline machine), pip installs:
+# uv would go to pypi.org and wait out its timeouts first.
+PIP_SETTING = $(shell $(PYTHON) -m pip config get $(1) 2>/dev/null)
+FIND_LINKS = $(sort $(PIP_FIND_LINKS) $(call PIP_SETTING,global.find-links) \
+               $(call PIP_SETTING,install.find-links))
+OTHER_INDEX = $(strip $(PIP_INDEX_URL)$(PIP_NO_INDEX)$(call PIP_SETTING,global.index-url)\
+                $(call PIP_SETTING,install.index-url)$(call PIP_SETTING,global.no-index)\
+                $(call PIP_SETTING,install.no-index))
+UV_INSTALL = $(if $(OTHER_INDEX),false,$(VENV)/bin/uv pip install -q --no-cache \
+             --compile-bytecode --python $(VENV)/bin/python \
+             $(addprefix --find-links ,$(FIND_LINKS)))
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	($(PIP) install -q -c constraints.txt uv && \
+	($(if $(OTHER_INDEX),false,$(PIP) install -q -c constraints.txt uv) && \
 	 $(UV_INSTALL) -c constraints.txt torch==2.13.0 -e '.[$(EXTRAS)]') || \
 	($(PIP) install -q --upgrade pip && \
 	 $(PIP) install -q -c constraints.txt torch==2.13.0 && \

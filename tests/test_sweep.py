@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -207,16 +208,20 @@ def test_an_orphan_running_trial_does_not_hold_up_a_finished_grid(tmp_path: Path
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # study.ask()
 def test_an_orphan_holding_a_grid_point_is_retried(sweep_data: dict, tmp_path: Path) -> None:
-    """A worker killed between creating its trial and naming its pid leaves a RUNNING trial with
+    """A worker killed between creating its trial and naming itself leaves a RUNNING trial with
     a grid point and no heartbeat, which optuna never calls stale: the sweep fails it after
     3 heartbeats, retries its point and finishes (it used to wait for it forever)."""
     base = base_config(sweep_data, steps=20)
     grid = {"distill.weight": [0.1, 0.5]}  # + the baseline = 3 points
     cfg = SweepConfig(heartbeat_seconds=1, grace_seconds=600)
     study = open_study(make_spec(base, grid, {}, cfg), cfg, tmp_path)
+    # like a retry whose new worker died at once: it carries the host and pid of the worker
+    # before it (a dead one here), copied with its attributes, and no heartbeat
     orphan = study.ask()  # the grid sampler gives it a point; nobody will run it
+    orphan.set_user_attr("host", socket.gethostname())
+    orphan.set_user_attr("pid", 2**22 + 1)
     point = trial_point(study, study.trials[orphan.number])
-    assert point is not None and "pid" not in study.trials[orphan.number].user_attrs
+    assert point is not None and "trial_id" not in study.trials[orphan.number].user_attrs
     t0 = time.monotonic()
     sweep(base, grid, {}, cfg, tmp_path)
     rows = read_rows(tmp_path / RESULTS)

@@ -19,7 +19,6 @@ the last checkpoint.
 
 from __future__ import annotations
 
-import datetime
 import fcntl
 import json
 import logging
@@ -100,24 +99,29 @@ def open_storage(url: str, sweep_cfg: SweepConfig) -> optuna.storages.RDBStorage
                 **{callback_arg: _retry_callback(sweep_cfg)},
             )
         except (ImportError, NoSuchModuleError) as err:  # optuna hides the missing driver
-            hint = (
-                "pip install 'asrkd[postgres]' (psycopg 3, which SQLAlchemy 2 uses for "
-                "postgresql:// URLs)"
-                if url.split(":", 1)[0] in ("postgresql", "postgresql+psycopg")
-                else "install the database driver the URL names"
-            )
+            scheme = url.split(":", 1)[0]
+            if scheme in ("postgresql", "postgresql+psycopg"):
+                hint = "pip install 'asrkd[postgres]' (psycopg 3 and SQLAlchemy >= 2.1)"
+            elif scheme == "postgres":
+                hint = "PostgreSQL URLs begin postgresql://"
+            else:
+                hint = "install the database driver the URL names"
             cause = err.__cause__ or err.__context__ or err
             raise ConfigError(f"sweep.storage {_safe(url)}: {cause}; {hint}") from err
 
 
 def _safe(url: str) -> str:
-    """A database URL without its password, for messages."""
-    head, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{head}{sep}{user}:***@{host}" if ":" in credentials else url
+    """A database URL without its password (user:***@, or ?password=***), for messages."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url.split("://", 1)[0] + "://..."
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
 
 
 def open_study(spec: dict, sweep_cfg: SweepConfig, out_dir: str | Path) -> optuna.Study:
@@ -186,12 +190,16 @@ def recover(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
         optuna.storages.fail_stale_trials(study)  # queues their retries itself
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if local and t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid")):
+        if (
+            local
+            and _owned(t)
+            and t.user_attrs.get("host") == host
+            and not _alive(t.user_attrs.get("pid"))
+        ):
             try:
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # it finished meanwhile
-    fail_orphans(study, sweep_cfg, local)
     trials = study.get_trials(deepcopy=True)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     callback = _retry_callback(sweep_cfg)
@@ -201,32 +209,47 @@ def recover(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - n_waiting
 
 
-def fail_orphans(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
-    """Fail, and queue one retry of, each RUNNING trial whose worker died between creating it
-    and saying who it is: no pid, and older than 3 heartbeats (SQLite: this machine's clock) or
-    grace_seconds (a shared database: clocks of several machines). A live worker names its pid
-    and records a heartbeat within milliseconds of creating its trial. optuna's heartbeat check
-    never fails such a trial (it has no heartbeat), and it may hold a grid point: without this a
-    resumed grid waited for it forever. Returns the number failed here."""
-    limit = 3 * sweep_cfg.heartbeat_seconds if local else sweep_cfg.grace_seconds
-    now = datetime.datetime.now()
-    callback = _retry_callback(sweep_cfg)
-    n_failed = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if "pid" in t.user_attrs or t.datetime_start is None:
-            continue
-        if (now - t.datetime_start).total_seconds() < limit:
-            continue
-        try:
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker failed it (and queued its retry) first
-        log.warning("trial %d: its worker died before it started; retrying it", t.number)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            callback(study, study._storage.get_trial(t._trial_id))
-        n_failed += 1
-    return n_failed
+def _owned(t: FrozenTrial) -> bool:
+    """Whether the host and pid a trial names are its own worker's: a retry is created with a
+    copy of the failed trial's attributes, the dead worker's included, until its new worker
+    names itself (Objective.__call__, first thing)."""
+    return t.user_attrs.get("trial_id") == t._trial_id
+
+
+class OrphanWatch:
+    """Fails, and queues one retry of, each RUNNING trial whose worker died between creating it
+    and naming itself (no attributes of its own yet, no heartbeat): optuna's heartbeat check never
+    fails a trial without a heartbeat, and such a trial may hold a grid point, so without this a
+    resumed grid waited for it forever. A live worker names itself and records a heartbeat within
+    milliseconds of creating its trial; a trial seen unnamed by this worker for 3 heartbeats
+    (SQLite: one machine) or grace_seconds (a shared database) is taken as orphaned. Timed with
+    this process's own clock: no comparison with the clocks or time zones of other machines."""
+
+    def __init__(self, sweep_cfg: SweepConfig, local: bool) -> None:
+        self.sweep_cfg = sweep_cfg
+        self.limit = 3 * sweep_cfg.heartbeat_seconds if local else sweep_cfg.grace_seconds
+        self.first_seen: dict[int, float] = {}
+
+    def fail_overdue(self, study: optuna.Study) -> int:
+        """One look at the study; returns the number of trials failed here."""
+        now = time.monotonic()
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        unnamed = [t for t in running if not _owned(t)]
+        self.first_seen = {t._trial_id: self.first_seen.get(t._trial_id, now) for t in unnamed}
+        n_failed = 0
+        for t in unnamed:
+            if now - self.first_seen[t._trial_id] < self.limit:
+                continue
+            try:
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # it finished, or another worker failed it (and queued its retry)
+            log.warning("trial %d: its worker died before it started; retrying it", t.number)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _retry_callback(self.sweep_cfg)(study, study._storage.get_trial(t._trial_id))
+            n_failed += 1
+        return n_failed
 
 
 def trial_point(study: optuna.Study, t: FrozenTrial) -> int | None:
@@ -274,12 +297,12 @@ def work(
         torch.set_num_threads(threads)
     study = open_study(spec, sweep_cfg, out_dir)
     objective = Objective(base, spec, sweep_cfg, Path(out_dir))
-    local = storage_url(sweep_cfg, out_dir).startswith("sqlite")
+    orphans = OrphanWatch(sweep_cfg, storage_url(sweep_cfg, out_dir).startswith("sqlite"))
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)
-        fail_orphans(study, sweep_cfg, local)
+        orphans.fail_overdue(study)
         startable, running = pending(study, spec, sweep_cfg)
         if startable:
             study.optimize(objective, n_trials=1, catch=(Exception,))
@@ -302,6 +325,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("trial_id", trial._trial_id)  # the host and pid are this trial's
         runs = self.grid_runs(trial) if self.spec["mode"] == "grid" else self.tpe_runs(trial)
         if not runs:
             raise optuna.TrialPruned("another trial holds this grid point")

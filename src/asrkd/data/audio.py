@@ -37,9 +37,16 @@ def load_mono(path: str | Path, sample_rate: int) -> np.ndarray:
         raise DataError(f"{path}: unreadable audio ({err})") from err
     if audio.shape[0] == 0:
         raise DataError(f"{path}: no samples")
-    mono = torch.from_numpy(audio.mean(axis=1)).unsqueeze(0)
-    if rate != sample_rate:
-        from lhotse.augmentation.torchaudio import get_or_create_resampler
+    return resample_mono(audio.mean(axis=1), rate, sample_rate)
 
-        mono = get_or_create_resampler(rate, sample_rate)(mono)  # kernel cached per rate pair
-    return mono.squeeze(0).numpy()
+
+def resample_mono(mono: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """(n_samples,) float32 at `rate` -> at `sample_rate`, with lhotse's port of torchaudio's
+    sinc resampler (kernel cached per rate pair)."""
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    if rate == sample_rate:
+        return mono
+    from lhotse.augmentation.torchaudio import get_or_create_resampler
+
+    x = torch.from_numpy(mono).unsqueeze(0)
+    return get_or_create_resampler(rate, sample_rate)(x).squeeze(0).numpy()

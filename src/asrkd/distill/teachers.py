@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from asrkd.config import ConfigError
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.models.checkpoint import load_model
 from asrkd.models.ctc import greedy_decode
@@ -134,12 +135,20 @@ class HFCTCTeacher:
             self.hf_model = AutoModelForCTC.from_pretrained(self.path).eval()
         except OSError as err:  # neither a model folder nor a Hub id it could fetch
             raise FileNotFoundError(f"teacher.path={self.path} (hf-ctc): {err}") from err
+        except ValueError as err:  # a model, but not one AutoModelForCTC knows
+            raise ConfigError(
+                f"teacher.path={self.path} (hf-ctc): not a CTC model transformers can load ({err})"
+            ) from err
         self.hf_model.requires_grad_(False)
         self.tokenizer = Tokenizer()  # asrkd's characters: the cache collates with it
         self.sample_rate = int(self.extractor.sampling_rate)
         self.device = torch.device("cpu")
-        if Path(self.path).is_dir():
-            files = sorted(p for p in Path(self.path).rglob("*") if p.is_file())
+        if Path(self.path).is_dir():  # hidden entries: download tools' metadata, not the model
+            files = sorted(
+                p
+                for p in Path(self.path).rglob("*")
+                if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
+            )
             listing = "".join(f"{p.relative_to(self.path)}:{file_sha256(p)}\n" for p in files)
         else:  # a Hub id: the revision transformers resolved it to
             listing = f"{self.path}@{getattr(self.hf_model.config, '_commit_hash', None)}"
@@ -155,15 +164,12 @@ class HFCTCTeacher:
 
     def transcribe(self, samples: np.ndarray, sample_rate: int) -> str:
         """Greedy CTC transcript of one mono utterance, normalised like asrkd's transcripts."""
-        if sample_rate != self.sample_rate:
-            from asrkd.data.augment import resample
+        from asrkd.data.audio import resample_mono
 
-            samples = resample(samples, sample_rate, self.sample_rate)
-        inputs = self.extractor(
-            np.asarray(samples, np.float32), sampling_rate=self.sample_rate, return_tensors="pt"
-        )
-        with torch.inference_mode():
-            logits = self.hf_model(inputs["input_values"].to(self.device)).logits
+        samples = resample_mono(samples, sample_rate, self.sample_rate)
+        inputs = self.extractor(samples, sampling_rate=self.sample_rate, return_tensors="pt")
+        with torch.inference_mode():  # input_values or input_features, as the model takes
+            logits = self.hf_model(**inputs.to(self.device)).logits
         text = self.hf_tokenizer.batch_decode(logits.argmax(-1).cpu())[0]
         return normalize_text(text)
 
