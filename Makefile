@@ -12,33 +12,26 @@ EXTRAS := test,espeak,export
 # tests, transformers for the hf-ctc teacher.
 TEST_EXTRAS := postgres,hf
 # uv installs the very same packages as pip in ~25 s instead of ~60 s (docs/benchmarks.md,
-# "Installing"); pip stays the fallback where uv cannot be had or fails. uv does not read pip's
-# configuration, so it is handed the wheel folders pip is configured with (the CPU torch wheel
-# lies in one on these machines). --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is
-# set (as here) a package left uncompiled is compiled again on every import (~2.3 s for torch).
-# Where pip is told to use another index or none (a mirror, an offline machine), pip installs:
-# uv would go to pypi.org and wait out its timeouts first.
-PIP_SETTING = $(shell $(PYTHON) -m pip config get $(1) 2>/dev/null)
-FIND_LINKS = $(sort $(PIP_FIND_LINKS) $(call PIP_SETTING,global.find-links) \
-               $(call PIP_SETTING,install.find-links))
-OTHER_INDEX = $(strip $(PIP_INDEX_URL)$(PIP_NO_INDEX)$(call PIP_SETTING,global.index-url)\
-                $(call PIP_SETTING,install.index-url)$(call PIP_SETTING,global.no-index)\
-                $(call PIP_SETTING,install.no-index))
-UV_INSTALL = $(if $(OTHER_INDEX),false,$(VENV)/bin/uv pip install -q --no-cache \
-             --compile-bytecode --python $(VENV)/bin/python \
-             $(addprefix --find-links ,$(FIND_LINKS)))
+# "Installing"); pip stays the fallback where uv cannot be had or fails, and installs wherever pip
+# is told to use another index or none (a mirror, an offline machine: uv would try pypi.org).
+# uv does not read pip's configuration: scripts/uv_args.py hands it pip's wheel folders (the CPU
+# torch wheel lies in one on these machines) and constraint files. --compile-bytecode as pip
+# does: where PYTHONDONTWRITEBYTECODE is set (as here) a package left uncompiled is compiled
+# again on every import (~2.3 s for torch).
+UV = $(VENV)/bin/uv pip install -q --no-cache --compile-bytecode --python $(VENV)/bin/python
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt scripts/uv_args.py
 	$(PYTHON) -m venv $(VENV)
-	($(if $(OTHER_INDEX),false,$(PIP) install -q -c constraints.txt uv) && \
-	 $(UV_INSTALL) -c constraints.txt torch==2.13.0 -e '.[$(EXTRAS)]') || \
+	(args=$$($(PYTHON) scripts/uv_args.py) && $(PIP) install -q -c constraints.txt uv && \
+	 $(UV) $$args -c constraints.txt torch==2.13.0 -e '.[$(EXTRAS)]') || \
 	($(PIP) install -q --upgrade pip && \
 	 $(PIP) install -q -c constraints.txt torch==2.13.0 && \
 	 $(PIP) install -q -c constraints.txt -e '.[$(EXTRAS)]')
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(UV_INSTALL) -c constraints.txt -e '.[$(EXTRAS),$(TEST_EXTRAS)]' || \
+	(args=$$($(PYTHON) scripts/uv_args.py) && \
+	 $(UV) $$args -c constraints.txt -e '.[$(EXTRAS),$(TEST_EXTRAS)]') || \
 	$(PIP) install -q -c constraints.txt -e '.[$(EXTRAS),$(TEST_EXTRAS)]'
 	touch $(TEST_STAMP)
 
