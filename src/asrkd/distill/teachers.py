@@ -143,13 +143,14 @@ class HFCTCTeacher:
         self.tokenizer = Tokenizer()  # asrkd's characters: the cache collates with it
         self.sample_rate = int(self.extractor.sampling_rate)
         self.device = torch.device("cpu")
-        if Path(self.path).is_dir():  # hidden entries: download tools' metadata, not the model
-            files = sorted(
-                p
-                for p in Path(self.path).rglob("*")
-                if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
+        root = Path(self.path)
+        if root.is_dir():  # hidden entries: download tools' metadata, not the model
+            names = sorted(
+                p.relative_to(root)
+                for p in root.rglob("*")
+                if p.is_file() and not any(x.startswith(".") for x in p.relative_to(root).parts)
             )
-            listing = "".join(f"{p.relative_to(self.path)}:{file_sha256(p)}\n" for p in files)
+            listing = "".join(f"{name}:{file_sha256(root / name)}\n" for name in names)
         else:  # a Hub id: the revision transformers resolved it to
             listing = f"{self.path}@{getattr(self.hf_model.config, '_commit_hash', None)}"
         self._fingerprint = hashlib.sha256(f"hf-ctc\n{listing}".encode()).hexdigest()
