@@ -512,6 +512,19 @@ class DemoConfig:
     librispeech_train_part: str = "train-clean-5"
     librispeech_test_part: str = "test-other"
     librispeech_dev_speakers: int = 3
+    # Variants trained in situation (b) too (names from `variants`; () = every variant).
+    partial_variants: tuple[str, ...] = ()
+    # A folder of untranscribed audio (any layout; prepared like `asrkd prepare audio`) that the
+    # distilled students of situation (b) hear besides the untranscribed part of train.
+    unlabelled_audio: str = ""
+    # > 0: every model is also scored on the test set with noise added at this SNR (asrkd's own
+    # augmentation, noise_types taking turns per utterance by a seeded draw): devices hear noise.
+    noise_snr_db: float = 0.0
+    noise_types: tuple[str, ...] = ("white", "pink")
+    noise_seed: int = 0
+    # An external teacher (run.teacher.kind other than "checkpoint", e.g. whisper, with
+    # run.teacher.path) is not trained; its rows are scored by each of these runtimes.
+    teacher_runtimes: tuple[str, ...] = ("pytorch",)
 
     def __post_init__(self) -> None:
         from asrkd.models import PRESETS
@@ -532,6 +545,27 @@ class DemoConfig:
             raise ConfigError("parallel_runs must be at least 1")
         if min(self.teacher_steps, self.student_steps) <= 0:
             raise ConfigError("teacher_steps and student_steps must be positive")
+        unknown = set(self.partial_variants) - set(names)
+        if unknown:
+            raise ConfigError(f"partial_variants names no variant: {', '.join(sorted(unknown))}")
+        if self.noise_snr_db < 0:
+            raise ConfigError("noise_snr_db must be >= 0 (0 = no noisy test set)")
+        for kind in self.noise_types:
+            _check_choice("noise_types", kind, ("white", "pink"))
+        if not self.noise_types:
+            raise ConfigError("noise_types must name at least one noise")
+        if self.external_teacher:
+            from asrkd.teacher_eval import RUNTIMES
+
+            if not self.teacher_runtimes:
+                raise ConfigError("teacher_runtimes must name at least one runtime")
+            for runtime in self.teacher_runtimes:
+                _check_choice("teacher_runtimes", runtime, RUNTIMES)
+
+    @property
+    def external_teacher(self) -> bool:
+        """The teacher comes from elsewhere (run.teacher), not from the demo's own training."""
+        return self.run.teacher.kind != "checkpoint"
 
 
 EXPORT_FORMATS = ("onnx",)

@@ -55,15 +55,18 @@ def plan_runs(cfg: DemoConfig) -> list[RunSpec]:
         RunSpec(
             "teacher",
             "teacher",
-            cfg.teacher_preset,
+            cfg.run.teacher.kind if cfg.external_teacher else cfg.teacher_preset,
             "none",
             cfg.teacher_overrides,
-            cfg.teacher_steps,
+            0 if cfg.external_teacher else cfg.teacher_steps,  # nothing to train
         )
     ]
     variants = (("none", ()), *cfg.variants)
     for scenario in ("full", "partial"):
         for name, overrides in variants:
+            skipped = name not in ("none", *cfg.partial_variants)
+            if scenario == "partial" and cfg.partial_variants and skipped:
+                continue
             runs.append(
                 RunSpec(
                     f"{scenario}-{cfg.student_preset}-{name}",
@@ -90,18 +93,77 @@ def plan_runs(cfg: DemoConfig) -> list[RunSpec]:
 
 
 def prepare_data(cfg: DemoConfig, out: Path, librispeech: str | None) -> dict[str, Path]:
-    """train/dev/test cut manifests of the embedded corpus or of a LibriSpeech folder."""
+    """train/dev/test cut manifests of the embedded corpus or of a LibriSpeech folder, plus
+    "test_noisy" (noise_snr_db > 0) and "unlabelled" (unlabelled_audio) when configured."""
     from asrkd.data.librispeech import prepare_librispeech
 
+    manifests = out / "manifests"
     if librispeech is None:
         from asrkd.data.corpus import build_corpus
 
         root = build_corpus(cfg.corpus, out / "corpus")
-        return prepare_librispeech(root, ["train", "dev", "test"], out / "manifests", cfg.prepare)
-    parts = [cfg.librispeech_train_part, cfg.librispeech_test_part]
-    paths = prepare_librispeech(librispeech, parts, out / "manifests", cfg.prepare)
-    train, dev = split_dev_speakers(paths[parts[0]], cfg.librispeech_dev_speakers, out)
-    return {"train": train, "dev": dev, "test": paths[parts[1]]}
+        parts = ["train", "dev", "test"]
+        data = prepare_librispeech(root, parts, manifests, cfg.prepare)
+        test_dir = root / "test"
+    else:
+        root, parts = Path(librispeech), [cfg.librispeech_train_part, cfg.librispeech_test_part]
+        paths = prepare_librispeech(root, parts, manifests, cfg.prepare)
+        train, dev = split_dev_speakers(paths[parts[0]], cfg.librispeech_dev_speakers, out)
+        data = {"train": train, "dev": dev, "test": paths[parts[1]]}
+        test_dir = root / parts[1]
+    if cfg.noise_snr_db > 0:
+        noisy = write_noisy_copy(test_dir, out / "noisy", cfg)
+        data["test_noisy"] = prepare_librispeech(
+            noisy.parent, [noisy.name], manifests, cfg.prepare
+        )[noisy.name]
+    if cfg.unlabelled_audio:
+        from asrkd.data.audio_folder import prepare_audio_folder
+
+        data["unlabelled"] = prepare_audio_folder(cfg.unlabelled_audio, manifests, cfg.prepare)
+    return data
+
+
+def write_noisy_copy(part_dir: Path, out: Path, cfg: DemoConfig) -> Path:
+    """A copy of a LibriSpeech-layout part with noise added to every utterance at
+    cfg.noise_snr_db (asrkd.data.augment; the noise type and signal drawn per utterance from
+    cfg.noise_seed and the file name, so the copy is the same on every machine). Idempotent:
+    a finished copy (its marker names the settings) is reused."""
+    import hashlib
+    import shutil
+
+    import numpy as np
+    import soundfile as sf
+
+    from asrkd.data.augment import add_noise, make_noise
+
+    part_dir = Path(part_dir).resolve()
+    settings = {"source": str(part_dir), "snr_db": cfg.noise_snr_db,
+                "types": list(cfg.noise_types), "seed": cfg.noise_seed}  # fmt: skip
+    dst = out / f"{part_dir.name}-snr{cfg.noise_snr_db:g}"
+    marker = dst.with_name(dst.name + ".done")
+    if marker.is_file() and json.loads(marker.read_text()) == settings:
+        return dst
+    marker.unlink(missing_ok=True)
+    shutil.rmtree(dst, ignore_errors=True)
+    for src in sorted(part_dir.rglob("*")):
+        target = dst / src.relative_to(part_dir)
+        if src.is_dir():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.suffix != ".flac":
+            shutil.copyfile(src, target)  # transcripts
+            continue
+        audio, rate = sf.read(str(src), dtype="float32")
+        digest = hashlib.sha256(f"{cfg.noise_seed}:{src.name}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        kind = cfg.noise_types[int(rng.integers(len(cfg.noise_types)))]
+        noisy = add_noise(audio, make_noise(rng, kind, len(audio), np.zeros(0)), cfg.noise_snr_db)
+        peak = float(np.max(np.abs(noisy))) if len(noisy) else 0.0
+        if peak > 0.99:  # no clipping; the SNR is unchanged by a common gain
+            noisy = noisy * (0.99 / peak)
+        sf.write(str(target), noisy, rate, format="FLAC")
+    marker.write_text(json.dumps(settings))
+    return dst
 
 
 def split_dev_speakers(cuts_path: Path, n_dev: int, out: Path) -> tuple[Path, Path]:
@@ -131,7 +193,9 @@ def run_config(cfg: DemoConfig, spec: RunSpec, data: dict[str, Path], out: Path)
     ]
     if spec.scenario == "partial":
         overrides.append(f"data.labelled_fraction={cfg.partial_fraction}")
-    if spec.uses_teacher:
+        if "unlabelled" in data and spec.strategy != "none":
+            overrides.append(f"data.unlabelled_cuts={data['unlabelled']}")
+    if spec.uses_teacher and not cfg.external_teacher:
         # absolute: the run's saved config.yaml must work from any directory
         teacher = (out / "runs" / "teacher" / "model.safetensors").resolve()
         overrides.append(f"teacher.path={teacher}")
