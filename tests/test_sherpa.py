@@ -22,7 +22,6 @@ from asrkd.config import ExportConfig, FeatureConfig
 from asrkd.data.audio import fbank_extractor, knf_fbank
 from asrkd.data.text import Tokenizer
 
-pytestmark = pytest.mark.librispeech
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, TRAIN_STEPS = 12, 150
 
@@ -133,6 +132,7 @@ def torch_greedy(overfit_model, test_other) -> dict[str, str]:
     return out
 
 
+@pytest.mark.librispeech
 def test_kaldi_native_fbank_matches_the_training_features(test_other) -> None:
     """The PyTorch-free (and sherpa-onnx's) front end gives lhotse's frames, to ~2e-3."""
     features = FeatureConfig()
@@ -144,6 +144,7 @@ def test_kaldi_native_fbank_matches_the_training_features(test_other) -> None:
         assert np.abs(ours - ref).max() < 5e-3
 
 
+@pytest.mark.librispeech
 def test_sherpa_onnx_transcribes_as_asrkd(sherpa_folder, test_other, torch_greedy, tmp_path):
     """sherpa-onnx's own recogniser on the exported folder: the same greedy words as asrkd for
     >= 99 % of test-other and WER within 0.2 points."""
@@ -191,6 +192,7 @@ def _asrkd_without_torch(*args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.librispeech
 def test_transcribe_and_evaluate_without_torch(sherpa_folder, test_other, torch_greedy, tmp_path):
     """`asrkd transcribe` and `asrkd evaluate` on an exported .onnx file (the sherpa-onnx
     folder's: it carries asrkd's metadata too) in a process where `import torch` and
@@ -210,6 +212,7 @@ def test_transcribe_and_evaluate_without_torch(sherpa_folder, test_other, torch_
     assert all(hyp == torch_greedy[cut] for cut, _, hyp in rows)
 
 
+@pytest.mark.librispeech
 def test_cli_exports_an_int8_folder_sherpa_onnx_runs(overfit_model, test_other, tmp_path):
     """`asrkd export --target sherpa-onnx --quantize`: model.int8.onnx that sherpa-onnx loads,
     and that asrkd's own PyTorch-free path runs too."""
@@ -231,3 +234,21 @@ def test_cli_exports_an_int8_folder_sherpa_onnx_runs(overfit_model, test_other, 
     rec.decode_stream(stream)
     ours = OnnxRecognizer(out / "model.int8.onnx", threads=1)(samples)
     assert sherpa_text(stream.result.text) == " ".join(ours.split()) != ""
+
+
+def test_tokens_txt_of_word_pieces_matches_bpe_model() -> None:
+    """tokens.txt of a sentencepiece tokenizer: <blk> at 0 and every other line the piece that
+    bpe.model gives that id, so sherpa-onnx's hotword encoding finds the model's outputs."""
+    import base64
+
+    import sentencepiece as spm
+
+    from asrkd.data.text import train_sentencepiece
+    from asrkd.sherpa import tokens_txt
+
+    tok = train_sentencepiece(["the cat sat on the mat", "a hat and a cat"] * 4, 30)
+    proc = spm.SentencePieceProcessor()
+    proc.LoadFromSerializedProto(base64.b64decode(tok.model))
+    lines = [line.rsplit(" ", 1) for line in tokens_txt(tok).splitlines()]
+    assert [int(i) for _, i in lines] == list(range(tok.vocab_size))
+    assert [s for s, _ in lines] == [proc.IdToPiece(i) for i in range(tok.vocab_size)]

@@ -206,9 +206,7 @@ def load_cut_audio(cut: CutAudio, sample_rate: int) -> np.ndarray:
     first = round(cut.start * cut.sampling_rate)
     n = round(cut.duration * cut.sampling_rate)
     try:
-        audio, rate = sf.read(
-            cut.path, start=first, frames=n, dtype="float32", always_2d=True
-        )
+        audio, rate = sf.read(cut.path, start=first, frames=n, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as err:
         raise DataError(f"{cut.path}: unreadable audio ({err})") from err
     return resample_mono(audio[:, min(cut.channel, audio.shape[1] - 1)], rate, sample_rate)

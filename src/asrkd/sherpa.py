@@ -202,4 +202,3 @@ def evaluate_sherpa(
         results = sherpa_decode_manifest(model_dir, path, threads)
         summary["sets"][name] = write_results(results, out_dir, name, "sherpa-greedy")
     return write_summary(summary, out_dir)
-
