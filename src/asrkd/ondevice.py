@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from asrkd.config import CheckpointError, ConfigError, EvalConfig, FeatureConfig
+from asrkd.config import CheckpointError, EvalConfig, FeatureConfig
 from asrkd.data.audio import knf_fbank, load_mono, resample_mono
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.data.validate import DataError
-from asrkd.lexicon import LexiconDecoder, WordLM
+from asrkd.lexicon import LexiconDecoder, WordLM, training_manifest
 from asrkd.scoring import Result, oov_rate, write_results, write_summary
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,9 @@ def load_cut_audio(cut: CutAudio, sample_rate: int) -> np.ndarray:
     return resample_mono(audio[:, min(cut.channel, audio.shape[1] - 1)], rate, sample_rate)
 
 
-def make_lexicon(cfg: EvalConfig, model: OnnxRecognizer) -> LexiconDecoder | None:
+def make_lexicon(
+    cfg: EvalConfig, model: OnnxRecognizer, model_path: str | Path
+) -> LexiconDecoder | None:
     """As asrkd.evaluate.make_lexicon_decoder for an exported file: words and LM from
     cfg.lexicon_cuts, else the lexicon the file carries; beam and weights from cfg."""
     if cfg.decoder == "greedy":
@@ -221,11 +223,8 @@ def make_lexicon(cfg: EvalConfig, model: OnnxRecognizer) -> LexiconDecoder | Non
         lm = WordLM.from_texts(c.text for c in read_cut_manifest(cfg.lexicon_cuts))
     elif model.lexicon is not None:
         lm = model.lexicon.lm
-    else:
-        raise ConfigError(
-            "this exported file carries no lexicon: set eval.lexicon_cuts to the cut manifest "
-            "whose transcripts are the lexicon's words"
-        )
+    else:  # an exported file names no training manifest: the same ConfigError as evaluate's
+        training_manifest({}, model_path)
     return LexiconDecoder(model.tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus)
 
 
@@ -263,7 +262,7 @@ def evaluate_onnx(
         "sets": {},
         "features": "kaldi-native-fbank",
     }
-    lexicon = make_lexicon(cfg, model)
+    lexicon = make_lexicon(cfg, model, model_path)
     summary["decoding"] = cfg.tag
     for path in cuts_paths:
         name = Path(path).name.split(".")[0].removeprefix("cuts_")
