@@ -44,9 +44,12 @@ def _status_mb(field: str) -> float:
 def _load(kind: str, model: str, threads: int):
     """(decode(samples) -> text) for one runtime, after its imports."""
     if kind.startswith("sherpa"):
+        from asrkd.config import FeatureConfig
         from asrkd.sherpa import sherpa_recognizer, sherpa_text
 
-        rec, _ = sherpa_recognizer(model, threads)
+        # the features given, not read from the file: reading them would load onnxruntime's
+        # Python package beside sherpa-onnx's own runtime and count it here
+        rec = sherpa_recognizer(model, threads, FeatureConfig())
 
         def decode(samples):
             stream = rec.create_stream()

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from asrkd.config import ConfigError, ExportConfig, FeatureConfig
 from asrkd.data.text import BLANK, WORD_START, Tokenizer
-from asrkd.models.checkpoint import atomic_write, read_checkpoint_meta
 from asrkd.scoring import Result, write_results, write_summary
 
 SHERPA_BLANK = "<blk>"
@@ -122,6 +121,7 @@ def export_sherpa(
     its model, tokens, bpe.model and README files replaced) and return `out_dir`.
     cfg.quantize writes model.int8.onnx (int8 weights) instead of model.onnx."""
     from asrkd.export import export_model
+    from asrkd.models.checkpoint import atomic_write, read_checkpoint_meta
 
     cfg = cfg or ExportConfig(target="sherpa-onnx")
     meta = read_checkpoint_meta(model_path)
@@ -141,31 +141,47 @@ def export_sherpa(
     return out_dir
 
 
-def sherpa_recognizer(model_dir: str | Path, threads: int = 1, decoding: str = "greedy_search"):
-    """sherpa_onnx.OfflineRecognizer of an export_sherpa folder (int8 model when it is the
-    only one there, else model.onnx)."""
+def sherpa_model_path(model_dir: str | Path) -> Path:
+    """model.onnx of an export_sherpa folder, else its model.int8.onnx."""
+    model_dir = Path(model_dir)
+    for quantize in (False, True):
+        path = model_dir / model_file_name(quantize)
+        if path.is_file() and (model_dir / "tokens.txt").is_file():
+            return path
+    raise ConfigError(f"{model_dir}: no model.onnx/model.int8.onnx and tokens.txt")
+
+
+def exported_features(model_dir: str | Path) -> FeatureConfig:
+    """The feature settings in an export_sherpa folder's model metadata (asrkd's keys)."""
+    from asrkd.ondevice import onnx_session, read_onnx_metadata
+
+    model = sherpa_model_path(model_dir)
+    props = onnx_session(model, threads=1).get_modelmeta().custom_metadata_map
+    return FeatureConfig(**read_onnx_metadata(props, model)["features"])
+
+
+def sherpa_recognizer(
+    model_dir: str | Path,
+    threads: int = 1,
+    features: FeatureConfig | None = None,
+    decoding: str = "greedy_search",
+):
+    """sherpa_onnx.OfflineRecognizer of an export_sherpa folder (model.onnx, else
+    model.int8.onnx) for `features` (read from the model's metadata when None)."""
     try:
         import sherpa_onnx
     except ImportError as err:
         raise ImportError("scoring through sherpa-onnx needs it: pip install sherpa-onnx") from err
-    model_dir = Path(model_dir)
-    model = model_dir / model_file_name(False)
-    if not model.is_file():
-        model = model_dir / model_file_name(True)
-    if not model.is_file() or not (model_dir / "tokens.txt").is_file():
-        raise ConfigError(f"{model_dir}: no model.onnx/model.int8.onnx and tokens.txt")
-    from asrkd.ondevice import onnx_session, read_onnx_metadata
-
-    props = onnx_session(model, threads=1).get_modelmeta().custom_metadata_map
-    features = FeatureConfig(**read_onnx_metadata(props, model)["features"])
+    model = sherpa_model_path(model_dir)
+    features = features or exported_features(model_dir)
     return sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
         model=str(model),
-        tokens=str(model_dir / "tokens.txt"),
+        tokens=str(Path(model_dir) / "tokens.txt"),
         num_threads=threads,
         sample_rate=features.sample_rate,
         feature_dim=features.n_mels,
         decoding_method=decoding,
-    ), features
+    )
 
 
 def sherpa_text(text: str) -> str:
@@ -178,7 +194,8 @@ def sherpa_decode_manifest(model_dir: str | Path, cuts_path: str | Path, threads
     from asrkd.data.text import normalize_text
     from asrkd.ondevice import load_cut_audio, read_cut_manifest
 
-    recognizer, features = sherpa_recognizer(model_dir, threads)
+    features = exported_features(model_dir)
+    recognizer = sherpa_recognizer(model_dir, threads, features)
     results: list[Result] = []
     for cut in read_cut_manifest(cuts_path):
         samples = load_cut_audio(cut, features.sample_rate)
