@@ -9,6 +9,7 @@ import logging
 import sys
 
 from asrkd.config import (
+    CheckpointError,
     Config,
     ConfigError,
     CorpusConfig,
@@ -112,9 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a model file to ONNX for on-device inference")
     p.add_argument("model", help="model file (.safetensors)")
     p.add_argument(
-        "--out", required=True, help="ONNX file to write (tokenizer and features inside)"
+        "--out",
+        required=True,
+        help="ONNX file to write (tokenizer and features inside); a folder for sherpa-onnx",
     )
     p.add_argument("--quantize", action="store_true", help="shorthand for --set quantize=true")
+    p.add_argument("--target", help="shorthand for --set target=T (asrkd or sherpa-onnx)")
     _add_config_args(p)
 
     p = sub.add_parser("demo", help="the whole story: teacher, students with and without KD")
@@ -161,9 +165,13 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from asrkd.evaluate import evaluate
+    from asrkd.ondevice import is_onnx
 
     cfg = load_config(args.config, _shorthand(args.overrides, threads=args.threads), EvalConfig)
+    if is_onnx(args.model):  # without importing torch or lhotse
+        from asrkd.ondevice import evaluate_onnx as evaluate
+    else:
+        from asrkd.evaluate import evaluate
     summary = evaluate(args.model, args.cuts, args.out, cfg, measure=not args.no_measure)
     print(json.dumps(summary, indent=2))
 
@@ -186,17 +194,29 @@ def cmd_report(args) -> None:
 
 
 def cmd_transcribe(args) -> None:
-    from asrkd.transcribe import transcribe_files
+    from asrkd.ondevice import is_onnx
 
+    if is_onnx(args.model):  # without importing torch or lhotse
+        from asrkd.ondevice import transcribe_onnx_files as transcribe_files
+    else:
+        from asrkd.transcribe import transcribe_files
     for path, text in transcribe_files(args.model, args.audio):
         print(f"{path}\t{text}")
 
 
 def cmd_export(args) -> None:
+    quantize = "true" if args.quantize else None
+    extra = _shorthand(args.overrides, quantize=quantize, target=args.target)
+    cfg = load_config(args.config, extra, ExportConfig)
+    if cfg.target == "sherpa-onnx":
+        from asrkd.sherpa import export_sherpa
+
+        out = export_sherpa(args.model, args.out, cfg)
+        for path in sorted(out.iterdir()):
+            print(f"{path}\t{path.stat().st_size / 1e6:.2f} MB")
+        return
     from asrkd.export import export_model
 
-    quantize = "true" if args.quantize else None
-    cfg = load_config(args.config, _shorthand(args.overrides, quantize=quantize), ExportConfig)
     path = export_model(args.model, args.out, cfg)
     print(f"{path}\t{path.stat().st_size / 1e6:.2f} MB")
 
@@ -229,27 +249,33 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from asrkd.data.dataset import DataError
-    from asrkd.export import ExportError
-    from asrkd.models.checkpoint import CheckpointError
-    from asrkd.runtime import TrainingError
-    from asrkd.sweep import SweepError
-
     try:
         COMMANDS[args.command](args)
-    except (
-        ConfigError,
-        DataError,
-        CheckpointError,
-        TrainingError,
-        ExportError,
-        SweepError,
-        ImportError,
-        FileNotFoundError,
-    ) as err:
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
         print(f"asrkd {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+# Errors a command reports in one line (exit status 2) rather than a traceback, by module.
+_ERRORS = (
+    ("asrkd.export", "ExportError"),
+    ("asrkd.runtime", "TrainingError"),
+    ("asrkd.sweep", "SweepError"),
+)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The error types above, looked up only in modules already imported (a module never
+    imported raised nothing), so that a PyTorch-free command (transcribe or evaluate of an
+    .onnx file) imports no torch to name them."""
+    from asrkd.data.validate import DataError
+
+    errors = [ConfigError, CheckpointError, DataError, ImportError, FileNotFoundError]
+    errors += [getattr(sys.modules[m], name) for m, name in _ERRORS if m in sys.modules]
+    return tuple(errors)
 
 
 if __name__ == "__main__":

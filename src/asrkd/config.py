@@ -26,6 +26,12 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or inconsistent."""
 
 
+class CheckpointError(RuntimeError):
+    """A model or checkpoint file is missing, truncated, or not an asrkd file. (Defined here,
+    beside ConfigError, so the PyTorch-free path (asrkd.ondevice) raises it without importing
+    torch; asrkd.models.checkpoint re-exports it.)"""
+
+
 DECODERS = ("greedy", "lexicon")
 
 
@@ -569,6 +575,9 @@ class DemoConfig:
 
 
 EXPORT_FORMATS = ("onnx",)
+# "asrkd": one .onnx file (asrkd transcribe/evaluate); "sherpa-onnx": a folder that
+# sherpa_onnx.OfflineRecognizer.from_zipformer_ctc loads (asrkd.sherpa).
+EXPORT_TARGETS = ("asrkd", "sherpa-onnx")
 
 
 @dataclass(frozen=True)
@@ -577,6 +586,7 @@ class ExportConfig:
     feature settings in its metadata), optionally with int8 weights."""
 
     format: str = "onnx"
+    target: str = "asrkd"  # one of EXPORT_TARGETS
     opset: int = 18  # ONNX operator set, 18..22
     quantize: bool = False  # int8 weights (dynamic quantisation) for the ops in quantize_ops
     # Conv adds the convolutions: a smaller file still, but onnxruntime's ConvInteger is slower
@@ -595,6 +605,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         _check_choice("format", self.format, EXPORT_FORMATS)
+        _check_choice("target", self.target, EXPORT_TARGETS)
         # 18: the lowest the torch.export-based exporter targets. 23 turns attention into ONNX
         # Attention, whose onnxruntime 1.32 kernel rejects our broadcast (B, 1, 1, T') key mask.
         if not 18 <= self.opset <= 22:

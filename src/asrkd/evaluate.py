@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jiwer
 import torch
 from lhotse import CutSet
 
@@ -31,10 +30,15 @@ from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.lexicon import LexiconDecoder, lm_from_manifest, training_manifest
 from asrkd.models.conformer import ConformerCTC, ConformerDims
 from asrkd.models.ctc import greedy_decode
+from asrkd.scoring import (  # noqa: F401  error_rates, score: re-exported (train, tests)
+    Result,
+    error_rates,
+    oov_rate,
+    score,
+    write_results,
+    write_summary,
+)
 from asrkd.transcribe import ModelFile, is_onnx, open_model_file
-
-Result = tuple[str, str, str]  # cut id, reference, hypothesis
-
 
 Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -111,61 +115,6 @@ def make_lexicon_decoder(
     else:
         lm = lm_from_manifest(training_manifest(model.run_config, model_path))
     return LexiconDecoder(model.tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus)
-
-
-def oov_rate(results: list[Result], lexicon: LexiconDecoder) -> float:
-    """Share of reference words the lexicon cannot spell (they can never be recognised)."""
-    words = [w for _, ref, _ in results for w in ref.split()]
-    return sum(w not in lexicon.lm.log_probs for w in words) / max(1, len(words))
-
-
-def error_rates(results: list[Result]) -> tuple[float, float]:
-    """Corpus-level (WER, CER) over utterances with a non-empty reference."""
-    refs = [r for _, r, _ in results if r]
-    hyps = [h for _, r, h in results if r]
-    if not refs:
-        raise ValueError("no utterance with a reference transcript to score")
-    return float(jiwer.wer(refs, hyps)), float(jiwer.cer(refs, hyps))
-
-
-def score(results: list[Result]) -> dict:
-    """WER/CER with their error counts (substitutions, deletions, insertions)."""
-    refs = [r for _, r, _ in results if r]
-    hyps = [h for _, r, h in results if r]
-    w = jiwer.process_words(refs, hyps)
-    c = jiwer.process_characters(refs, hyps)
-    n_words = w.hits + w.substitutions + w.deletions
-    return {
-        "wer": w.wer,
-        "cer": c.cer,
-        "n_utterances": len(refs),
-        "n_words": n_words,
-        "substitutions": w.substitutions,
-        "deletions": w.deletions,
-        "insertions": w.insertions,
-    }
-
-
-def write_results(results: list[Result], out_dir: Path, name: str, decoding: str) -> dict:
-    """The hypotheses, errors and summary files of one test set and decoding; returns the
-    summary."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"{name}-{decoding}"
-    with open(out_dir / f"hyps-{tag}.txt", "w", encoding="utf-8") as fh:
-        fh.writelines(f"{cut_id}\t{ref}\t{hyp}\n" for cut_id, ref, hyp in results)
-    rows = []
-    for cut_id, ref, hyp in results:
-        if not ref:
-            continue
-        w = jiwer.process_words(ref, hyp)
-        errors = w.substitutions + w.deletions + w.insertions
-        rows.append((errors, cut_id, jiwer.visualize_alignment(w, show_measures=False)))
-    with open(out_dir / f"errors-{tag}.txt", "w", encoding="utf-8") as fh:
-        for errors, cut_id, text in sorted(rows, key=lambda r: (-r[0], r[1])):
-            fh.write(f"{cut_id}: {errors} word errors\n{text.strip()}\n\n")
-    summary = score(results)
-    (out_dir / f"wer-{tag}.json").write_text(json.dumps(summary, indent=2))
-    return summary
 
 
 @torch.inference_mode()
@@ -274,6 +223,10 @@ def evaluate(
 ) -> dict:
     """Score a model file (.safetensors, or .onnx from `asrkd export`) on each cut manifest and
     (optionally) measure its cost."""
+    if is_onnx(model_path):  # scored from audio, as a device runs it (asrkd.ondevice)
+        from asrkd.ondevice import evaluate_onnx
+
+        return evaluate_onnx(model_path, cuts_paths, out_dir, cfg, measure)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
@@ -327,10 +280,3 @@ def measure_costs(
     if memory:
         costs["memory"] = measure_memory(model_path, cuts_path, cfg.latency_utterances, cfg.threads)
     return costs
-
-
-def write_summary(summary: dict, out_dir: str | Path) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from asrkd.config import ExportConfig, FeatureConfig
-from asrkd.lexicon import LexiconDecoder, WordLM, lm_from_manifest, training_manifest
+from asrkd.lexicon import lm_from_manifest, training_manifest
 from asrkd.models.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -34,10 +34,15 @@ from asrkd.models.checkpoint import (
     read_checkpoint,
 )
 from asrkd.models.conformer import ConformerCTC
+from asrkd.ondevice import (  # noqa: F401  defined there (PyTorch-free), re-exported
+    INPUT_NAMES,
+    ONNX_FORMAT,
+    OUTPUT_NAMES,
+    lexicon_from_metadata,
+    onnx_session,
+    read_onnx_metadata,
+)
 
-ONNX_FORMAT = "asrkd-onnx/1"
-INPUT_NAMES = ("feats", "feat_lens")
-OUTPUT_NAMES = ("logits", "lengths")
 # Two unpadded 3x3 stride-2 convolutions need 7 input frames for one output frame: the shortest
 # input the graph is exported for.
 MIN_FRAMES = 7
@@ -50,14 +55,19 @@ class ExportError(RuntimeError):
 
 
 class _Exportable(nn.Module):
-    """ConformerCTC with plain tensor outputs (logits, lengths): no hidden states in the graph."""
+    """ConformerCTC with plain tensor outputs (logits, lengths): no hidden states in the graph.
+    log_probs=True: log-softmax outputs instead of logits (what sherpa-onnx's CTC decoders
+    expect; asrkd's decoders take either)."""
 
-    def __init__(self, model: ConformerCTC) -> None:
+    def __init__(self, model: ConformerCTC, log_probs: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.log_probs = log_probs
 
     def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         out = self.model(feats, feat_lens)
+        if self.log_probs:
+            return out.logits.log_softmax(-1), out.lengths
         return out.logits, out.lengths
 
 
@@ -109,32 +119,6 @@ def lexicon_metadata(
     }
 
 
-def lexicon_from_metadata(meta: dict[str, Any], tokenizer) -> LexiconDecoder | None:
-    """The lexicon decoder an exported file carries (read_onnx_metadata's dict), or None."""
-    lex = meta.get("lexicon")
-    if not lex:
-        return None
-    return LexiconDecoder(
-        tokenizer, WordLM(lex["log_probs"]), lex["beam"], lex["lm_weight"], lex["word_bonus"]
-    )
-
-
-def read_onnx_metadata(props: dict[str, str], path: str | Path = "") -> dict[str, Any]:
-    """Decoded asrkd metadata (dims, tokenizer, features, quantized) of an exported file's
-    metadata_props, e.g. onnxruntime's ``session.get_modelmeta().custom_metadata_map``."""
-    if props.get("asrkd.format") != ONNX_FORMAT:
-        found = props.get("asrkd.format")
-        raise CheckpointError(f"{path}: not an asrkd ONNX export (asrkd.format={found!r})")
-    try:
-        return {
-            k[len("asrkd.") :]: json.loads(v)
-            for k, v in props.items()
-            if k.startswith("asrkd.") and k != "asrkd.format"
-        }
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: corrupt asrkd metadata ({err})") from err
-
-
 def example_inputs(n_mels: int, lens: tuple[int, ...] = VERIFY_LENS) -> tuple[Tensor, Tensor]:
     """Deterministic (feats (B, max(lens), n_mels), feat_lens (B,)) with padding beyond lens."""
     gen = torch.Generator().manual_seed(0)
@@ -142,7 +126,7 @@ def example_inputs(n_mels: int, lens: tuple[int, ...] = VERIFY_LENS) -> tuple[Te
     return feats, torch.tensor(lens, dtype=torch.int64)
 
 
-def _to_onnx(model: ConformerCTC, opset: int):
+def _to_onnx(model: ConformerCTC, opset: int, log_probs: bool = False):
     """torch.onnx.ONNXProgram of `model` with dynamic batch and time axes."""
     batch = torch.export.Dim("batch", min=1)
     time = torch.export.Dim("time", min=MIN_FRAMES)
@@ -152,7 +136,7 @@ def _to_onnx(model: ConformerCTC, opset: int):
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
             warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
             return torch.onnx.export(
-                _Exportable(model).eval(),
+                _Exportable(model, log_probs).eval(),
                 example_inputs(model.dims.n_mels),
                 dynamo=True,
                 input_names=list(INPUT_NAMES),
@@ -164,25 +148,6 @@ def _to_onnx(model: ConformerCTC, opset: int):
             )
     except Exception as err:  # the exporter raises many types; all mean the same to a user
         raise ExportError(f"ONNX export failed: {err}") from err
-
-
-def onnx_session(path: str | Path, threads: int = 0):
-    """An onnxruntime CPU session of an exported file; threads=0 lets onnxruntime decide."""
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise ImportError(
-            "running .onnx models needs onnxruntime: pip install onnxruntime"
-        ) from err
-    if not Path(path).is_file():
-        raise CheckpointError(f"{path}: no such model file")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1  # one utterance at a time: no parallel branches worth a thread
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime's InvalidProtobuf, Fail, ... share no base class
-        raise CheckpointError(f"{path}: unreadable ONNX model ({err})") from err
 
 
 def strip_debug_info(model) -> None:
@@ -206,17 +171,20 @@ def run_onnx(session, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]
     return torch.from_numpy(logits), torch.from_numpy(lengths)
 
 
-def verify_export(path: str | Path, model: ConformerCTC, tolerance: float) -> float:
-    """Max abs logit difference between the file at `path` and eager `model` on a padded batch;
-    ExportError when above `tolerance` or when the lengths differ."""
+def verify_export(
+    path: str | Path, model: ConformerCTC, tolerance: float, log_probs: bool = False
+) -> float:
+    """Max abs logit (log_probs: log-softmax) difference between the file at `path` and eager
+    `model` on a padded batch; ExportError when above `tolerance` or when the lengths differ."""
     session = onnx_session(path, threads=1)  # a two-utterance batch: one thread is plenty
     feats, feat_lens = example_inputs(model.dims.n_mels)
     with torch.inference_mode():
         eager = model(feats, feat_lens)
+    expected = eager.logits.log_softmax(-1) if log_probs else eager.logits
     logits, lengths = run_onnx(session, feats, feat_lens)
     if not torch.equal(lengths, eager.lengths):
         raise ExportError(f"exported lengths {lengths.tolist()} != eager {eager.lengths.tolist()}")
-    diff = (logits - eager.logits).abs().max().item()
+    diff = (logits - expected).abs().max().item()
     if not diff <= tolerance:
         raise ExportError(f"exported logits differ from eager by {diff:.3g} > {tolerance:g}")
     return diff
@@ -263,9 +231,15 @@ def quantize_file(src: str | Path, dst: str | Path, ops: tuple[str, ...]) -> Non
 
 
 def export_model(
-    model_path: str | Path, out_path: str | Path, cfg: ExportConfig | None = None
+    model_path: str | Path,
+    out_path: str | Path,
+    cfg: ExportConfig | None = None,
+    log_probs: bool = False,
+    extra_metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write the model file at `model_path` as ONNX to `out_path` (atomically) and return it."""
+    """Write the model file at `model_path` as ONNX to `out_path` (atomically) and return it.
+    log_probs: the graph ends in log-softmax; extra_metadata: more metadata_props (both for
+    asrkd.sherpa)."""
     cfg = cfg or ExportConfig()
     require_onnx_exporter()
     tensors, meta = read_checkpoint(model_path)
@@ -273,16 +247,17 @@ def export_model(
         model = model_from_tensors(tensors, meta)
     except (KeyError, TypeError, RuntimeError) as err:  # as load_model: not an asrkd model
         raise CheckpointError(f"{model_path}: does not fit an asrkd model ({err})") from err
-    program = _to_onnx(model, cfg.opset)
+    program = _to_onnx(model, cfg.opset, log_probs)
     strip_debug_info(program.model)
     lexicon = lexicon_metadata(cfg, meta, model_path)
     program.model.metadata_props.update(onnx_metadata(meta, cfg.quantize, lexicon))
+    program.model.metadata_props.update(extra_metadata or {})
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = os.path.join(tmp, "fp32.onnx")
         program.save(fp32, external_data=False)
         if cfg.verify:
-            verify_export(fp32, model, cfg.verify_tolerance)
+            verify_export(fp32, model, cfg.verify_tolerance, log_probs)
         if cfg.quantize:
             atomic_write(out_path, lambda dst: quantize_file(fp32, dst, cfg.quantize_ops))
         else:

@@ -23,7 +23,7 @@ from asrkd.data.dataset import (
     split_by_speaker,
     strip_text,
 )
-from asrkd.data.text import Tokenizer, train_bpe
+from asrkd.data.text import Tokenizer, train_sentencepiece
 from asrkd.distill.cache import TeacherCache, build_cache
 from asrkd.distill.teachers import TeacherOutput, TeacherRequest, load_teacher
 from asrkd.models.checkpoint import (
@@ -86,7 +86,7 @@ def build_tokenizer(cfg: Config, train_cuts: CutSet) -> Tokenizer:
         return Tokenizer()
     if kind == "bpe":
         texts = [t for t in (cut_text(c) for c in train_cuts) if t]
-        tok = train_bpe(texts, cfg.model.bpe_size)
+        tok = train_sentencepiece(texts, cfg.model.bpe_size)
         log.info("BPE: %d symbols learnt on %d transcripts", tok.vocab_size, len(texts))
         return tok
     path = Path(kind)

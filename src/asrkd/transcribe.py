@@ -24,6 +24,7 @@ from asrkd.lexicon import LexiconDecoder
 from asrkd.models.checkpoint import model_from_tensors, read_checkpoint
 from asrkd.models.conformer import ConformerCTC, ConformerDims
 from asrkd.models.ctc import greedy_decode
+from asrkd.ondevice import is_onnx, transcribe_onnx_files
 
 
 def fbank(samples: np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
@@ -97,7 +98,7 @@ class OnnxTranscriber(ModelFile):
     decide."""
 
     def __init__(self, model_path: str | Path, threads: int = 0) -> None:
-        from asrkd.export import lexicon_from_metadata, onnx_session, read_onnx_metadata
+        from asrkd.ondevice import lexicon_from_metadata, onnx_session, read_onnx_metadata
 
         self.session = onnx_session(model_path, threads)
         props = self.session.get_modelmeta().custom_metadata_map
@@ -117,10 +118,6 @@ class OnnxTranscriber(ModelFile):
         return run_onnx(self.session, feats, feat_lens)
 
 
-def is_onnx(model_path: str | Path) -> bool:
-    return Path(model_path).suffix.lower() == ".onnx"
-
-
 def open_model_file(model_path: str | Path, threads: int = 0) -> ModelFile:
     """OnnxTranscriber for an exported .onnx file, Transcriber for a .safetensors model file.
     `threads` applies to onnxruntime; PyTorch uses torch.set_num_threads."""
@@ -131,7 +128,9 @@ def open_model_file(model_path: str | Path, threads: int = 0) -> ModelFile:
 
 def transcribe_files(model_path: str | Path, paths: list[str | Path]) -> list[tuple[str, str]]:
     """(path, text) for each audio file; `model_path` is a .safetensors model file or a .onnx
-    file from `asrkd export`."""
+    file from `asrkd export` (run without PyTorch: asrkd.ondevice)."""
+    if is_onnx(model_path):
+        return transcribe_onnx_files(model_path, paths)
     transcriber = open_model_file(model_path)
     rate = transcriber.features.sample_rate
     return [(str(p), transcriber(load_mono(p, rate))) for p in paths]

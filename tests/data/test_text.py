@@ -103,3 +103,24 @@ def test_bpe_stops_when_no_pair_repeats_and_rejects_bad_vocabularies() -> None:
         BpeTokenizer(symbols=BPE_BASE_SYMBOLS, merges=((WORD_START, "a"),))
     with pytest.raises(ValueError, match="base symbols"):
         BpeTokenizer(symbols=(BLANK, "a"))
+
+
+def test_sentencepiece_pieces_blank_first_round_trip_and_json() -> None:
+    """model.tokenizer=bpe trains sentencepiece: <blk> is id 0 in its own model (as icefall's
+    bpe.model) and asrkd's BLANK in the vocabulary, unseen words stay spellable, and the JSON
+    carries the model so it rebuilds alone, deterministically."""
+    from asrkd.data.text import SentencePieceTokenizer, train_sentencepiece
+
+    texts = ["the cat sat on the mat", "the hat that the cat had", "a mat and a hat"] * 5
+    tok = train_sentencepiece(texts, 40)
+    assert isinstance(tok, SentencePieceTokenizer) and isinstance(tok, BpeTokenizer)
+    assert tok.symbols[0] == BLANK and tok.blank_id == 0 and tok.vocab_size <= 40
+    assert "\u2581the" in tok.symbols  # a frequent word is one piece
+    ids = tok.encode("The Cat, sat!")
+    assert 0 not in ids and tok.decode(ids) == "the cat sat"
+    assert tok.decode(tok.encode("that hat")) == "that hat"
+    back = Tokenizer.from_json(tok.to_json())
+    assert back == tok and isinstance(back, SentencePieceTokenizer)
+    assert train_sentencepiece(texts, 40) == tok
+    with pytest.raises(ValueError, match="sentencepiece"):
+        SentencePieceTokenizer(symbols=(BLANK, "a"), model=tok.model)

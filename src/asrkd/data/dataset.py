@@ -10,17 +10,19 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from lhotse import CutSet
-from lhotse.dataset import DynamicBucketingSampler
-from lhotse.utils import fastcopy
-from torch import Tensor
 
 from asrkd.config import DataConfig, FeatureConfig
 from asrkd.data.text import Tokenizer
 from asrkd.data.validate import DataError
+
+if TYPE_CHECKING:  # torch and lhotse are imported where used: asrkd.lexicon imports cut_text
+    import torch  # from here on the PyTorch-free path (asrkd.ondevice)
+    from lhotse import CutSet
+    from lhotse.dataset import DynamicBucketingSampler
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ class Batch:
 
 def load_cuts(path: str | Path) -> CutSet:
     """An eager CutSet whose cuts all carry features, or a DataError naming the file."""
+    from lhotse import CutSet
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such cut manifest (run `asrkd prepare` first)")
@@ -89,6 +93,9 @@ def split_by_speaker(cuts: CutSet, fraction: float, seed: int) -> tuple[CutSet, 
 
 def strip_text(cuts: CutSet) -> CutSet:
     """The same cuts with their transcripts removed (untranscribed audio)."""
+    from lhotse import CutSet
+    from lhotse.utils import fastcopy
+
     return CutSet.from_cuts(
         fastcopy(c, supervisions=[fastcopy(s, text="") for s in c.supervisions]) for c in cuts
     )
@@ -98,6 +105,8 @@ def make_sampler(
     cuts: CutSet, cfg: DataConfig, shuffle: bool, seed: int
 ) -> DynamicBucketingSampler:
     """Batches of at most cfg.max_batch_seconds of audio, grouped by duration."""
+    from lhotse.dataset import DynamicBucketingSampler
+
     n_buckets = max(1, min(cfg.num_buckets, len(cuts) // 2))
     warnings.filterwarnings("ignore", "You are using DynamicBucketingSampler with an eagerly")
     return DynamicBucketingSampler(
@@ -116,6 +125,8 @@ def make_sampler(
 
 def collate(cuts: CutSet, tokenizer: Tokenizer) -> Batch:
     """Load features and encode transcripts of one batch of cuts."""
+    import torch
+
     feats, ids, cut_ids, durations = [], [], [], []
     for cut in cuts:
         try:
@@ -142,6 +153,8 @@ def spec_augment(feats: Tensor, feat_lens: Tensor, cfg: DataConfig, gen: torch.G
     feats (B, T, F), feat_lens (B,) -> masked copy (B, T, F). Time masks stay inside each
     utterance's valid frames, so padding and lengths are untouched.
     """
+    import torch
+
     out = feats.clone()
     n_freq = feats.shape[2]
     for i, n in enumerate(feat_lens.tolist()):

@@ -6,6 +6,7 @@ other than the apostrophe removed, runs of whitespace collapsed.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import unicodedata
@@ -71,6 +72,8 @@ class Tokenizer:
     def from_json(cls, text: str) -> Tokenizer:
         """Either kind of tokenizer from its JSON (files without "kind" are characters)."""
         data = json.loads(text)
+        if data.get("kind") == "sentencepiece":
+            return SentencePieceTokenizer(symbols=tuple(data["symbols"]), model=data["model"])
         if data.get("kind", "char") == "bpe":
             merges = tuple((a, b) for a, b in data["merges"])
             return BpeTokenizer(symbols=tuple(data["symbols"]), merges=merges)
@@ -150,7 +153,8 @@ def word_counts(texts: Iterable[str]) -> Counter[str]:
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
-    """Learn merges on the words of `texts` until the vocabulary (blank included) has
+    """The hand-written trainer of models made before sentencepiece (train_sentencepiece); kept
+    so their tests and files keep their meaning. Learn merges on the words of `texts` until the vocabulary (blank included) has
     `vocab_size` symbols or no pair occurs twice. Deterministic: ties go to the pair that sorts
     first. Pair counts are updated only for the words a merge touches."""
     if vocab_size < len(BPE_BASE_SYMBOLS):
@@ -183,3 +187,82 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
                 pair_counts[pair] += freqs[i]
                 where[pair].add(i)
     return BpeTokenizer(symbols=tuple(symbols), merges=tuple(merges))
+
+
+# sentencepiece ids: the CTC blank first (a user-defined symbol, as icefall's bpe.model has it),
+# then <unk>; no <s>/</s>. asrkd's vocabulary is the model's pieces in id order, so a piece's id
+# is its CTC output index and sherpa-onnx's tokens.txt/bpe.model pair needs no mapping.
+SPM_BLANK = "<blk>"
+SPM_UNK = "<unk>"
+
+
+@dataclass(frozen=True)
+class SentencePieceTokenizer(BpeTokenizer):
+    """Word pieces learnt and applied by sentencepiece (model_type bpe), as icefall and
+    sherpa-onnx use them. `model` is the serialized sentencepiece model (base64), so a model
+    file rebuilds its tokenizer alone and `asrkd export --target sherpa-onnx` writes it as
+    bpe.model. A BpeTokenizer subclass: the lexicon decoder treats it as word pieces.
+    Symbol 0 is asrkd's BLANK (sentencepiece's <blk>)."""
+
+    model: str = ""
+
+    def __post_init__(self) -> None:
+        Tokenizer.__post_init__(self)
+        import sentencepiece as spm
+
+        proc = spm.SentencePieceProcessor()
+        proc.LoadFromSerializedProto(base64.b64decode(self.model))
+        pieces = [proc.IdToPiece(i) for i in range(proc.GetPieceSize())]
+        if pieces[0] != SPM_BLANK or [BLANK, *pieces[1:]] != list(self.symbols):
+            raise ValueError("symbols do not match the sentencepiece model's pieces")
+        object.__setattr__(self, "_proc", proc)
+        object.__setattr__(self, "_index_table", {s: i for i, s in enumerate(self.symbols)})
+        object.__setattr__(self, "_unk", proc.unk_id())
+
+    def encode(self, text: str) -> list[int]:
+        """Normalise, then sentencepiece ids; pieces it cannot spell (<unk>) are dropped."""
+        ids = self._proc.EncodeAsIds(normalize_text(text))  # type: ignore[attr-defined]
+        return [i for i in ids if i != self._unk and i != self.blank_id]  # type: ignore[attr-defined]
+
+    def decode(self, ids: list[int]) -> str:
+        keep = [i for i in ids if i != self.blank_id and i != self._unk]  # type: ignore[attr-defined]
+        return "".join(self.symbols[i] for i in keep).replace(WORD_START, " ").strip()
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"kind": "sentencepiece", "symbols": list(self.symbols), "model": self.model}
+        )
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int) -> SentencePieceTokenizer:
+    """Word pieces (sentencepiece, model_type bpe) learnt on the normalised `texts`, with
+    `vocab_size` symbols (blank included) at most: fewer when the text has too few distinct
+    pieces. Deterministic (one thread; sentencepiece does not sample in BPE training)."""
+    import io
+
+    import sentencepiece as spm
+
+    lines = [t for t in (normalize_text(x) for x in texts) if t]
+    if not lines:
+        raise ValueError("no text to learn word pieces from")
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=out,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        user_defined_symbols=[SPM_BLANK],
+        unk_id=1,
+        bos_id=-1,
+        eos_id=-1,
+        normalization_rule_name="identity",
+        num_threads=1,
+        minloglevel=2,
+    )
+    proc = spm.SentencePieceProcessor()
+    proc.LoadFromSerializedProto(out.getvalue())
+    pieces = [proc.IdToPiece(i) for i in range(proc.GetPieceSize())]
+    model = base64.b64encode(out.getvalue()).decode("ascii")
+    return SentencePieceTokenizer(symbols=(BLANK, *pieces[1:]), model=model)

@@ -20,14 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from asrkd.config import CheckpointError  # defined there (torch-free); used and re-exported
 from asrkd.data.text import Tokenizer
 from asrkd.models.conformer import ConformerCTC, ConformerDims
 
 FORMAT = "asrkd/1"
-
-
-class CheckpointError(RuntimeError):
-    """A model or checkpoint file is missing, truncated, or not an asrkd file."""
 
 
 def atomic_write(path: str | Path, write) -> None:

@@ -1,0 +1,298 @@
+"""The PyTorch-free path: an exported .onnx file (`asrkd export`) run on raw audio with what a
+device carries — kaldi-native-fbank features (asrkd.data.audio.knf_fbank, the front end
+sherpa-onnx runs too), onnxruntime for the network, and the decoders of asrkd.lexicon (greedy
+CTC, or the lexicon beam search). Cut manifests are read with gzip + json and audio with
+soundfile, so neither torch nor lhotse is imported here or by what this module imports;
+tests/test_sherpa.py runs `asrkd transcribe` and `asrkd evaluate` with both blocked.
+
+`asrkd transcribe` and `asrkd evaluate` on an .onnx file come here, so an exported file is
+scored from audio exactly as a device would run it (not from the features `asrkd prepare`
+stored). Dimension legend: T feature frames, F mel bins, T' output frames, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from asrkd.config import CheckpointError, EvalConfig, FeatureConfig
+from asrkd.data.audio import knf_fbank, load_mono, resample_mono
+from asrkd.data.text import Tokenizer, normalize_text
+from asrkd.data.validate import DataError
+from asrkd.lexicon import LexiconDecoder, WordLM, training_manifest
+from asrkd.scoring import Result, oov_rate, write_results, write_summary
+
+log = logging.getLogger(__name__)
+
+ONNX_FORMAT = "asrkd-onnx/1"
+INPUT_NAMES = ("feats", "feat_lens")
+OUTPUT_NAMES = ("logits", "lengths")
+
+
+def is_onnx(model_path: str | Path) -> bool:
+    return Path(model_path).suffix.lower() == ".onnx"
+
+
+def onnx_session(path: str | Path, threads: int = 0):
+    """An onnxruntime CPU session of an exported file; threads=0 lets onnxruntime decide."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise ImportError(
+            "running .onnx models needs onnxruntime: pip install onnxruntime"
+        ) from err
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1  # one utterance at a time: no parallel branches worth a thread
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's InvalidProtobuf, Fail, ... share no base class
+        raise CheckpointError(f"{path}: unreadable ONNX model ({err})") from err
+
+
+def read_onnx_metadata(props: dict[str, str], path: str | Path = "") -> dict[str, Any]:
+    """Decoded asrkd metadata (dims, tokenizer, features, quantized) of an exported file's
+    metadata_props, e.g. onnxruntime's ``session.get_modelmeta().custom_metadata_map``."""
+    if props.get("asrkd.format") != ONNX_FORMAT:
+        found = props.get("asrkd.format")
+        raise CheckpointError(f"{path}: not an asrkd ONNX export (asrkd.format={found!r})")
+    try:
+        return {
+            k[len("asrkd.") :]: json.loads(v)
+            for k, v in props.items()
+            if k.startswith("asrkd.") and k != "asrkd.format"
+        }
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: corrupt asrkd metadata ({err})") from err
+
+
+def lexicon_from_metadata(meta: dict[str, Any], tokenizer: Tokenizer) -> LexiconDecoder | None:
+    """The lexicon decoder an exported file carries (read_onnx_metadata's dict), or None."""
+    lex = meta.get("lexicon")
+    if not lex:
+        return None
+    return LexiconDecoder(
+        tokenizer, WordLM(lex["log_probs"]), lex["beam"], lex["lm_weight"], lex["word_bonus"]
+    )
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-softmax over the last axis, in float32."""
+    logits = logits.astype(np.float32, copy=False)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def greedy_ids(log_probs: np.ndarray, blank: int = 0) -> list[int]:
+    """Best path of (T', V) scores: argmax per frame, merge repeats, drop blanks."""
+    ids, prev = [], None
+    for tok in log_probs.argmax(-1).tolist():
+        if tok != prev and tok != blank:
+            ids.append(tok)
+        prev = tok
+    return ids
+
+
+class OnnxRecognizer:
+    """An exported .onnx file opened once: audio -> log-probs -> text, without PyTorch.
+
+    Attributes: tokenizer, features (FeatureConfig), dims (dict), lexicon (LexiconDecoder or
+    None, from the file), format ("onnx" or "onnx-int8").
+    """
+
+    def __init__(self, model_path: str | Path, threads: int = 0) -> None:
+        self.session = onnx_session(model_path, threads)
+        props = self.session.get_modelmeta().custom_metadata_map
+        meta = read_onnx_metadata(props, model_path)
+        self.tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
+        self.features = FeatureConfig(**meta["features"])
+        self.dims = meta["dims"]
+        self.lexicon = lexicon_from_metadata(meta, self.tokenizer)
+        self.format = "onnx-int8" if meta.get("quantized") else "onnx"
+
+    def log_probs(self, samples: np.ndarray) -> np.ndarray:
+        """(T', V) log-probabilities of mono samples at features.sample_rate."""
+        feats = knf_fbank(samples, self.features)
+        inputs = {
+            "feats": feats[None],
+            "feat_lens": np.array([feats.shape[0]], dtype=np.int64),
+        }
+        logits, lengths = self.session.run(list(OUTPUT_NAMES), inputs)
+        return log_softmax(logits[0, : int(lengths[0])])
+
+    def greedy(self, log_probs: np.ndarray) -> str:
+        return self.tokenizer.decode(greedy_ids(log_probs, self.tokenizer.blank_id))
+
+    def __call__(self, samples: np.ndarray) -> str:
+        """Text as `asrkd transcribe` gives it: the file's lexicon decoder, else greedy."""
+        log_probs = self.log_probs(samples)
+        if self.lexicon is not None:
+            return self.lexicon.decode(log_probs)
+        return self.greedy(log_probs)
+
+
+def transcribe_onnx_files(
+    model_path: str | Path, paths: list[str | Path], threads: int = 0
+) -> list[tuple[str, str]]:
+    """(path, text) for each audio file, with an exported .onnx file."""
+    recognizer = OnnxRecognizer(model_path, threads)
+    rate = recognizer.features.sample_rate
+    return [(str(p), recognizer(load_mono(p, rate))) for p in paths]
+
+
+@dataclass(frozen=True)
+class CutAudio:
+    """What scoring needs of a lhotse MonoCut: where its audio is and its transcript."""
+
+    id: str
+    path: str
+    sampling_rate: int
+    start: float
+    duration: float
+    channel: int
+    text: str
+
+
+def read_cut_manifest(path: str | Path) -> list[CutAudio]:
+    """The cuts of a lhotse cut manifest (.jsonl.gz or .jsonl) whose recordings are audio
+    files, read with gzip + json; a DataError names the file for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such cut manifest (run `asrkd prepare` first)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    cuts = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    cuts.append(_cut_audio(json.loads(line)))
+    except (OSError, EOFError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{path}: unreadable cut manifest ({err})") from err
+    if not cuts:
+        raise DataError(f"{path}: no cuts")
+    return cuts
+
+
+def _cut_audio(cut: dict) -> CutAudio:
+    rec = cut["recording"]
+    sources = rec["sources"]
+    if len(sources) != 1 or sources[0]["type"] != "file" or rec.get("transforms"):
+        raise ValueError(f"cut {cut['id']}: only recordings of one audio file are supported")
+    channel = cut.get("channel", 0)
+    channels = sources[0].get("channels", [0])
+    text = " ".join((s.get("text") or "").strip() for s in cut.get("supervisions", []))
+    return CutAudio(
+        id=cut["id"],
+        path=sources[0]["source"],
+        sampling_rate=int(rec["sampling_rate"]),
+        start=float(cut.get("start", 0.0)),
+        duration=float(cut["duration"]),
+        channel=channels.index(channel) if channel in channels else 0,
+        text=text.strip(),
+    )
+
+
+def load_cut_audio(cut: CutAudio, sample_rate: int) -> np.ndarray:
+    """(n_samples,) float32 of the cut's span of its file, at `sample_rate`."""
+    first = round(cut.start * cut.sampling_rate)
+    n = round(cut.duration * cut.sampling_rate)
+    try:
+        audio, rate = sf.read(cut.path, start=first, frames=n, dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise DataError(f"{cut.path}: unreadable audio ({err})") from err
+    return resample_mono(audio[:, min(cut.channel, audio.shape[1] - 1)], rate, sample_rate)
+
+
+def make_lexicon(
+    cfg: EvalConfig, model: OnnxRecognizer, model_path: str | Path
+) -> LexiconDecoder | None:
+    """As asrkd.evaluate.make_lexicon_decoder for an exported file: words and LM from
+    cfg.lexicon_cuts, else the lexicon the file carries; beam and weights from cfg."""
+    if cfg.decoder == "greedy":
+        return None
+    if cfg.lexicon_cuts:
+        lm = WordLM.from_texts(c.text for c in read_cut_manifest(cfg.lexicon_cuts))
+    elif model.lexicon is not None:
+        lm = model.lexicon.lm
+    else:  # an exported file names no training manifest: the same ConfigError as evaluate's
+        training_manifest({}, model_path)
+    return LexiconDecoder(model.tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus)
+
+
+def decode_manifest(
+    model: OnnxRecognizer, cuts: list[CutAudio], lexicon: LexiconDecoder | None
+) -> tuple[list[Result], list[Result] | None]:
+    """(greedy, lexicon beam search or None) results of every cut, sorted by cut id."""
+    greedy, lex = [], []
+    for cut in cuts:
+        log_probs = model.log_probs(load_cut_audio(cut, model.features.sample_rate))
+        ref = normalize_text(cut.text)
+        greedy.append((cut.id, ref, model.greedy(log_probs)))
+        if lexicon is not None:
+            lex.append((cut.id, ref, lexicon.decode(log_probs)))
+    return sorted(greedy), (sorted(lex) if lexicon is not None else None)
+
+
+def evaluate_onnx(
+    model_path: str | Path,
+    cuts_paths: list[str | Path],
+    out_dir: str | Path,
+    cfg: EvalConfig,
+    measure: bool = True,
+) -> dict:
+    """`asrkd evaluate` of an exported .onnx file from the cuts' audio: the same output files
+    as asrkd.evaluate.evaluate. Latency and memory are measured by asrkd.evaluate when PyTorch
+    is installed (its probes collate stored features) and skipped otherwise."""
+    out_dir = Path(out_dir)
+    model = OnnxRecognizer(model_path, cfg.threads)
+    summary: dict = {
+        "model": str(model_path),
+        "format": model.format,
+        "bytes_on_disk": Path(model_path).stat().st_size,
+        "dims": model.dims,
+        "sets": {},
+        "features": "kaldi-native-fbank",
+    }
+    lexicon = make_lexicon(cfg, model, model_path)
+    summary["decoding"] = cfg.tag
+    for path in cuts_paths:
+        name = Path(path).name.split(".")[0].removeprefix("cuts_")
+        greedy, lex = decode_manifest(model, read_cut_manifest(path), lexicon)
+        if lex is None:
+            summary["sets"][name] = write_results(greedy, out_dir, name, cfg.tag)
+            continue
+        greedy_summary = write_results(greedy, out_dir, name, "greedy")
+        summary["sets"][name] = {
+            **write_results(lex, out_dir, name, cfg.tag),
+            "oov_rate": oov_rate(lex, lexicon),
+            "greedy_wer": greedy_summary["wer"],
+            "greedy_cer": greedy_summary["cer"],
+        }
+    summary.update(_torch_figures(model_path, cuts_paths, cfg, measure))
+    return write_summary(summary, out_dir)
+
+
+def _torch_figures(model_path, cuts_paths, cfg: EvalConfig, measure: bool) -> dict:
+    """Parameters (and latency/memory when `measure`), which need PyTorch: {} without it."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        log.info("PyTorch not installed: parameters, latency and memory not measured")
+        return {}
+    from asrkd.evaluate import measure_costs
+    from asrkd.transcribe import OnnxTranscriber
+
+    n_params = OnnxTranscriber(model_path, threads=1).n_params
+    figures: dict = {"n_params": n_params, "bytes_fp32": 4 * n_params}
+    if measure and cuts_paths:
+        figures.update(measure_costs(model_path, cuts_paths[0], cfg))
+    return figures
