@@ -35,18 +35,13 @@ class RunSpec:
 
     @property
     def strategy(self) -> str:
-        sets = [o.split("=", 1)[1] for o in self.overrides if o.startswith("distill.strategy=")]
-        return sets[-1] if sets else "none"
+        return _last_setting(self.overrides, "distill.strategy") or "none"
 
     @property
     def uses_teacher(self) -> bool:
         """Distils, or starts from the teacher's layers (distill.init_from_teacher)."""
-        init = [
-            o.split("=", 1)[1].strip().lower()
-            for o in self.overrides
-            if o.split("=", 1)[0].strip() == "distill.init_from_teacher"
-        ]
-        return self.strategy != "none" or (bool(init) and init[-1] in ("true", "1", "yes"))
+        init = _last_setting(self.overrides, "distill.init_from_teacher").lower()
+        return self.strategy != "none" or init in ("true", "1", "yes")
 
 
 def plan_runs(cfg: DemoConfig) -> list[RunSpec]:
@@ -67,13 +62,15 @@ def plan_runs(cfg: DemoConfig) -> list[RunSpec]:
             skipped = name not in ("none", *cfg.partial_variants)
             if scenario == "partial" and cfg.partial_variants and skipped:
                 continue
+            overrides = (*cfg.student_overrides, *overrides)
+            preset = _last_setting(overrides, "model.preset") or cfg.student_preset
             runs.append(
                 RunSpec(
-                    f"{scenario}-{cfg.student_preset}-{name}",
+                    f"{scenario}-{preset}-{name}",
                     scenario,
-                    cfg.student_preset,
+                    preset,
                     name,
-                    (*cfg.student_overrides, *overrides),
+                    overrides,
                     cfg.student_steps,
                 )
             )
@@ -90,6 +87,12 @@ def plan_runs(cfg: DemoConfig) -> list[RunSpec]:
                 )
             )
     return runs
+
+
+def _last_setting(overrides: tuple[str, ...], key: str) -> str:
+    """The value the last `key=value` of `overrides` sets ('' when none does)."""
+    values = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == key]
+    return values[-1] if values else ""
 
 
 def prepare_data(cfg: DemoConfig, out: Path, librispeech: str | None) -> dict[str, Path]:

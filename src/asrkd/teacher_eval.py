@@ -72,7 +72,7 @@ def evaluate_teacher(
     """Transcribe every test set with one runtime; WER/CER files as asrkd.evaluate writes
     them, speed over all utterances of the first set, memory probed in a fresh process."""
     from asrkd.data.normalize import teacher_text
-    from asrkd.evaluate import write_results, write_summary
+    from asrkd.scoring import write_results, write_summary
 
     out_dir = Path(out_dir)
     transcribe, n_params = open_transcriber(path, runtime, cfg.threads)
