@@ -1,8 +1,8 @@
 """Export a model file for on-device inference: one self-contained ONNX file.
 
 The graph takes feats (B, T, F) float32 log-mel and feat_lens (B,) int64, with B and T dynamic,
-and returns logits (B, T', V) and lengths (B,) exactly as ConformerCTC does (feature
-normalisation included). The tokenizer, feature settings and model dims travel in the file's
+and returns logits (B, T', V) and lengths (B,) exactly as the eager model (any family of
+asrkd.models.FAMILIES) does (a Conformer's feature normalisation included). The tokenizer, feature settings and model dims travel in the file's
 metadata_props, so the .onnx file alone is enough to transcribe (see asrkd.transcribe).
 
 Dimension legend: B batch, T input frames, T' = subsampled frames, F mel bins, V vocabulary.
@@ -27,13 +27,13 @@ from torch import Tensor, nn
 
 from asrkd.config import ExportConfig, FeatureConfig
 from asrkd.lexicon import LexiconDecoder, WordLM, lm_from_manifest, training_manifest
+from asrkd.models import CTCModel
 from asrkd.models.checkpoint import (
     CheckpointError,
     atomic_write,
     model_from_tensors,
     read_checkpoint,
 )
-from asrkd.models.conformer import ConformerCTC
 
 ONNX_FORMAT = "asrkd-onnx/1"
 INPUT_NAMES = ("feats", "feat_lens")
@@ -50,9 +50,9 @@ class ExportError(RuntimeError):
 
 
 class _Exportable(nn.Module):
-    """ConformerCTC with plain tensor outputs (logits, lengths): no hidden states in the graph."""
+    """A CTC model with plain tensor outputs (logits, lengths): no hidden states in the graph."""
 
-    def __init__(self, model: ConformerCTC) -> None:
+    def __init__(self, model: CTCModel) -> None:
         super().__init__()
         self.model = model
 
@@ -81,6 +81,7 @@ def onnx_metadata(
     features = FeatureConfig(**(meta.get("features") or {}))
     props = {
         "asrkd.format": ONNX_FORMAT,
+        "asrkd.family": json.dumps(meta.get("family") or "conformer"),
         "asrkd.dims": json.dumps(meta["dims"]),
         "asrkd.tokenizer": json.dumps(meta["tokenizer"]),
         "asrkd.features": json.dumps(dataclasses.asdict(features)),
@@ -142,7 +143,7 @@ def example_inputs(n_mels: int, lens: tuple[int, ...] = VERIFY_LENS) -> tuple[Te
     return feats, torch.tensor(lens, dtype=torch.int64)
 
 
-def _to_onnx(model: ConformerCTC, opset: int):
+def _to_onnx(model: CTCModel, opset: int):
     """torch.onnx.ONNXProgram of `model` with dynamic batch and time axes."""
     batch = torch.export.Dim("batch", min=1)
     time = torch.export.Dim("time", min=MIN_FRAMES)
@@ -206,7 +207,7 @@ def run_onnx(session, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]
     return torch.from_numpy(logits), torch.from_numpy(lengths)
 
 
-def verify_export(path: str | Path, model: ConformerCTC, tolerance: float) -> float:
+def verify_export(path: str | Path, model: CTCModel, tolerance: float) -> float:
     """Max abs logit difference between the file at `path` and eager `model` on a padded batch;
     ExportError when above `tolerance` or when the lengths differ."""
     session = onnx_session(path, threads=1)  # a two-utterance batch: one thread is plenty

@@ -119,7 +119,10 @@ def collate(cuts: CutSet, tokenizer: Tokenizer) -> Batch:
     feats, ids, cut_ids, durations = [], [], [], []
     for cut in cuts:
         try:
-            feats.append(torch.from_numpy(np.asarray(cut.load_features(), dtype=np.float32)))
+            # lhotse repeats the last frame when a cut declares one frame more than stored
+            # (round(n / 160) vs Whisper's n // 160): keep exactly the frames computed.
+            stored = cut.load_features()[: cut.features.num_frames]
+            feats.append(torch.from_numpy(np.asarray(stored, dtype=np.float32)))
         except Exception as err:
             raise DataError(f"cut {cut.id}: cannot load its features ({err})") from err
         ids.append(tokenizer.encode(cut_text(cut)))
@@ -161,9 +164,12 @@ def spec_augment(feats: Tensor, feat_lens: Tensor, cfg: DataConfig, gen: torch.G
 def feature_config_of(cuts: CutSet) -> FeatureConfig:
     """The feature settings the cuts were prepared with (stored in every model file, so
     `transcribe` computes the same features from raw audio)."""
+    from asrkd.data.whisper_features import FEATURE_TYPE as WHISPER_TYPE
+
     feats = next(iter(cuts)).features
     extractor = feats.type
-    if extractor != "kaldi-fbank" and extractor != "fbank":
+    kinds = {"kaldi-fbank": "fbank", "fbank": "fbank", WHISPER_TYPE: "whisper"}
+    if extractor not in kinds:
         raise DataError(f"cuts carry {extractor!r} features; asrkd models expect fbank")
     frame_length = FeatureConfig.frame_length
     return FeatureConfig(
@@ -171,6 +177,7 @@ def feature_config_of(cuts: CutSet) -> FeatureConfig:
         n_mels=feats.num_features,
         frame_shift=feats.frame_shift,
         frame_length=frame_length,
+        kind=kinds[extractor],
     )
 
 
