@@ -21,6 +21,8 @@ from torch import Tensor
 from asrkd.config import DataConfig, FeatureConfig
 from asrkd.data.text import Tokenizer
 from asrkd.data.validate import DataError
+from asrkd.data.whisper_features import FEATURE_TYPE as WHISPER_FEATURES
+from asrkd.data.whisper_features import n_frames_of as n_whisper_frames
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +121,9 @@ def collate(cuts: CutSet, tokenizer: Tokenizer) -> Batch:
     feats, ids, cut_ids, durations = [], [], [], []
     for cut in cuts:
         try:
-            # lhotse repeats the last frame when a cut declares one frame more than stored
-            # (round(n / 160) vs Whisper's n // 160): keep exactly the frames computed.
-            stored = cut.load_features()[: cut.features.num_frames]
+            stored = cut.load_features()
+            if cut.features.type == WHISPER_FEATURES:  # Whisper's n // 160 frames, not lhotse's
+                stored = stored[: n_whisper_frames(cut.num_samples)]
             feats.append(torch.from_numpy(np.asarray(stored, dtype=np.float32)))
         except Exception as err:
             raise DataError(f"cut {cut.id}: cannot load its features ({err})") from err
@@ -164,11 +166,9 @@ def spec_augment(feats: Tensor, feat_lens: Tensor, cfg: DataConfig, gen: torch.G
 def feature_config_of(cuts: CutSet) -> FeatureConfig:
     """The feature settings the cuts were prepared with (stored in every model file, so
     `transcribe` computes the same features from raw audio)."""
-    from asrkd.data.whisper_features import FEATURE_TYPE as WHISPER_TYPE
-
     feats = next(iter(cuts)).features
     extractor = feats.type
-    kinds = {"kaldi-fbank": "fbank", "fbank": "fbank", WHISPER_TYPE: "whisper"}
+    kinds = {"kaldi-fbank": "fbank", "fbank": "fbank", WHISPER_FEATURES: "whisper"}
     if extractor not in kinds:
         raise DataError(f"cuts carry {extractor!r} features; asrkd models expect fbank")
     frame_length = FeatureConfig.frame_length

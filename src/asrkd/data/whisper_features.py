@@ -71,13 +71,15 @@ def n_frames_of(n_samples: int) -> int:
     return n_samples // HOP_LENGTH
 
 
-def log_mel(samples: np.ndarray, n_mels: int = 80) -> np.ndarray:
-    """(n_samples,) mono audio at 16 kHz -> (n_samples // 160, n_mels) float32 Whisper log-mel.
+def log_mel(samples: np.ndarray, n_mels: int = 80, n_frames: int | None = None) -> np.ndarray:
+    """(n_samples,) mono audio at 16 kHz -> (n_samples // 160, n_mels) float32 Whisper log-mel
+    (or its first `n_frames` frames, at most one more than that).
 
     Computed in float64 from the float32 samples (Whisper casts to float32 first)."""
     samples = np.asarray(samples)
     log_spec, top = log10_mel(samples, n_mels)
-    out = np.maximum(log_spec[: n_frames_of(samples.shape[-1])], top - LOG_RANGE)
+    n_frames = n_frames_of(samples.shape[-1]) if n_frames is None else n_frames
+    out = np.maximum(log_spec[:n_frames], top - LOG_RANGE)
     return ((out + 4.0) / 4.0).astype(np.float32)
 
 
@@ -118,6 +120,7 @@ class WhisperLogMelConfig:
 def _lhotse_class() -> type:
     """WhisperLogMel: a lhotse FeatureExtractor around `log_mel` (built on first use)."""
     from lhotse.features.base import FeatureExtractor
+    from lhotse.utils import compute_num_frames_from_samples
 
     class WhisperLogMel(FeatureExtractor):
         name = FEATURE_TYPE
@@ -140,7 +143,13 @@ def _lhotse_class() -> type:
                 if samples.shape[0] != 1:
                     raise ValueError("Whisper features need mono audio")
                 samples = samples[0]
-            return log_mel(samples, self.config.num_filters)
+            # lhotse requires round(n / 160) frames (lhotse.utils.compute_num_frames), one more
+            # than Whisper's n // 160 for half the lengths: the extra one is Whisper's next frame,
+            # and batches drop it (asrkd.data.dataset.collate), so models see n // 160 frames.
+            n_frames = compute_num_frames_from_samples(
+                samples.shape[-1], self.frame_shift, SAMPLE_RATE
+            )
+            return log_mel(samples, self.config.num_filters, n_frames)
 
     WhisperLogMel.__module__ = __name__  # picklable as asrkd.data.whisper_features.WhisperLogMel
     WhisperLogMel.__qualname__ = "WhisperLogMel"
