@@ -114,3 +114,25 @@ def test_hidden_kd_is_family_agnostic() -> None:
                   torch.tensor([True, True]), ["a", "b"], [2.0, 1.5])  # fmt: skip
     total, terms = distiller(out, teacher, batch)
     assert torch.isfinite(total) and terms["kd_hidden"] > 0
+
+
+def test_a_run_starts_from_the_whisper_named_by_init_from(whisper_parts, tmp_path) -> None:
+    """distill.init_from with strategy none: no teacher, the student takes the Whisper's front
+    end and evenly spaced blocks (2 of 4: blocks 0 and 3)."""
+    transformers = pytest.importorskip("transformers")
+    from asrkd.models.whisper_io import load_whisper
+
+    conf = transformers.WhisperConfig(
+        vocab_size=100, num_mel_bins=80, d_model=32, encoder_layers=4, encoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
+        max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1,
+    )  # fmt: skip
+    transformers.WhisperForConditionalGeneration(conf).save_pretrained(tmp_path / "whisper")
+    extra = [f"distill.init_from={tmp_path / 'whisper'}"]
+    trainer = Trainer(load_config(None, [*overrides(whisper_parts, tmp_path / "run", 1), *extra]))
+    encoder = load_whisper(tmp_path / "whisper").get_encoder()
+    assert torch.equal(trainer.model.conv1.weight, encoder.conv1.weight)
+    assert torch.equal(trainer.model.blocks[0].fc1.weight, encoder.layers[0].fc1.weight)
+    assert torch.equal(trainer.model.blocks[1].fc1.weight, encoder.layers[3].fc1.weight)
+    assert torch.equal(trainer.model.layer_norm.bias, encoder.layer_norm.bias)

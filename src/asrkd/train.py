@@ -176,9 +176,12 @@ class Trainer:
             path = cfg.distill.init_from
             init_from_whisper(model, load_whisper(path), f"distill.init_from={path}")
         elif cfg.distill.init_from_teacher:
-            from asrkd.distill.student_init import init_from_teacher
+            from asrkd.distill.student_init import init_from_teacher, init_from_whisper
 
-            init_from_teacher(model, teacher_model)
+            if hasattr(teacher_model, "get_encoder"):  # a transformers Whisper teacher
+                init_from_whisper(model, teacher_model, f"teacher.path={cfg.teacher.path}")
+            else:
+                init_from_teacher(model, teacher_model)
         return model.to(self.device)
 
     def _resume(self) -> None:
