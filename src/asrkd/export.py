@@ -1,9 +1,10 @@
 """Export a model file for on-device inference: one self-contained ONNX file.
 
 The graph takes feats (B, T, F) float32 log-mel and feat_lens (B,) int64, with B and T dynamic,
-and returns logits (B, T', V) and lengths (B,) exactly as the eager model (any family of
-asrkd.models.FAMILIES) does (a Conformer's feature normalisation included). The tokenizer, feature settings and model dims travel in the file's
-metadata_props, so the .onnx file alone is enough to transcribe (see asrkd.transcribe).
+and returns logits (B, T', V) and lengths (B,) exactly as the eager model of any family in
+asrkd.models.FAMILIES does (a Conformer's feature normalisation included). The model family,
+tokenizer, feature settings and model dims travel in the file's metadata_props, so the .onnx
+file alone is enough to transcribe (see asrkd.transcribe).
 
 Dimension legend: B batch, T input frames, T' = subsampled frames, F mel bins, V vocabulary.
 """

@@ -28,7 +28,12 @@ from asrkd.models.ctc import greedy_decode
 
 def fbank(samples: np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
     """(T, n_mels) log-mel features of cfg.kind (fbank or Whisper's), computed exactly as `asrkd
-    prepare` computes them."""
+    prepare` computes them (Whisper's: the n_samples // 160 frames batches keep, not the one
+    more lhotse stores for half the lengths; asrkd.data.dataset.collate)."""
+    if cfg.kind == "whisper":
+        from asrkd.data.whisper_features import log_mel
+
+        return torch.from_numpy(log_mel(samples, cfg.n_mels))
     extractor = fbank_extractor(cfg)
     return torch.from_numpy(extractor.extract(samples, cfg.sample_rate))
 
@@ -37,9 +42,8 @@ class ModelFile:
     """A model file opened for inference; subclasses provide `forward`.
 
     Attributes: tokenizer, features (FeatureConfig), family (a key of asrkd.models.FAMILIES),
-    dims (that family's dims), run_config (the
-    training run's config as a dict; empty for ONNX files), lexicon (LexiconDecoder or None),
-    format ("safetensors", "onnx" or "onnx-int8").
+    dims (that family's dims), run_config (the training run's config as a dict; empty for ONNX
+    files), lexicon (LexiconDecoder or None), format ("safetensors", "onnx" or "onnx-int8").
     """
 
     tokenizer: Tokenizer
