@@ -114,8 +114,8 @@ def init_from_whisper(student: WhisperEncoderCTC, whisper, source: str = "whispe
         report.copied.append(key)
     student.load_state_dict(new_state, strict=True)
     _smoke_test(student)
-    log.info("student init from %s: copied %d tensors (blocks %s)", source, len(report.copied),
-             layer_map)  # fmt: skip
+    n_copied = len(report.copied)
+    log.info("student init from %s: copied %d tensors (blocks %s)", source, n_copied, layer_map)
     return report
 
 

@@ -39,7 +39,7 @@ class ConformerDims:
 @dataclass
 class ModelOutput:
     """logits (B, T', V) before softmax; lengths (B,) valid frames; hidden_states: one (B, T', D)
-    tensor per Conformer block, in order."""
+    tensor per block, in order (every model family returns this)."""
 
     logits: Tensor
     lengths: Tensor
