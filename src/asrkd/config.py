@@ -41,18 +41,33 @@ def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
+FEATURE_KINDS = ("fbank", "whisper")
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Log-mel filterbank features, computed once by `asrkd prepare` and stored."""
+    """Log-mel filterbank features, computed once by `asrkd prepare` and stored.
+
+    kind "fbank": lhotse's Kaldi-style fbank (natural log). "whisper": Whisper's log-mel
+    (asrkd.data.whisper_features; 16 kHz, 25 ms / 10 ms, n_mels 80 or 128), which
+    Whisper-encoder models need."""
 
     sample_rate: int = 16000
     n_mels: int = 80
     frame_shift: float = 0.01  # 10 ms hop -> 100 frames per second
     frame_length: float = 0.025
+    kind: str = "fbank"
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.n_mels <= 0:
             raise ConfigError("features.sample_rate and features.n_mels must be positive")
+        _check_choice("features.kind", self.kind, FEATURE_KINDS)
+        whisper = (self.sample_rate, self.frame_shift, self.frame_length) == (16000, 0.01, 0.025)
+        if self.kind == "whisper" and not (whisper and self.n_mels in (80, 128)):
+            raise ConfigError(
+                "features.kind=whisper is Whisper's fixed log-mel: sample_rate 16000, "
+                "frame_shift 0.01, frame_length 0.025, n_mels 80 or 128"
+            )
 
 
 @dataclass(frozen=True)
@@ -234,6 +249,10 @@ class DistillConfig:
     hidden_weight: float = 1.0
     hidden_layer_map: tuple[tuple[int, int], ...] = ()  # (student layer, teacher layer); () = auto
     init_from_teacher: bool = False
+    # A pretrained Whisper (Hugging Face folder or Hub id, or CTranslate2 folder) whose front end,
+    # evenly spaced encoder blocks and final LayerNorm start a Whisper-encoder student; takes
+    # precedence over init_from_teacher and needs no teacher.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         from asrkd.distill.strategies import STRATEGIES
@@ -254,6 +273,11 @@ class DistillConfig:
     @property
     def strategies(self) -> tuple[str, ...]:
         return tuple(self.strategy.split("+"))
+
+    @property
+    def init_from_teacher_model(self) -> bool:
+        """The student starts from the teacher's weights (init_from, when set, wins)."""
+        return self.init_from_teacher and not self.init_from
 
 
 @dataclass(frozen=True)
@@ -328,14 +352,22 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        needs_teacher = self.distill.strategies != ("none",) or self.distill.init_from_teacher
+        needs_teacher = self.distill.strategies != ("none",) or self.distill.init_from_teacher_model
         if needs_teacher and not self.teacher.path:
             raise ConfigError(
                 f"distill.strategy={self.distill.strategy!r} needs a teacher: set teacher.path"
             )
         if self.data.unlabelled_cuts and self.distill.strategies == ("none",):
             raise ConfigError("data.unlabelled_cuts is only used by a distillation strategy")
-        if self.distill.init_from_teacher and self.teacher.kind != "checkpoint":
+        if self.distill.init_from:
+            from asrkd.models import preset_family
+
+            if preset_family(self.model.preset) != "whisper-encoder":
+                raise ConfigError(
+                    f"distill.init_from copies a Whisper encoder: model.preset={self.model.preset!r}"
+                    " is not a Whisper-encoder preset (whisper-*)"
+                )
+        if self.distill.init_from_teacher_model and self.teacher.kind != "checkpoint":
             raise ConfigError(
                 "distill.init_from_teacher copies layers of an asrkd model: it needs "
                 f"teacher.kind=checkpoint, not {self.teacher.kind!r}"

@@ -237,6 +237,7 @@ def evaluate(
         "n_params": model.n_params,
         "bytes_fp32": 4 * model.n_params,
         "bytes_on_disk": Path(model_path).stat().st_size,
+        "family": model.family,
         "dims": model.dims.__dict__,
         "sets": {},
     }

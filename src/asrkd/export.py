@@ -1,9 +1,10 @@
 """Export a model file for on-device inference: one self-contained ONNX file.
 
 The graph takes feats (B, T, F) float32 log-mel and feat_lens (B,) int64, with B and T dynamic,
-and returns logits (B, T', V) and lengths (B,) exactly as ConformerCTC does (feature
-normalisation included). The tokenizer, feature settings and model dims travel in the file's
-metadata_props, so the .onnx file alone is enough to transcribe (see asrkd.transcribe).
+and returns logits (B, T', V) and lengths (B,) exactly as the eager model of any family in
+asrkd.models.FAMILIES does (a Conformer's feature normalisation included). The model family,
+tokenizer, feature settings and model dims travel in the file's metadata_props, so the .onnx
+file alone is enough to transcribe (see asrkd.transcribe).
 
 Dimension legend: B batch, T input frames, T' = subsampled frames, F mel bins, V vocabulary.
 """
@@ -27,13 +28,13 @@ from torch import Tensor, nn
 
 from asrkd.config import ExportConfig, FeatureConfig
 from asrkd.lexicon import lm_from_manifest, training_manifest
+from asrkd.models import CTCModel
 from asrkd.models.checkpoint import (
     CheckpointError,
     atomic_write,
     model_from_tensors,
     read_checkpoint,
 )
-from asrkd.models.conformer import ConformerCTC
 from asrkd.ondevice import (  # noqa: F401  defined there (PyTorch-free), re-exported
     INPUT_NAMES,
     ONNX_FORMAT,
@@ -55,11 +56,11 @@ class ExportError(RuntimeError):
 
 
 class _Exportable(nn.Module):
-    """ConformerCTC with plain tensor outputs (logits, lengths): no hidden states in the graph.
+    """A CTC model (either family) with plain tensor outputs (logits, lengths): no hidden states in the graph.
     log_probs=True: log-softmax outputs instead of logits (what sherpa-onnx's CTC decoders
     expect; asrkd's decoders take either)."""
 
-    def __init__(self, model: ConformerCTC, log_probs: bool = False) -> None:
+    def __init__(self, model: CTCModel, log_probs: bool = False) -> None:
         super().__init__()
         self.model = model
         self.log_probs = log_probs
@@ -91,6 +92,7 @@ def onnx_metadata(
     features = FeatureConfig(**(meta.get("features") or {}))
     props = {
         "asrkd.format": ONNX_FORMAT,
+        "asrkd.family": json.dumps(meta.get("family") or "conformer"),
         "asrkd.dims": json.dumps(meta["dims"]),
         "asrkd.tokenizer": json.dumps(meta["tokenizer"]),
         "asrkd.features": json.dumps(dataclasses.asdict(features)),
@@ -126,7 +128,7 @@ def example_inputs(n_mels: int, lens: tuple[int, ...] = VERIFY_LENS) -> tuple[Te
     return feats, torch.tensor(lens, dtype=torch.int64)
 
 
-def _to_onnx(model: ConformerCTC, opset: int, log_probs: bool = False):
+def _to_onnx(model: CTCModel, opset: int, log_probs: bool = False):
     """torch.onnx.ONNXProgram of `model` with dynamic batch and time axes."""
     batch = torch.export.Dim("batch", min=1)
     time = torch.export.Dim("time", min=MIN_FRAMES)
@@ -172,7 +174,7 @@ def run_onnx(session, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]
 
 
 def verify_export(
-    path: str | Path, model: ConformerCTC, tolerance: float, log_probs: bool = False
+    path: str | Path, model: CTCModel, tolerance: float, log_probs: bool = False
 ) -> float:
     """Max abs logit (log_probs: log-softmax) difference between the file at `path` and eager
     `model` on a padded batch; ExportError when above `tolerance` or when the lengths differ."""

@@ -201,7 +201,7 @@ def _stack(rows: list[TeacherOutput]) -> TeacherOutput:
 
 def prepare_teacher(cfg: Config, tokenizer: Tokenizer):
     """(TeacherSource or None, teacher dims or None, teacher model or None)."""
-    if cfg.distill.strategies == ("none",) and not cfg.distill.init_from_teacher:
+    if cfg.distill.strategies == ("none",) and not cfg.distill.init_from_teacher_model:
         return None, None, None
     source = TeacherSource(cfg, tokenizer)
     model = getattr(source.teacher, "model", None)

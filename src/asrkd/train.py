@@ -43,9 +43,8 @@ from asrkd.distributed import (
     world_from_env,
 )
 from asrkd.evaluate import decode_cuts, error_rates
-from asrkd.models import build_model
+from asrkd.models import CTCModel, build_model
 from asrkd.models.checkpoint import save_checkpoint
-from asrkd.models.conformer import ConformerCTC
 from asrkd.runtime import (
     TrainingError,
     build_tokenizer,
@@ -160,13 +159,29 @@ class Trainer:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out / "config.yaml")
 
-    def _build_student(self, teacher_model: ConformerCTC | None, n_mels: int) -> ConformerCTC:
+    def _build_student(self, teacher_model: CTCModel | None, n_mels: int) -> CTCModel:
         cfg = self.cfg
         model = build_model(cfg.model.preset, self.tokenizer.vocab_size, n_mels, cfg.model.dropout)
-        if cfg.distill.init_from_teacher:
-            from asrkd.distill.student_init import init_from_teacher
+        kind = self.features["kind"]
+        if model.family == "whisper-encoder" and kind != "whisper":
+            raise ConfigError(
+                f"model.preset={cfg.model.preset} (a Whisper encoder) needs Whisper features, but "
+                f"{cfg.data.train_cuts} carries features.kind={kind}: prepare the data with "
+                "--set features.kind=whisper"
+            )
+        if cfg.distill.init_from:
+            from asrkd.distill.student_init import init_from_whisper
+            from asrkd.models.whisper_io import load_whisper
 
-            init_from_teacher(model, teacher_model)
+            path = cfg.distill.init_from
+            init_from_whisper(model, load_whisper(path), f"distill.init_from={path}")
+        elif cfg.distill.init_from_teacher:
+            from asrkd.distill.student_init import init_from_teacher, init_from_whisper
+
+            if hasattr(teacher_model, "get_encoder"):  # a transformers Whisper teacher
+                init_from_whisper(model, teacher_model, f"teacher.path={cfg.teacher.path}")
+            else:
+                init_from_teacher(model, teacher_model)
         return model.to(self.device)
 
     def _resume(self) -> None:

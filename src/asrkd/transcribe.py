@@ -21,14 +21,20 @@ from asrkd.config import FeatureConfig
 from asrkd.data.audio import fbank_extractor, load_mono
 from asrkd.data.text import Tokenizer
 from asrkd.lexicon import LexiconDecoder
-from asrkd.models.checkpoint import model_from_tensors, read_checkpoint
-from asrkd.models.conformer import ConformerCTC, ConformerDims
+from asrkd.models import DEFAULT_FAMILY, FAMILIES
+from asrkd.models.checkpoint import model_family, model_from_tensors, read_checkpoint
 from asrkd.models.ctc import greedy_decode
 from asrkd.ondevice import is_onnx, transcribe_onnx_files
 
 
 def fbank(samples: np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
-    """(T, n_mels) log-mel features, computed exactly as `asrkd prepare` computes them."""
+    """(T, n_mels) log-mel features of cfg.kind (fbank or Whisper's), computed exactly as `asrkd
+    prepare` computes them (Whisper's: the n_samples // 160 frames batches keep, not the one
+    more lhotse stores for half the lengths; asrkd.data.dataset.collate)."""
+    if cfg.kind == "whisper":
+        from asrkd.data.whisper_features import log_mel
+
+        return torch.from_numpy(log_mel(samples, cfg.n_mels))
     extractor = fbank_extractor(cfg)
     return torch.from_numpy(extractor.extract(samples, cfg.sample_rate))
 
@@ -36,14 +42,15 @@ def fbank(samples: np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
 class ModelFile:
     """A model file opened for inference; subclasses provide `forward`.
 
-    Attributes: tokenizer, features (FeatureConfig), dims (ConformerDims), run_config (the
-    training run's config as a dict; empty for ONNX files), lexicon (LexiconDecoder or None),
-    format ("safetensors", "onnx" or "onnx-int8").
+    Attributes: tokenizer, features (FeatureConfig), family (a key of asrkd.models.FAMILIES),
+    dims (that family's dims), run_config (the training run's config as a dict; empty for ONNX
+    files), lexicon (LexiconDecoder or None), format ("safetensors", "onnx" or "onnx-int8").
     """
 
     tokenizer: Tokenizer
     features: FeatureConfig
-    dims: ConformerDims
+    family: str = DEFAULT_FAMILY
+    dims: Any
     run_config: dict[str, Any]
     lexicon: LexiconDecoder | None = None
     format: str
@@ -57,7 +64,7 @@ class ModelFile:
     @property
     def n_params(self) -> int:
         """Parameters of the network (the same count for fp32 and int8 files)."""
-        return ConformerCTC(self.dims).n_params()
+        return FAMILIES[self.family][1](self.dims).n_params()
 
     def __call__(self, samples: np.ndarray) -> str:
         feats = fbank(samples, self.features)
@@ -76,6 +83,7 @@ class Transcriber(ModelFile):
         tensors, meta = read_checkpoint(model_path)
         self.model = model_from_tensors(tensors, meta).eval()
         self.dims = self.model.dims
+        self.family = model_family(meta)
         self.tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
         self.features = FeatureConfig(**meta.get("features") or {})
         self.run_config = meta.get("config") or {}
@@ -105,7 +113,8 @@ class OnnxTranscriber(ModelFile):
         meta = read_onnx_metadata(props, model_path)
         self.tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
         self.features = FeatureConfig(**meta["features"])
-        self.dims = ConformerDims(**meta["dims"])
+        self.family = meta.get("family") or DEFAULT_FAMILY
+        self.dims = FAMILIES[self.family][0](**meta["dims"])
         self.run_config = {}
         self.lexicon = lexicon_from_metadata(meta, self.tokenizer)
         self.format = "onnx-int8" if meta.get("quantized") else "onnx"

@@ -15,8 +15,13 @@ from asrkd.data.validate import DataError
 
 
 def fbank_extractor(cfg: FeatureConfig):
-    """The lhotse Fbank that `asrkd prepare` stores and `asrkd transcribe` computes: one place,
-    so a model always sees the features it was trained on."""
+    """The lhotse extractor that `asrkd prepare` stores and `asrkd transcribe` computes: one
+    place, so a model always sees the features it was trained on. Fbank, or Whisper's log-mel
+    when cfg.kind is "whisper"."""
+    if cfg.kind == "whisper":
+        from asrkd.data.whisper_features import lhotse_extractor
+
+        return lhotse_extractor(cfg.n_mels)
     from lhotse import Fbank, FbankConfig
 
     return Fbank(

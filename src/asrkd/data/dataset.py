@@ -17,6 +17,8 @@ import numpy as np
 from asrkd.config import DataConfig, FeatureConfig
 from asrkd.data.text import Tokenizer
 from asrkd.data.validate import DataError
+from asrkd.data.whisper_features import FEATURE_TYPE as WHISPER_FEATURES
+from asrkd.data.whisper_features import n_frames_of as n_whisper_frames
 
 if TYPE_CHECKING:  # torch and lhotse are imported where used: asrkd.lexicon imports cut_text
     import torch  # from here on the PyTorch-free path (asrkd.ondevice)
@@ -130,7 +132,10 @@ def collate(cuts: CutSet, tokenizer: Tokenizer) -> Batch:
     feats, ids, cut_ids, durations = [], [], [], []
     for cut in cuts:
         try:
-            feats.append(torch.from_numpy(np.asarray(cut.load_features(), dtype=np.float32)))
+            stored = cut.load_features()
+            if cut.features.type == WHISPER_FEATURES:  # Whisper's n // 160 frames, not lhotse's
+                stored = stored[: n_whisper_frames(cut.num_samples)]
+            feats.append(torch.from_numpy(np.asarray(stored, dtype=np.float32)))
         except Exception as err:
             raise DataError(f"cut {cut.id}: cannot load its features ({err})") from err
         ids.append(tokenizer.encode(cut_text(cut)))
@@ -176,7 +181,8 @@ def feature_config_of(cuts: CutSet) -> FeatureConfig:
     `transcribe` computes the same features from raw audio)."""
     feats = next(iter(cuts)).features
     extractor = feats.type
-    if extractor != "kaldi-fbank" and extractor != "fbank":
+    kinds = {"kaldi-fbank": "fbank", "fbank": "fbank", WHISPER_FEATURES: "whisper"}
+    if extractor not in kinds:
         raise DataError(f"cuts carry {extractor!r} features; asrkd models expect fbank")
     frame_length = FeatureConfig.frame_length
     return FeatureConfig(
@@ -184,6 +190,7 @@ def feature_config_of(cuts: CutSet) -> FeatureConfig:
         n_mels=feats.num_features,
         frame_shift=feats.frame_shift,
         frame_length=frame_length,
+        kind=kinds[extractor],
     )
 
 

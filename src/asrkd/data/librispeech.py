@@ -20,6 +20,7 @@ reuses the part and a changed one recomputes it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -318,9 +319,13 @@ def _length_ok(utt: Utterance, cfg: PrepareConfig, tok: Tokenizer, report: Prepa
     fc = cfg.features
     n_frames = compute_num_frames(utt.seconds, fc.frame_shift, fc.sample_rate)
     available, needed = ctc_output_frames(n_frames), ctc_min_frames(tok.encode(utt.text))
+    rate = "4x"
+    if fc.kind == "whisper":  # n // 160 frames; Whisper-encoder output_lengths: (T - 1) // 2 + 1
+        n_frames = round(utt.seconds * fc.sample_rate) // round(fc.frame_shift * fc.sample_rate)
+        available, rate = (n_frames - 1) // 2 + 1, "2x"
     if available < needed:
         reason = (
-            f"{utt.seconds:.2f} s gives {available} CTC frames after 4x subsampling, but its "
+            f"{utt.seconds:.2f} s gives {available} CTC frames after {rate} subsampling, but its "
             f"transcript needs {needed} ({len(utt.text)} tokens + repeated characters)"
         )
         report.handle(cfg, "on_too_long", "too_short_for_ctc", utt.audio, reason, utt.utt_id)
@@ -372,6 +377,11 @@ def _compute_features(cuts, storage_path: Path, cfg: PrepareConfig, progress: bo
     from lhotse import LilcomChunkyWriter
 
     extractor = fbank_extractor(cfg.features)
+    storage = LilcomChunkyWriter
+    if cfg.features.kind == "whisper":
+        # Whisper's units are 4 log10 (9.2 nats): lilcom's default 2^-5 steps would quantise
+        # them ~9x more coarsely than fbank's natural log; 2^-9 keeps the same precision.
+        storage = functools.partial(LilcomChunkyWriter, tick_power=-9)
     threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     if cfg.num_jobs > 1:
         # The workers do the work, one thread each: lhotse spawns them, so they read
@@ -384,7 +394,7 @@ def _compute_features(cuts, storage_path: Path, cfg: PrepareConfig, progress: bo
             extractor=extractor,
             storage_path=storage_path,
             num_jobs=cfg.num_jobs,
-            storage_type=LilcomChunkyWriter,
+            storage_type=storage,
             progress_bar=progress,
         ).to_eager()
     finally:

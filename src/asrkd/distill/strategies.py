@@ -10,6 +10,8 @@ Terms from untranscribed utterances enter every KD term but never the ground-tru
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -18,7 +20,7 @@ from asrkd.data.dataset import Batch
 from asrkd.data.text import Tokenizer
 from asrkd.distill.losses import align_time, ctc_loss, frame_kl, hidden_distance
 from asrkd.distill.teachers import TeacherOutput, TeacherRequest
-from asrkd.models.conformer import ConformerDims, ModelOutput
+from asrkd.models.conformer import ModelOutput
 
 
 class NoKD(nn.Module):
@@ -126,8 +128,8 @@ class Distiller(nn.Module):
         self,
         cfg: DistillConfig,
         tokenizer: Tokenizer,
-        student_dims: ConformerDims,
-        teacher_dims: ConformerDims | None = None,
+        student_dims: Any,
+        teacher_dims: Any = None,
     ) -> None:
         super().__init__()
         self.weights = loss_weights(cfg)
@@ -145,7 +147,8 @@ class Distiller(nn.Module):
             self.request = self.request | mod.request
 
     @staticmethod
-    def _hidden(cfg: DistillConfig, student: ConformerDims, teacher: ConformerDims | None):
+    def _hidden(cfg: DistillConfig, student: Any, teacher: Any):
+        """student, teacher: model dims of any family (n_layers and d_model are all it reads)."""
         if teacher is None:
             raise ConfigError(
                 "hidden-state KD needs a teacher that exposes its layers (teacher.kind=checkpoint)"

@@ -1,4 +1,5 @@
-"""Initialise a student from its teacher: copy evenly spaced teacher layers where shapes allow."""
+"""Initialise a student from its teacher, or a Whisper-encoder student from a pretrained Whisper:
+copy evenly spaced layers (distil-whisper's rule) where shapes allow."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from asrkd.models.conformer import ConformerCTC
+from asrkd.config import ConfigError
+from asrkd.models import CTCModel, WhisperEncoderCTC
 
 log = logging.getLogger(__name__)
 
@@ -15,8 +17,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class InitReport:
     layer_map: dict[int, int]  # student block -> teacher block
-    copied: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # shapes differ
+    copied: list[str] = field(default_factory=list)  # student tensors now equal to the source's
+    skipped: list[str] = field(default_factory=list)  # shapes differ, or no source (CTC head)
 
 
 def evenly_spaced(n_student: int, n_teacher: int) -> list[int]:
@@ -34,13 +36,18 @@ def _teacher_key(student_key: str, layer_map: dict[int, int]) -> str:
     return student_key
 
 
-def init_from_teacher(student: ConformerCTC, teacher: ConformerCTC) -> InitReport:
+def init_from_teacher(student: CTCModel, teacher: CTCModel) -> InitReport:
     """Copy the subsampling, the CTC head and evenly spaced blocks from teacher to student.
 
     Every student tensor must have a teacher counterpart (missing keys are an error); tensors
     whose shapes differ are skipped and listed. Raises when nothing at all could be copied.
     The student is run once on random input afterwards to prove it is usable.
     """
+    if student.family != teacher.family:
+        raise ConfigError(
+            f"distill.init_from_teacher: a {student.family} student cannot take the layers of a "
+            f"{teacher.family} teacher (choose a {teacher.family} preset)"
+        )
     layer_map = dict(enumerate(evenly_spaced(student.dims.n_layers, teacher.dims.n_layers)))
     t_state = teacher.state_dict()
     report = InitReport(layer_map)
@@ -69,7 +76,59 @@ def init_from_teacher(student: ConformerCTC, teacher: ConformerCTC) -> InitRepor
     return report
 
 
-def _smoke_test(model: ConformerCTC) -> None:
+def init_from_whisper(student: WhisperEncoderCTC, whisper, source: str = "whisper") -> InitReport:
+    """Copy a pretrained Whisper's conv front end, evenly spaced encoder blocks and final
+    LayerNorm into a Whisper-encoder student; its CTC head stays as it was (random).
+
+    `whisper` is transformers' WhisperForConditionalGeneration or WhisperModel (what
+    asrkd.models.whisper_io.load_whisper returns); `source` names it in errors. Positions are
+    Whisper's sinusoid formula in the student, so nothing is copied for them. Width, heads, MLP
+    and mel bins must match (ConfigError otherwise); the student must not be deeper.
+    """
+    if student.family != "whisper-encoder":
+        raise ConfigError(f"{source}: Whisper weights fit Whisper-encoder students only")
+    conf, dims = whisper.config, student.dims
+    ours = (dims.d_model, dims.n_heads, dims.ffn_dim, dims.n_mels)
+    theirs = (conf.d_model, conf.encoder_attention_heads, conf.encoder_ffn_dim, conf.num_mel_bins)
+    if ours != theirs or dims.n_layers > conf.encoder_layers:
+        raise ConfigError(
+            f"{source}: encoder (d_model, heads, ffn_dim, n_mels) = {theirs} with "
+            f"{conf.encoder_layers} blocks; the student has {ours} with {dims.n_layers} blocks. "
+            "Choose a preset of the Whisper's width (whisper-tiny-* for tiny, whisper-base-* "
+            "for base) and at most its depth"
+        )
+    layer_map = dict(enumerate(evenly_spaced(dims.n_layers, conf.encoder_layers)))
+    w_state = whisper.get_encoder().state_dict()
+    _log_position_gap(student, w_state["embed_positions.weight"])
+    report = InitReport(layer_map)
+    new_state = {}
+    for key, value in student.state_dict().items():
+        w_key = _teacher_key(key, layer_map).replace("blocks.", "layers.", 1)
+        if key.startswith("ctc_head."):
+            new_state[key] = value
+            report.skipped.append(key)
+            continue
+        if w_state[w_key].shape != value.shape:  # a missing key raises KeyError: a bug
+            raise ConfigError(f"{source}: {w_key} has shape {tuple(w_state[w_key].shape)}")
+        new_state[key] = w_state[w_key].detach().to(value.dtype).clone()
+        report.copied.append(key)
+    student.load_state_dict(new_state, strict=True)
+    _smoke_test(student)
+    n_copied = len(report.copied)
+    log.info("student init from %s: copied %d tensors (blocks %s)", source, n_copied, layer_map)
+    return report
+
+
+def _log_position_gap(student: WhisperEncoderCTC, stored: torch.Tensor) -> None:
+    """Whisper checkpoints store their positions (openai's in fp16): how far the formula the
+    student uses is from them, for the log."""
+    from asrkd.models.whisper_encoder import sinusoids
+
+    formula = sinusoids(stored.shape[0], student.inv_timescales.cpu())
+    log.info("Whisper positions vs formula: max abs diff %.2g", (formula - stored).abs().max())
+
+
+def _smoke_test(model: CTCModel) -> None:
     was_training = model.training
     model.eval()
     with torch.no_grad():

@@ -1,7 +1,8 @@
 """Model files and training checkpoints: safetensors tensors plus JSON metadata, never pickle.
 
 A file holds tensors named ``model.*`` (and, for training checkpoints, ``optim.*`` and ``rng.*``)
-and a JSON header entry per metadata key: ``dims`` (ConformerDims), ``tokenizer``, ``features`` (the
+and a JSON header entry per metadata key: ``family`` (a key of asrkd.models.FAMILIES; absent in
+files from before families: a Conformer), ``dims`` (that family's dims), ``tokenizer``, ``features`` (the
 FeatureConfig the model was trained on), ``config`` (the resolved run config) and, in training checkpoints, ``train_state``. Files are written to a
 temporary name and renamed, so a crash never leaves a half-written file under the real name.
 """
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from asrkd.config import CheckpointError  # defined there (torch-free); used and re-exported
 from asrkd.data.text import Tokenizer
-from asrkd.models.conformer import ConformerCTC, ConformerDims
+from asrkd.models import DEFAULT_FAMILY, CTCModel, model_from_dims
 
 FORMAT = "asrkd/1"
 
@@ -49,7 +50,7 @@ def atomic_write(path: str | Path, write) -> None:
 
 def save_checkpoint(
     path: str | Path,
-    model: ConformerCTC,
+    model: CTCModel,
     tokenizer: Tokenizer,
     config: dict[str, Any] | None = None,
     extra_tensors: dict[str, Tensor] | None = None,
@@ -62,6 +63,7 @@ def save_checkpoint(
         tensors[key] = value.detach().contiguous()
     metadata = {
         "format": FORMAT,
+        "family": json.dumps(model.family),
         "dims": json.dumps(dataclasses.asdict(model.dims)),
         "tokenizer": tokenizer.to_json(),
         "config": json.dumps(config or {}),
@@ -100,15 +102,21 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return {k: (v if k == "format" else json.loads(v)) for k, v in raw.items()}
 
 
-def model_from_tensors(tensors: dict[str, Tensor], meta: dict[str, Any]) -> ConformerCTC:
-    """Rebuild the model from a checkpoint's own dims and weights (strict: no missing keys)."""
-    model = ConformerCTC(ConformerDims(**meta["dims"]))
+def model_family(meta: dict[str, Any]) -> str:
+    """The model family a file's decoded metadata names (older files: Conformers)."""
+    return meta.get("family") or DEFAULT_FAMILY
+
+
+def model_from_tensors(tensors: dict[str, Tensor], meta: dict[str, Any]) -> CTCModel:
+    """Rebuild the model from a checkpoint's own family, dims and weights (strict: no missing
+    keys)."""
+    model = model_from_dims(model_family(meta), meta["dims"])
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(state, strict=True)
     return model.eval()
 
 
-def load_model(path: str | Path) -> tuple[ConformerCTC, Tokenizer]:
+def load_model(path: str | Path) -> tuple[CTCModel, Tokenizer]:
     """Rebuild a model and its tokenizer from the file alone (eval mode, CPU)."""
     tensors, meta = read_checkpoint(path)
     try:

@@ -39,7 +39,7 @@ class ConformerDims:
 @dataclass
 class ModelOutput:
     """logits (B, T', V) before softmax; lengths (B,) valid frames; hidden_states: one (B, T', D)
-    tensor per Conformer block, in order."""
+    tensor per block, in order (every model family returns this)."""
 
     logits: Tensor
     lengths: Tensor
@@ -260,6 +260,8 @@ class ConformerBlock(nn.Module):
 
 
 class ConformerCTC(nn.Module):
+    family = "conformer"
+
     def __init__(self, dims: ConformerDims) -> None:
         super().__init__()
         self.dims = dims
@@ -267,6 +269,10 @@ class ConformerCTC(nn.Module):
         self.subsampling = Subsampling(dims.n_mels, channels, dims.d_model)
         self.blocks = nn.ModuleList(ConformerBlock(dims) for _ in range(dims.n_layers))
         self.ctc_head = nn.Linear(dims.d_model, dims.vocab_size)
+
+    @staticmethod
+    def output_lengths(feat_lens: Tensor) -> Tensor:
+        return subsampled_lengths(feat_lens)
 
     def forward(self, feats: Tensor, feat_lens: Tensor) -> ModelOutput:
         """feats (B, T, F) log-mel, feat_lens (B,) -> ModelOutput with T' = T // 4 roughly."""

@@ -1,0 +1,142 @@
+"""A Whisper-encoder student end to end on the tone corpus prepared with Whisper features:
+training (loss falls), resume, the model file, evaluate, transcribe; and the errors of a
+Whisper student on fbank features."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asrkd.config import ConfigError, EvalConfig, FeatureConfig, PrepareConfig, load_config
+from asrkd.data.dataset import collate, load_cuts
+from asrkd.data.text import Tokenizer
+from asrkd.data.whisper_features import log_mel
+from asrkd.distill.strategies import Distiller
+from asrkd.evaluate import evaluate
+from asrkd.models import PRESETS, build_model
+from asrkd.models.checkpoint import load_model, read_checkpoint_meta
+from asrkd.train import Trainer, train
+from asrkd.transcribe import Transcriber, fbank, transcribe_files
+from tests.conftest import tiny_run_overrides
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def whisper_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tone corpus (40/8/8 utterances) prepared with features.kind=whisper."""
+    from asrkd.data.librispeech import prepare_librispeech
+    from tests.helpers import write_librispeech_tree
+
+    root = tmp_path_factory.mktemp("whisper_corpus")
+    corpus = write_librispeech_tree(root, {"train": 40, "dev": 8, "test": 8}, n_speakers=4)
+    cfg = PrepareConfig(features=FeatureConfig(kind="whisper"))
+    return prepare_librispeech(corpus, ["train", "dev", "test"], root / "out", cfg, False)
+
+
+def overrides(parts: dict[str, Path], out: Path, steps: int) -> list[str]:
+    return [*tiny_run_overrides(parts, out, steps), "model.preset=whisper-tiny-test"]
+
+
+@pytest.fixture(scope="module")
+def whisper_run(whisper_parts, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("whisper_run") / "run"
+    cfg = load_config(None, [*overrides(whisper_parts, out, STEPS), "train.checkpoint_every=20"])
+    return train(cfg)
+
+
+def test_training_lowers_the_loss_and_the_file_reloads(whisper_run, whisper_parts) -> None:
+    rows = [json.loads(x) for x in (whisper_run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < 0.7 * losses[0], losses
+    path = whisper_run / "model.safetensors"
+    meta = read_checkpoint_meta(path)
+    assert meta["family"] == "whisper-encoder" and meta["features"]["kind"] == "whisper"
+    model, _ = load_model(path)
+    assert model.family == "whisper-encoder" and model.dims.d_model == 32
+    summary = evaluate(path, [whisper_parts["test"]], whisper_run / "eval", EvalConfig(), False)
+    assert summary["family"] == "whisper-encoder" and "test" in summary["sets"]
+
+
+def test_transcribe_computes_the_stored_features(whisper_run, whisper_parts) -> None:
+    cut = min(load_cuts(whisper_parts["test"]), key=lambda c: c.id)
+    audio = cut.load_audio()[0]
+    stored = collate([cut], Tokenizer()).feats[0].numpy()
+    assert stored.shape == (len(audio) // 160, 80)
+    assert np.abs(stored - log_mel(audio)).max() < 2e-3  # lilcom steps of 2^-9
+    transcriber = Transcriber(whisper_run / "model.safetensors")
+    assert transcriber.features.kind == "whisper"
+    for n in (len(audio), len(audio) - 80, len(audio) - 79):  # lhotse rounds, Whisper floors
+        feats = fbank(audio[:n], transcriber.features).numpy()
+        assert feats.shape == (n // 160, 80) and np.array_equal(feats, log_mel(audio[:n]))
+    assert np.abs(stored - fbank(audio, transcriber.features).numpy()).max() < 2e-3
+    [(_, text)] = transcribe_files(
+        whisper_run / "model.safetensors", [cut.recording.sources[0].source]
+    )
+    assert isinstance(text, str)
+
+
+def test_resume_continues_from_the_checkpoint(whisper_run, whisper_parts, tmp_path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(whisper_run, run)
+    for ckpt in sorted((run / "checkpoints").glob("*.safetensors"))[1:]:
+        ckpt.unlink()  # back to step 20
+    cfg = load_config(None, overrides(whisper_parts, run, STEPS + 5))
+    trainer = Trainer(cfg, resume=True)
+    assert trainer.state.step == 20 and trainer.model.family == "whisper-encoder"
+
+
+def test_whisper_students_need_whisper_features(prepared_parts, tmp_path) -> None:
+    cfg = load_config(None, overrides(prepared_parts, tmp_path / "run", 1))
+    with pytest.raises(ConfigError, match="features.kind=whisper"):
+        Trainer(cfg)
+
+
+def test_hidden_kd_is_family_agnostic() -> None:
+    from asrkd.config import DistillConfig
+    from asrkd.data.dataset import Batch
+    from asrkd.distill.teachers import TeacherOutput
+
+    student = build_model("whisper-tiny-test", 29, 80, 0.0)
+    teacher_dims = PRESETS["tiny"]
+    distiller = Distiller(DistillConfig(strategy="hidden"), Tokenizer(), student.dims, teacher_dims)
+    feats, lens = torch.randn(2, 200, 80), torch.tensor([200, 150])
+    out = student(feats, lens)
+    teacher = TeacherOutput(
+        lengths=torch.tensor([49, 36]),
+        hidden={i: torch.randn(2, 49, teacher_dims.d_model) for i in range(teacher_dims.n_layers)},
+    )
+    batch = Batch(feats, lens, torch.ones(2, 3, dtype=torch.long), torch.tensor([3, 3]),
+                  torch.tensor([True, True]), ["a", "b"], [2.0, 1.5])  # fmt: skip
+    total, terms = distiller(out, teacher, batch)
+    assert torch.isfinite(total) and terms["kd_hidden"] > 0
+
+
+def test_a_run_starts_from_the_whisper_named_by_init_from(whisper_parts, tmp_path) -> None:
+    """distill.init_from with strategy none: no teacher, the student takes the Whisper's front
+    end and evenly spaced blocks (2 of 4: blocks 0 and 3)."""
+    transformers = pytest.importorskip("transformers")
+    from asrkd.models.whisper_io import load_whisper
+
+    conf = transformers.WhisperConfig(
+        vocab_size=100, num_mel_bins=80, d_model=32, encoder_layers=4, encoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
+        max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1,
+    )  # fmt: skip
+    transformers.WhisperForConditionalGeneration(conf).save_pretrained(tmp_path / "whisper")
+    extra = [f"distill.init_from={tmp_path / 'whisper'}"]
+    trainer = Trainer(load_config(None, [*overrides(whisper_parts, tmp_path / "run", 1), *extra]))
+    encoder = load_whisper(tmp_path / "whisper").get_encoder()
+    assert torch.equal(trainer.model.conv1.weight, encoder.conv1.weight)
+    assert torch.equal(trainer.model.blocks[0].fc1.weight, encoder.layers[0].fc1.weight)
+    assert torch.equal(trainer.model.blocks[1].fc1.weight, encoder.layers[3].fc1.weight)
+    assert torch.equal(trainer.model.layer_norm.bias, encoder.layer_norm.bias)
