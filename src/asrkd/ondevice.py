@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 
 from asrkd.config import CheckpointError, EvalConfig, FeatureConfig
-from asrkd.data.audio import knf_fbank, load_mono, resample_mono
+from asrkd.data.audio import features_np, load_mono, resample_mono
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.data.validate import DataError
 from asrkd.lexicon import LexiconDecoder, WordLM, training_manifest
@@ -121,7 +121,7 @@ class OnnxRecognizer:
 
     def log_probs(self, samples: np.ndarray) -> np.ndarray:
         """(T', V) log-probabilities of mono samples at features.sample_rate."""
-        feats = knf_fbank(samples, self.features)
+        feats = features_np(samples, self.features)
         inputs = {
             "feats": feats[None],
             "feat_lens": np.array([feats.shape[0]], dtype=np.int64),

@@ -74,6 +74,12 @@ def tokens_txt(tokenizer: Tokenizer) -> str:
 
 def check_features(features: FeatureConfig) -> None:
     """SherpaError unless sherpa-onnx computes exactly these features."""
+    if features.kind != "fbank":
+        raise SherpaError(
+            f"sherpa-onnx's CTC models hear kaldi fbank; this model was trained on "
+            f"features.kind={features.kind!r} (Whisper-encoder students run through `asrkd "
+            "transcribe` on the exported .onnx file, without PyTorch, instead)"
+        )
     if (features.frame_shift, features.frame_length) != (SHERPA_FRAME_SHIFT, SHERPA_FRAME_LENGTH):
         raise SherpaError(
             f"sherpa-onnx computes 25 ms frames every 10 ms; this model was trained on "

@@ -95,3 +95,13 @@ def knf_fbank(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     if n == 0:
         return np.zeros((0, cfg.n_mels), dtype=np.float32)
     return np.stack([np.asarray(fbank.get_frame(i), dtype=np.float32) for i in range(n)])
+
+
+def features_np(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """(T, n_mels) float32 features of cfg.kind without PyTorch: kaldi-native-fbank for fbank,
+    asrkd.data.whisper_features.log_mel (numpy) for Whisper's log-mel; the frames training saw."""
+    if cfg.kind == "whisper":
+        from asrkd.data.whisper_features import log_mel
+
+        return log_mel(samples, cfg.n_mels).astype(np.float32)
+    return knf_fbank(samples, cfg)
