@@ -204,6 +204,11 @@ class TeacherConfig:
     cache: bool = True  # False: run the teacher online at every step
     cache_dir: str = ""  # default: beside the cut manifests
     cache_topk: int = 0  # 0 = keep the full distribution
+    # kind=whisper: transcripts by greedy search (1) or beam search of this width; and the
+    # faster-whisper compute type of a CTranslate2 folder (int8, float32, float16, int8_float16,
+    # ...); hidden states always come from the fp32 PyTorch model.
+    beam: int = 1
+    compute_type: str = "int8"
 
     def __post_init__(self) -> None:
         from asrkd.distill.teachers import TEACHERS
@@ -211,6 +216,8 @@ class TeacherConfig:
         _check_choice("teacher.kind", self.kind, TEACHERS)
         if self.cache_topk < 0:
             raise ConfigError("teacher.cache_topk must be >= 0")
+        if self.beam < 1:
+            raise ConfigError("teacher.beam must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -228,6 +235,10 @@ class DistillConfig:
     hidden_weight: float = 1.0
     hidden_layer_map: tuple[tuple[int, int], ...] = ()  # (student layer, teacher layer); () = auto
     init_from_teacher: bool = False
+    # Sequence KD: a teacher transcript whose WER against the utterance's own transcript exceeds
+    # this is left out of the teacher term (untranscribed utterances are never checked).
+    # 0 = off, every transcript kept; distil-whisper uses 0.1 (10 %).
+    max_pseudo_wer: float = 0.0
 
     def __post_init__(self) -> None:
         from asrkd.distill.strategies import STRATEGIES
@@ -238,6 +249,8 @@ class DistillConfig:
             raise ConfigError("distill.weight and distill.sequence_weight must be in [0, 1]")
         if self.temperature <= 0:
             raise ConfigError("distill.temperature must be positive")
+        if self.max_pseudo_wer < 0:
+            raise ConfigError("distill.max_pseudo_wer must be >= 0 (0 = off)")
         taken = self.weight * ("logit" in self.strategies)
         taken += self.sequence_weight * ("sequence" in self.strategies)
         if taken > 1.0 + 1e-9:
@@ -329,10 +342,20 @@ class Config:
             )
         if self.data.unlabelled_cuts and self.distill.strategies == ("none",):
             raise ConfigError("data.unlabelled_cuts is only used by a distillation strategy")
-        if self.distill.init_from_teacher and self.teacher.kind != "checkpoint":
+        if self.distill.init_from_teacher and self.teacher.kind not in ("checkpoint", "whisper"):
             raise ConfigError(
-                "distill.init_from_teacher copies layers of an asrkd model: it needs "
-                f"teacher.kind=checkpoint, not {self.teacher.kind!r}"
+                "distill.init_from_teacher copies layers of an asrkd model or of Whisper: it "
+                f"needs teacher.kind=checkpoint or whisper, not {self.teacher.kind!r}"
+            )
+        if self.teacher.kind == "whisper" and "logit" in self.distill.strategies:
+            raise ConfigError(
+                "teacher.kind=whisper gives no frame logits for distill.strategy=logit: Whisper "
+                "writes word pieces of its own vocabulary one after another, not per-frame CTC "
+                "posteriors over the student's units; use sequence and/or hidden KD"
+            )
+        if self.distill.max_pseudo_wer and not self.teacher.cache:
+            raise ConfigError(
+                "distill.max_pseudo_wer filters cached teacher transcripts: set teacher.cache=true"
             )
 
 

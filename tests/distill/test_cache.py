@@ -154,7 +154,7 @@ def test_interrupted_build_never_looks_complete(teacher, prepared_parts, tmp_pat
             batch_seconds=3.0,
             progress=False,
         )
-    directory = cache_dir_for(prepared_parts["dev"], tmp_path, request, 0)
+    directory = cache_dir_for(prepared_parts["dev"], tmp_path, request, 0, teacher.fingerprint())
     assert not (directory / "index.json").exists()
     cache = build_cache(
         teacher,
@@ -184,13 +184,17 @@ def test_missing_cut_or_layer_is_a_key_error(teacher, prepared_parts, tmp_path) 
 
 def test_cache_folders_per_stored_content(tmp_path: Path) -> None:
     cuts = tmp_path / "cuts_train.jsonl.gz"
-    logit = cache_dir_for(cuts, None, TeacherRequest(logits=True), 0)
-    assert logit == tmp_path / "teacher_cache" / "cuts_train.topk0.hiddennone"
-    assert cache_dir_for(cuts, None, TeacherRequest(transcripts=True), 0) == logit
-    assert cache_dir_for(cuts, None, TeacherRequest(hidden_layers=(1, 3)), 0).name.endswith(
+    fp = "0123456789abcdef" * 4
+    logit = cache_dir_for(cuts, None, TeacherRequest(logits=True), 0, fp)
+    assert logit == tmp_path / "teacher_cache" / "cuts_train.0123456789ab.topk0.hiddennone"
+    assert cache_dir_for(cuts, None, TeacherRequest(transcripts=True), 0, fp) == logit
+    assert cache_dir_for(cuts, None, TeacherRequest(hidden_layers=(1, 3)), 0, fp).name.endswith(
         "hidden1-3"
     )
-    assert cache_dir_for(cuts, tmp_path / "x", TeacherRequest(), 5).parent == tmp_path / "x"
+    assert cache_dir_for(cuts, tmp_path / "x", TeacherRequest(), 5, fp).parent == tmp_path / "x"
+    # another teacher's cache lives beside this one instead of replacing it
+    other = cache_dir_for(cuts, None, TeacherRequest(logits=True), 0, "f" * 64)
+    assert other.parent == logit.parent and other != logit
 
 
 def test_checkpoint_teacher_rejects_layers_it_lacks(teacher, prepared_parts) -> None:
