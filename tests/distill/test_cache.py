@@ -123,23 +123,40 @@ def test_second_build_reuses_without_running_the_teacher(teacher, prepared_parts
     assert reused.directory == cache.directory and index.stat().st_mtime_ns == stamp
 
 
-def test_other_teacher_file_makes_the_cache_stale(
-    teacher, other_teacher_file, prepared_parts, tmp_path, caplog
+def test_other_teacher_file_gets_its_own_cache(
+    teacher, other_teacher_file, prepared_parts, tmp_path
 ) -> None:
     request = TeacherRequest(logits=True)
     cuts_path = prepared_parts["dev"]
     old = build_cache(teacher, cuts_path, request, cache_root=tmp_path, progress=False)
     other = CheckpointTeacher(other_teacher_file)
     counting = CountingTeacher(other)
-    with caplog.at_level(logging.WARNING, logger="asrkd.distill.cache"):
-        new = build_cache(counting, cuts_path, request, cache_root=tmp_path, progress=False)
+    new = build_cache(counting, cuts_path, request, cache_root=tmp_path, progress=False)
     assert counting.calls >= 1
-    assert any("stale" in r.getMessage() for r in caplog.records)
-    assert new.directory == old.directory and new.key != old.key
+    assert new.directory != old.directory and new.directory.parent == old.directory.parent
     ids = sorted(new.entries)[:2]
     want = online(other, cuts_path, ids, request)
     n = int(want.lengths[0])
     torch.testing.assert_close(new.get(ids, request).logits[0, :n], want.logits[0, :n], **FP16)
+    # the first teacher's cache is still there and still its own: reused, the teacher not run
+    first = CountingTeacher(teacher)
+    again = build_cache(first, cuts_path, request, cache_root=tmp_path, progress=False)
+    assert first.calls == 0 and again.directory == old.directory and again.key == old.key
+
+
+def test_changed_manifest_makes_the_cache_stale(teacher, prepared_parts, tmp_path, caplog):
+    request = TeacherRequest(logits=True)
+    cuts_path = tmp_path / "cuts_dev.jsonl.gz"
+    cuts = CutSet.from_file(prepared_parts["dev"]).to_eager()
+    cuts.to_file(cuts_path)
+    old = build_cache(teacher, cuts_path, request, cache_root=tmp_path / "c", progress=False)
+    cuts.subset(first=5).to_file(cuts_path)  # same name, other content
+    counting = CountingTeacher(teacher)
+    with caplog.at_level(logging.WARNING, logger="asrkd.distill.cache"):
+        new = build_cache(counting, cuts_path, request, cache_root=tmp_path / "c", progress=False)
+    assert counting.calls >= 1
+    assert any("stale" in r.getMessage() for r in caplog.records)
+    assert new.directory == old.directory and new.key != old.key and len(new) == 5
 
 
 def test_interrupted_build_never_looks_complete(teacher, prepared_parts, tmp_path) -> None:

@@ -11,6 +11,8 @@ Layout of a cache folder (beside the manifests by default)::
 
 <teacher> is the first 12 hex digits of the teacher's fingerprint: each teacher's cache lives
 beside the others', so comparing teachers (or a sweep over them) never rebuilds one it has.
+A teacher that hears audio (hf-ctc, whisper) stores transcripts only when asked; a folder
+without them ends in ``.notext``.
 
 `index.json` holds a key hashed from the teacher's fingerprint, the manifest's bytes and the
 feature settings; a cache whose key differs is stale and is rebuilt. The folder is written under
