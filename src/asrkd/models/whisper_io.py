@@ -70,14 +70,14 @@ def read_ct2_model(path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
             name = string()
             dims = [take("<I") for _ in range(take("<B"))]
             dtype, n_bytes = CT2_DTYPES[take("<B")], take("<I")
-            raw = bytes(data[pos : pos + n_bytes])
-            pos += n_bytes
-            if len(raw) != n_bytes:
+            if pos + n_bytes > len(data):
                 raise WhisperFormatError(f"{path}: ends inside variable {name}")
             if dtype == "bfloat16":
-                flat = torch.frombuffer(bytearray(raw), dtype=torch.bfloat16).float().numpy()
-            else:
-                flat = np.frombuffer(raw, dtype=dtype)
+                raw = bytearray(data[pos : pos + n_bytes])
+                flat = torch.frombuffer(raw, dtype=torch.bfloat16).float().numpy()
+            else:  # a view of the file's bytes, no copy
+                flat = np.frombuffer(data, dtype, n_bytes // np.dtype(dtype).itemsize, pos)
+            pos += n_bytes
             variables[name] = flat.reshape(dims)
         for _ in range(take("<I")):
             alias, target = string(), string()
