@@ -228,14 +228,14 @@ def prepare_teacher(cfg: Config, tokenizer: Tokenizer):
     if cfg.distill.strategies == ("none",) and not cfg.distill.init_from_teacher:
         return None, None, None
     source = TeacherSource(cfg, tokenizer)
-    # A teacher from another toolkit (whisper) states its sizes as `dims`; its `model` is handed
-    # on only for distill.init_from_teacher.
+    # A teacher from another toolkit (whisper) states its sizes as `dims`; its `model` (built on
+    # first use) is asked for only for distill.init_from_teacher.
     dims = getattr(source.teacher, "dims", None)
-    model = getattr(source.teacher, "model", None)
-    if dims is None:
-        dims = model.dims if model is not None else None
-    elif not cfg.distill.init_from_teacher:
-        model = None
+    model = None
+    if dims is None or cfg.distill.init_from_teacher:
+        model = getattr(source.teacher, "model", None)
+    if dims is None and model is not None:
+        dims = model.dims
     if cfg.distill.strategies == ("none",):
         return None, dims, model
     return source, dims, model

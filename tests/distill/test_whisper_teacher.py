@@ -50,6 +50,19 @@ def test_registered() -> None:
     assert TEACHERS["whisper"] is WhisperTeacher
 
 
+def test_sizes_known_without_building_the_model(tiny_whisper) -> None:
+    """A transcripts-only run on faster-whisper never builds the fp32 PyTorch model."""
+    for folder in (tiny_whisper["ct2"], tiny_whisper["hf"]):
+        teacher = WhisperTeacher(folder)
+        assert teacher.dims.n_layers == 2 and teacher.dims.d_model == 64
+        assert teacher._model is None and not teacher.multilingual
+        assert teacher.offers.hidden_layers == (0, 1) and not teacher.offers.logits
+    assert WhisperTeacher(tiny_whisper["ct2"]).runtime == "faster-whisper"
+    assert WhisperTeacher(tiny_whisper["hf"]).runtime == "transformers"
+    with pytest.raises(ValueError, match="CTranslate2"):
+        WhisperTeacher(tiny_whisper["hf"], runtime="faster-whisper")
+
+
 def test_cached_states_are_the_unpadded_encoders(
     prepared_parts, tiny_whisper, tmp_path, one_thread
 ) -> None:

@@ -47,6 +47,7 @@ from asrkd.models.whisper_io import (
     N_SAMPLES_30S,
     is_ct2_folder,
     load_whisper,
+    whisper_config,
     whisper_fingerprint,
 )
 
@@ -128,16 +129,18 @@ class WhisperTeacher:
     ) -> None:
         self.path, self.beam, self.compute_type = str(path), beam, compute_type
         self.ct2 = is_ct2_folder(self.path)
-        self.model = load_whisper(self.path)
-        self.model.requires_grad_(False)
-        cfg = self.model.config
+        # The fp32 PyTorch model is built on first use (hidden states, transformers' search): a
+        # transcripts-only run on faster-whisper never needs it.
+        self._model = None
+        cfg, gen = whisper_config(self.path)
+        self.n_mels = cfg.num_mel_bins
         self.dims = WhisperDims(cfg.encoder_layers, cfg.d_model)
         from asrkd.distill.teachers import TeacherRequest
 
         self.offers = TeacherRequest(
             transcripts=True, hidden_layers=tuple(range(cfg.encoder_layers))
         )
-        self.multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
+        self.multilingual = bool(getattr(gen, "is_multilingual", False))
         self.tokenizer = Tokenizer()  # asrkd's characters: the cache collates with it
         self.device = torch.device("cpu")
         self._extractor = self._decoder = self._text_tokenizer = None
@@ -163,15 +166,24 @@ class WhisperTeacher:
 
     def to(self, device: torch.device) -> WhisperTeacher:
         self.device = device
-        self.model.to(device)
+        if self._model is not None:
+            self._model.to(device)
         return self
+
+    @property
+    def model(self):
+        """transformers' WhisperForConditionalGeneration, fp32, on the teacher's device."""
+        if self._model is None:
+            self._model = load_whisper(self.path).to(self.device)
+            self._model.requires_grad_(False)
+        return self._model
 
     @property
     def extractor(self):
         if self._extractor is None:
             from transformers import WhisperFeatureExtractor
 
-            self._extractor = WhisperFeatureExtractor(feature_size=self.model.config.num_mel_bins)
+            self._extractor = WhisperFeatureExtractor(feature_size=self.n_mels)
         return self._extractor
 
     # -- transcripts --------------------------------------------------------------------------

@@ -245,6 +245,23 @@ def load_ct2_whisper(folder: str | Path):
     return model.float().eval()
 
 
+def whisper_config(path: str | Path):
+    """(WhisperConfig, GenerationConfig) of a CT2 folder, HF folder or Hub id, without building
+    the fp32 model (a CT2 model.bin is read, as views of its bytes, for its tensor shapes)."""
+    from transformers import GenerationConfig, WhisperConfig
+
+    if is_ct2_folder(path):
+        return ct2_whisper_config(Path(path), read_ct2_model(Path(path) / "model.bin")[1])
+    try:
+        config = WhisperConfig.from_pretrained(str(path))
+    except OSError as err:
+        raise FileNotFoundError(f"{path}: neither a Whisper folder nor a Hub id ({err})") from err
+    try:
+        return config, GenerationConfig.from_pretrained(str(path))
+    except OSError:
+        return config, GenerationConfig.from_model_config(config)
+
+
 def load_whisper(path: str | Path):
     """A transformers WhisperForConditionalGeneration (fp32, eval mode) from an HF folder or
     Hub id, or from a CTranslate2 folder."""
