@@ -27,6 +27,9 @@ class ConfigError(ValueError):
 
 
 DECODERS = ("greedy", "lexicon")
+# CTranslate2's compute types (teacher.compute_type of a Whisper teacher on faster-whisper)
+CT2_COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16")
+CT2_COMPUTE_TYPES += ("int16", "float16", "bfloat16", "float32")
 
 
 def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
@@ -218,6 +221,7 @@ class TeacherConfig:
             raise ConfigError("teacher.cache_topk must be >= 0")
         if self.beam < 1:
             raise ConfigError("teacher.beam must be at least 1")
+        _check_choice("teacher.compute_type", self.compute_type, CT2_COMPUTE_TYPES)
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,7 @@ def test_each_teachers_cache_lives_beside_the_others(
         (["distill.strategy=sequence+logit"], "word pieces"),
         (["distill.strategy=sequence", "teacher.cache=false"], "teacher.cache=true"),
         (["distill.strategy=sequence", "teacher.beam=0"], "teacher.beam"),
+        (["distill.strategy=sequence", "teacher.compute_type=int4"], "teacher.compute_type"),
         (["distill.strategy=sequence", "distill.max_pseudo_wer=-1"], "max_pseudo_wer"),
     ],
 )
