@@ -272,7 +272,7 @@ def load_whisper(path: str | Path):
     if is_ct2_folder(path):
         return load_ct2_whisper(path)
     try:
-        model = WhisperForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32)
+        model = WhisperForConditionalGeneration.from_pretrained(str(path))
     except OSError as err:
         raise FileNotFoundError(f"{path}: neither a Whisper folder nor a Hub id ({err})") from err
     return model.float().eval()
