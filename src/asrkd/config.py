@@ -33,6 +33,9 @@ class CheckpointError(RuntimeError):
 
 
 DECODERS = ("greedy", "lexicon")
+# CTranslate2's compute types (teacher.compute_type of a Whisper teacher on faster-whisper)
+CT2_COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16")
+CT2_COMPUTE_TYPES += ("int16", "float16", "bfloat16", "float32")
 
 
 def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
@@ -225,6 +228,11 @@ class TeacherConfig:
     cache: bool = True  # False: run the teacher online at every step
     cache_dir: str = ""  # default: beside the cut manifests
     cache_topk: int = 0  # 0 = keep the full distribution
+    # kind=whisper: transcripts by greedy search (1) or beam search of this width; and the
+    # faster-whisper compute type of a CTranslate2 folder (int8, float32, float16, int8_float16,
+    # ...); hidden states always come from the fp32 PyTorch model.
+    beam: int = 1
+    compute_type: str = "int8"
 
     def __post_init__(self) -> None:
         from asrkd.distill.teachers import TEACHERS
@@ -232,6 +240,9 @@ class TeacherConfig:
         _check_choice("teacher.kind", self.kind, TEACHERS)
         if self.cache_topk < 0:
             raise ConfigError("teacher.cache_topk must be >= 0")
+        if self.beam < 1:
+            raise ConfigError("teacher.beam must be at least 1")
+        _check_choice("teacher.compute_type", self.compute_type, CT2_COMPUTE_TYPES)
 
 
 @dataclass(frozen=True)
@@ -253,6 +264,10 @@ class DistillConfig:
     # evenly spaced encoder blocks and final LayerNorm start a Whisper-encoder student; takes
     # precedence over init_from_teacher and needs no teacher.
     init_from: str = ""
+    # Sequence KD: a teacher transcript whose WER against the utterance's own transcript exceeds
+    # this is left out of the teacher term (untranscribed utterances are never checked).
+    # 0 = off, every transcript kept; distil-whisper uses 0.1 (10 %).
+    max_pseudo_wer: float = 0.0
 
     def __post_init__(self) -> None:
         from asrkd.distill.strategies import STRATEGIES
@@ -263,6 +278,8 @@ class DistillConfig:
             raise ConfigError("distill.weight and distill.sequence_weight must be in [0, 1]")
         if self.temperature <= 0:
             raise ConfigError("distill.temperature must be positive")
+        if self.max_pseudo_wer < 0:
+            raise ConfigError("distill.max_pseudo_wer must be >= 0 (0 = off)")
         taken = self.weight * ("logit" in self.strategies)
         taken += self.sequence_weight * ("sequence" in self.strategies)
         if taken > 1.0 + 1e-9:
@@ -367,10 +384,23 @@ class Config:
                     f"distill.init_from copies a Whisper encoder: model.preset={self.model.preset!r}"
                     " is not a Whisper-encoder preset (whisper-*)"
                 )
-        if self.distill.init_from_teacher_model and self.teacher.kind != "checkpoint":
+        if self.distill.init_from_teacher_model and self.teacher.kind not in (
+            "checkpoint",
+            "whisper",
+        ):
             raise ConfigError(
-                "distill.init_from_teacher copies layers of an asrkd model: it needs "
-                f"teacher.kind=checkpoint, not {self.teacher.kind!r}"
+                "distill.init_from_teacher copies layers of an asrkd model or of Whisper: it "
+                f"needs teacher.kind=checkpoint or whisper, not {self.teacher.kind!r}"
+            )
+        if self.teacher.kind == "whisper" and "logit" in self.distill.strategies:
+            raise ConfigError(
+                "teacher.kind=whisper gives no frame logits for distill.strategy=logit: Whisper "
+                "writes word pieces of its own vocabulary one after another, not per-frame CTC "
+                "posteriors over the student's units; use sequence and/or hidden KD"
+            )
+        if self.distill.max_pseudo_wer and not self.teacher.cache:
+            raise ConfigError(
+                "distill.max_pseudo_wer filters cached teacher transcripts: set teacher.cache=true"
             )
 
 

@@ -23,8 +23,9 @@ from asrkd.data.dataset import (
     split_by_speaker,
     strip_text,
 )
-from asrkd.data.text import Tokenizer, train_sentencepiece
+from asrkd.data.text import Tokenizer, normalize_text, train_sentencepiece
 from asrkd.distill.cache import TeacherCache, build_cache
+from asrkd.distill.pseudo_labels import PseudoLabelStats, filter_pseudo_labels
 from asrkd.distill.teachers import TeacherOutput, TeacherRequest, load_teacher
 from asrkd.models.checkpoint import (
     CheckpointError,
@@ -112,13 +113,18 @@ class TeacherSource:
     def __init__(self, cfg: Config, tokenizer: Tokenizer) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.teacher = load_teacher(cfg.teacher.kind, cfg.teacher.path)
+        self.teacher = load_teacher(cfg.teacher.kind, cfg.teacher.path, cfg.teacher)
         self.caches: list[TeacherCache] = []
+        self.pseudo_labels = PseudoLabelStats()
         self.request = TeacherRequest()
         self.device = torch.device("cpu")
 
-    def attach(self, request: TeacherRequest, device: torch.device) -> None:
-        """Check compatibility and build (or reuse) the caches the request needs."""
+    def attach(
+        self, request: TeacherRequest, device: torch.device, train_cuts: CutSet | None = None
+    ) -> None:
+        """Check compatibility and build (or reuse) the caches the request needs. `train_cuts`:
+        the run's training cuts, whose transcripts (only those the run may see) are the
+        references of distill.max_pseudo_wer."""
         self.request, self.device = request, device
         kind = self.cfg.teacher.kind
         offers = getattr(self.teacher, "offers", None)
@@ -166,6 +172,24 @@ class TeacherSource:
             for m in manifests
             if m
         ]
+        if request.transcripts:
+            self._filter_pseudo_labels(train_cuts)
+
+    def _filter_pseudo_labels(self, train_cuts: CutSet | None) -> None:
+        """Leave unmappable teacher transcripts, and those over distill.max_pseudo_wer against
+        the utterance's own transcript, out of sequence KD (asrkd.distill.pseudo_labels)."""
+        references = {}
+        if self.cfg.distill.max_pseudo_wer and train_cuts is not None:
+            references = {c.id: normalize_text(text) for c in train_cuts if (text := cut_text(c))}
+        stats = PseudoLabelStats()
+        for cache in self.caches:
+            cache.texts, part = filter_pseudo_labels(
+                cache.texts, references, self.cfg.distill.max_pseudo_wer
+            )
+            stats.n_checked += part.n_checked
+            stats.unmappable += part.unmappable
+            stats.over_wer += part.over_wer
+        self.pseudo_labels = stats
 
     def __call__(self, batch: Batch) -> TeacherOutput:
         if not self.caches:
@@ -204,8 +228,14 @@ def prepare_teacher(cfg: Config, tokenizer: Tokenizer):
     if cfg.distill.strategies == ("none",) and not cfg.distill.init_from_teacher_model:
         return None, None, None
     source = TeacherSource(cfg, tokenizer)
-    model = getattr(source.teacher, "model", None)
-    dims = model.dims if model is not None else None
+    # A teacher from another toolkit (whisper) states its sizes as `dims`; its `model` (built on
+    # first use) is asked for only for distill.init_from_teacher.
+    dims = getattr(source.teacher, "dims", None)
+    model = None
+    if dims is None or cfg.distill.init_from_teacher:
+        model = getattr(source.teacher, "model", None)
+    if dims is None and model is not None:
+        dims = model.dims
     if cfg.distill.strategies == ("none",):
         return None, dims, model
     return source, dims, model

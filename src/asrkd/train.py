@@ -119,7 +119,7 @@ class Trainer:
         self.distiller = Distiller(cfg.distill, self.tokenizer, self.model.dims, teacher_dims)
         self.distiller.to(self.device)
         if self.teacher_source is not None:
-            self.teacher_source.attach(self.distiller.request, self.device)
+            self.teacher_source.attach(self.distiller.request, self.device, self.train_cuts)
         # what the optimiser trains: the student and the distiller's projections
         self.params = list(self.model.parameters()) + list(self.distiller.parameters())
         # fused: one kernel per tensor instead of a dozen small ops (half the optimizer's time
@@ -412,6 +412,8 @@ class Trainer:
             "strategy": self.cfg.distill.strategy,
             "preset": self.cfg.model.preset,
         }
+        if self.teacher_source is not None and self.teacher_source.request.transcripts:
+            summary.update(self.teacher_source.pseudo_labels.summary())
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 

@@ -123,23 +123,40 @@ def test_second_build_reuses_without_running_the_teacher(teacher, prepared_parts
     assert reused.directory == cache.directory and index.stat().st_mtime_ns == stamp
 
 
-def test_other_teacher_file_makes_the_cache_stale(
-    teacher, other_teacher_file, prepared_parts, tmp_path, caplog
+def test_other_teacher_file_gets_its_own_cache(
+    teacher, other_teacher_file, prepared_parts, tmp_path
 ) -> None:
     request = TeacherRequest(logits=True)
     cuts_path = prepared_parts["dev"]
     old = build_cache(teacher, cuts_path, request, cache_root=tmp_path, progress=False)
     other = CheckpointTeacher(other_teacher_file)
     counting = CountingTeacher(other)
-    with caplog.at_level(logging.WARNING, logger="asrkd.distill.cache"):
-        new = build_cache(counting, cuts_path, request, cache_root=tmp_path, progress=False)
+    new = build_cache(counting, cuts_path, request, cache_root=tmp_path, progress=False)
     assert counting.calls >= 1
-    assert any("stale" in r.getMessage() for r in caplog.records)
-    assert new.directory == old.directory and new.key != old.key
+    assert new.directory != old.directory and new.directory.parent == old.directory.parent
     ids = sorted(new.entries)[:2]
     want = online(other, cuts_path, ids, request)
     n = int(want.lengths[0])
     torch.testing.assert_close(new.get(ids, request).logits[0, :n], want.logits[0, :n], **FP16)
+    # the first teacher's cache is still there and still its own: reused, the teacher not run
+    first = CountingTeacher(teacher)
+    again = build_cache(first, cuts_path, request, cache_root=tmp_path, progress=False)
+    assert first.calls == 0 and again.directory == old.directory and again.key == old.key
+
+
+def test_changed_manifest_makes_the_cache_stale(teacher, prepared_parts, tmp_path, caplog):
+    request = TeacherRequest(logits=True)
+    cuts_path = tmp_path / "cuts_dev.jsonl.gz"
+    cuts = CutSet.from_file(prepared_parts["dev"]).to_eager()
+    cuts.to_file(cuts_path)
+    old = build_cache(teacher, cuts_path, request, cache_root=tmp_path / "c", progress=False)
+    cuts.subset(first=5).to_file(cuts_path)  # same name, other content
+    counting = CountingTeacher(teacher)
+    with caplog.at_level(logging.WARNING, logger="asrkd.distill.cache"):
+        new = build_cache(counting, cuts_path, request, cache_root=tmp_path / "c", progress=False)
+    assert counting.calls >= 1
+    assert any("stale" in r.getMessage() for r in caplog.records)
+    assert new.directory == old.directory and new.key != old.key and len(new) == 5
 
 
 def test_interrupted_build_never_looks_complete(teacher, prepared_parts, tmp_path) -> None:
@@ -154,7 +171,7 @@ def test_interrupted_build_never_looks_complete(teacher, prepared_parts, tmp_pat
             batch_seconds=3.0,
             progress=False,
         )
-    directory = cache_dir_for(prepared_parts["dev"], tmp_path, request, 0)
+    directory = cache_dir_for(prepared_parts["dev"], tmp_path, request, 0, teacher.fingerprint())
     assert not (directory / "index.json").exists()
     cache = build_cache(
         teacher,
@@ -184,13 +201,17 @@ def test_missing_cut_or_layer_is_a_key_error(teacher, prepared_parts, tmp_path) 
 
 def test_cache_folders_per_stored_content(tmp_path: Path) -> None:
     cuts = tmp_path / "cuts_train.jsonl.gz"
-    logit = cache_dir_for(cuts, None, TeacherRequest(logits=True), 0)
-    assert logit == tmp_path / "teacher_cache" / "cuts_train.topk0.hiddennone"
-    assert cache_dir_for(cuts, None, TeacherRequest(transcripts=True), 0) == logit
-    assert cache_dir_for(cuts, None, TeacherRequest(hidden_layers=(1, 3)), 0).name.endswith(
+    fp = "0123456789abcdef" * 4
+    logit = cache_dir_for(cuts, None, TeacherRequest(logits=True), 0, fp)
+    assert logit == tmp_path / "teacher_cache" / "cuts_train.0123456789ab.topk0.hiddennone"
+    assert cache_dir_for(cuts, None, TeacherRequest(transcripts=True), 0, fp) == logit
+    assert cache_dir_for(cuts, None, TeacherRequest(hidden_layers=(1, 3)), 0, fp).name.endswith(
         "hidden1-3"
     )
-    assert cache_dir_for(cuts, tmp_path / "x", TeacherRequest(), 5).parent == tmp_path / "x"
+    assert cache_dir_for(cuts, tmp_path / "x", TeacherRequest(), 5, fp).parent == tmp_path / "x"
+    # another teacher's cache lives beside this one instead of replacing it
+    other = cache_dir_for(cuts, None, TeacherRequest(logits=True), 0, "f" * 64)
+    assert other.parent == logit.parent and other != logit
 
 
 def test_checkpoint_teacher_rejects_layers_it_lacks(teacher, prepared_parts) -> None:

@@ -2,10 +2,17 @@
 
 Layout of a cache folder (beside the manifests by default)::
 
-    teacher_cache/<stem>.topk<k>.hidden<layers>/
+    teacher_cache/<stem>.<teacher>.topk<k>.hidden<layers>/
         index.json                  key, cut id -> (shard, row, frames), teacher transcripts
+                                    (None: one the teacher could not write in the student's
+                                    units)
         shard-00000.safetensors     per cut: logits (fp16, T' x V, or top-k values + ids)
                                     and the requested hidden states (fp16, T' x D)
+
+<teacher> is the first 12 hex digits of the teacher's fingerprint: each teacher's cache lives
+beside the others', so comparing teachers (or a sweep over them) never rebuilds one it has.
+A teacher that hears audio (hf-ctc, whisper) stores transcripts only when asked; a folder
+without them ends in ``.notext``.
 
 `index.json` holds a key hashed from the teacher's fingerprint, the manifest's bytes and the
 feature settings; a cache whose key differs is stale and is rebuilt. The folder is written under
@@ -37,6 +44,12 @@ log = logging.getLogger(__name__)
 SHARD_SIZE = 2000  # utterances per shard file
 
 
+def stores_transcripts(teacher: Teacher, request: TeacherRequest) -> bool:
+    """Transcripts are stored always (they are cheap beside the logits), except for a teacher
+    that hears audio (hf-ctc, whisper), where they cost more than all else: only when asked."""
+    return request.transcripts or not getattr(teacher, "needs_audio", False)
+
+
 def cache_key(teacher: Teacher, cuts_path: str | Path, request: TeacherRequest, topk: int) -> str:
     first = next(iter(CutSet.from_file(cuts_path)))
     feats = first.features
@@ -47,20 +60,27 @@ def cache_key(teacher: Teacher, cuts_path: str | Path, request: TeacherRequest, 
         "hidden_layers": list(request.hidden_layers),
         "topk": topk,
     }
+    if not stores_transcripts(teacher, request):
+        parts["transcripts"] = False
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def cache_dir_for(
-    cuts_path: str | Path, cache_root: str | Path | None, request: TeacherRequest, topk: int
+    cuts_path: str | Path,
+    cache_root: str | Path | None,
+    request: TeacherRequest,
+    topk: int,
+    teacher_fingerprint: str,
 ) -> Path:
-    """One folder per manifest and stored content: logits and transcripts are always stored
-    (they are small), hidden layers and top-k only as asked, so `logit` and `sequence` runs share
-    a cache while a run wanting other hidden layers gets its own."""
+    """One folder per manifest, teacher and stored content: logits and transcripts are always
+    stored (they are small), hidden layers and top-k only as asked, so `logit` and `sequence`
+    runs share a cache while a run wanting other hidden layers, or another teacher, gets its
+    own."""
     cuts_path = Path(cuts_path)
     stem = cuts_path.name.split(".")[0]
     root = Path(cache_root) if cache_root else cuts_path.parent / "teacher_cache"
     layers = "-".join(str(x) for x in request.hidden_layers) or "none"
-    return root / f"{stem}.topk{topk}.hidden{layers}"
+    return root / f"{stem}.{teacher_fingerprint[:12]}.topk{topk}.hidden{layers}"
 
 
 def _pack(out: TeacherOutput, i: int, topk: int) -> dict[str, Tensor]:
@@ -89,7 +109,9 @@ def build_cache(
 ) -> TeacherCache:
     """Run `teacher` over every cut of the manifest (clean features) and store its outputs;
     reuse the existing cache when its key matches."""
-    directory = cache_dir_for(cuts_path, cache_root, request, topk)
+    directory = cache_dir_for(cuts_path, cache_root, request, topk, teacher.fingerprint())
+    if not stores_transcripts(teacher, request):
+        directory = directory.with_name(directory.name + ".notext")
     directory.parent.mkdir(parents=True, exist_ok=True)
     # One builder at a time per cache folder (parallel sweep workers, runs sharing a disk);
     # the others wait, then find the finished cache and reuse it.
@@ -118,7 +140,8 @@ def _build_locked(
     batches = duration_batches(cuts, batch_seconds)
     offers = getattr(teacher, "offers", None)  # a teacher that gives only some outputs
     logits = offers.logits if offers is not None else True
-    full_request = TeacherRequest(logits, True, request.hidden_layers)
+    texts_too = stores_transcripts(teacher, request)
+    full_request = TeacherRequest(logits, texts_too, request.hidden_layers)
     needs_audio = getattr(teacher, "needs_audio", False)
     for group in tqdm(batches, desc="teacher cache", unit="batch", disable=not progress):
         batch = collate(CutSet.from_cuts(group), teacher.tokenizer)
@@ -132,7 +155,8 @@ def _build_locked(
             for name, tensor in _pack(out, i, topk).items():
                 shard[f"{rows}.{name}"] = tensor.contiguous()
             entries[cut_id] = [n_shard, rows, int(out.lengths[i])]
-            texts[cut_id] = out.transcripts[i]
+            if texts_too:
+                texts[cut_id] = out.transcripts[i]
             rows += 1
             if rows % SHARD_SIZE == 0:
                 save_file(shard, str(tmp / f"shard-{n_shard:05d}.safetensors"))

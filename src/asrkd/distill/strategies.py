@@ -61,14 +61,18 @@ class SequenceKD(nn.Module):
         self.tokenizer = tokenizer
 
     def forward(self, student: ModelOutput, teacher: TeacherOutput, batch: Batch):
-        ids = [self.tokenizer.encode(t) for t in teacher.transcripts]
+        # An empty teacher transcript is a legitimate target (silence) and counts; None is one
+        # left out (not mappable into the student's units, or over distill.max_pseudo_wer).
+        kept = torch.tensor([t is not None for t in teacher.transcripts])
+        ids = [self.tokenizer.encode(t or "") for t in teacher.transcripts]
         lens = torch.tensor([len(x) for x in ids])
         targets = torch.zeros(len(ids), max(1, int(lens.max())), dtype=torch.long)
         for i, x in enumerate(ids):
             targets[i, : len(x)] = torch.tensor(x, dtype=torch.long)
         dev = student.logits.device
-        # An empty teacher transcript is a legitimate target (silence), so every utterance counts.
-        loss = ctc_loss(student.logits, student.lengths, targets.to(dev), lens.to(dev))
+        loss = ctc_loss(
+            student.logits, student.lengths, targets.to(dev), lens.to(dev), kept.to(dev)
+        )
         return {"kd_seq": loss}
 
 
@@ -151,7 +155,8 @@ class Distiller(nn.Module):
         """student, teacher: model dims of any family (n_layers and d_model are all it reads)."""
         if teacher is None:
             raise ConfigError(
-                "hidden-state KD needs a teacher that exposes its layers (teacher.kind=checkpoint)"
+                "hidden-state KD needs a teacher that exposes its layers (teacher.kind=checkpoint "
+                "or whisper)"
             )
         layer_map = cfg.hidden_layer_map or auto_layer_map(student.n_layers, teacher.n_layers)
         for s, t in layer_map:

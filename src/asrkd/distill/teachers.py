@@ -6,7 +6,8 @@ Strategies only see `TeacherOutput`, so a teacher from another toolkit plugs in 
 vocabulary match the student's, transcripts always. A teacher that declares `offers` (a
 TeacherRequest) gives only that; one with `needs_audio` is called with the utterances' audio and
 runs from the teacher cache. `hf-ctc` (HFCTCTeacher) is such a teacher: any Hugging Face CTC
-recogniser, for its transcripts.
+recogniser, for its transcripts; so is `whisper` (asrkd.distill.whisper_teacher), for its
+transcripts and encoder states.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asrkd.config import ConfigError
+from asrkd.config import ConfigError, TeacherConfig
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.models.checkpoint import load_model
 from asrkd.models.ctc import greedy_decode
@@ -193,8 +194,20 @@ class HFCTCTeacher:
         )
 
 
-TEACHERS: dict[str, type] = {"checkpoint": CheckpointTeacher, "hf-ctc": HFCTCTeacher}
+# A teacher kind with its own module is imported here, after the names it uses exist.
+from asrkd.distill.whisper_teacher import WhisperTeacher
+
+TEACHERS: dict[str, type] = {
+    "checkpoint": CheckpointTeacher,
+    "hf-ctc": HFCTCTeacher,
+    "whisper": WhisperTeacher,
+}
 
 
-def load_teacher(kind: str, path: str | Path) -> Teacher:
-    return TEACHERS[kind](path)
+def load_teacher(kind: str, path: str | Path, cfg: TeacherConfig | None = None) -> Teacher:
+    """The teacher of `kind` at `path`; a kind with options of its own (`from_config`) takes
+    them from `cfg` (teacher.beam, teacher.compute_type)."""
+    cls = TEACHERS[kind]
+    if cfg is not None and hasattr(cls, "from_config"):
+        return cls.from_config(cfg)
+    return cls(path)

@@ -1,0 +1,94 @@
+"""distill.max_pseudo_wer: teacher transcripts over the WER threshold (against the utterance's own
+transcript) are dropped from sequence KD, exactly those; unmappable ones are counted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asrkd.data.text import Tokenizer
+from asrkd.distill.pseudo_labels import filter_pseudo_labels, pseudo_label_wer
+from asrkd.distill.strategies import SequenceKD
+from asrkd.distill.teachers import TeacherOutput
+from asrkd.models.conformer import ModelOutput
+
+REFS = {"a": "the cat sat on the mat", "b": "the cat sat on the mat", "c": "one two three four"}
+REFS |= {"d": "a b c d e f g h i j", "e": "a b c d e f g h i j"}
+TEXTS = {
+    "a": "the cat sat on the mat",  # WER 0
+    "b": "the cat sat on a mat",  # 1/6 = 0.167
+    "c": "one two three",  # 1/4 = 0.25
+    "d": "a b c d e f g h i x",  # 1/10 = 0.1: kept at 0.1 (not over)
+    "e": "a b c d e f g h x x",  # 0.2
+    "u": "anything at all",  # untranscribed: never checked
+    "n": None,  # unmappable
+}
+
+
+@pytest.mark.parametrize(
+    "max_wer, dropped",
+    [(0.0, set()), (0.1, {"b", "c", "e"}), (0.2, {"c"}), (0.25, set()), (0.15, {"b", "c", "e"})],
+)
+def test_drops_exactly_those_over_the_threshold(max_wer: float, dropped: set[str]) -> None:
+    kept, stats = filter_pseudo_labels(TEXTS, REFS, max_wer)
+    assert set(stats.over_wer) == dropped
+    assert {k for k, v in kept.items() if v is None} == dropped | {"n"}
+    assert stats.unmappable == ["n"]
+    assert all(kept[k] == TEXTS[k] for k in TEXTS if k not in dropped)
+    assert stats.n_checked == (5 if max_wer else 0)
+    summary = stats.summary()
+    assert summary["pseudo_labels_over_max_wer"] == len(dropped)
+    assert summary["pseudo_labels_unmappable"] == 1
+
+
+def test_wer_of_one_transcript() -> None:
+    assert pseudo_label_wer("a b", "a b c d") == 0.5
+    assert pseudo_label_wer("", "") == 0.0 and pseudo_label_wer("x", "") == 1.0
+
+
+def test_a_dropped_transcript_adds_nothing_to_sequence_kd() -> None:
+    tok = Tokenizer()
+    torch.manual_seed(0)
+    logits = torch.randn(3, 30, tok.vocab_size)
+    student = ModelOutput(logits=logits, lengths=torch.tensor([30, 30, 20]), hidden_states=[])
+    kd = SequenceKD(tok)
+    both = TeacherOutput(transcripts=["the cat", None, "a dog"])
+    alone = TeacherOutput(transcripts=["the cat", "a dog"])
+    pair = ModelOutput(logits=logits[[0, 2]], lengths=torch.tensor([30, 20]), hidden_states=[])
+    torch.testing.assert_close(kd(student, both, None)["kd_seq"], kd(pair, alone, None)["kd_seq"])
+
+
+def test_a_run_reports_what_it_dropped(prepared_parts, tiny_teacher, tmp_path, one_thread) -> None:
+    """A sequence-KD run with distill.max_pseudo_wer writes the counts into summary.json: those
+    of its teacher's cached transcripts over the threshold against the cuts' own text."""
+    import json
+
+    from lhotse import CutSet
+
+    from asrkd.config import load_config
+    from asrkd.data.dataset import cut_text
+    from asrkd.data.text import normalize_text
+    from asrkd.train import Trainer
+    from tests.conftest import tiny_run_overrides
+
+    cfg = load_config(
+        None,
+        tiny_run_overrides(prepared_parts, tmp_path / "run", 10)
+        + [
+            "distill.strategy=sequence",
+            f"teacher.path={tiny_teacher}",
+            f"teacher.cache_dir={tmp_path / 'cache'}",
+            "distill.max_pseudo_wer=0.1",
+        ],
+    )
+    trainer = Trainer(cfg)
+    trainer.run()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    (index,) = (tmp_path / "cache").glob("*/index.json")
+    texts = json.loads(index.read_text())["texts"]
+    cuts = CutSet.from_file(prepared_parts["train"])
+    over = [c.id for c in cuts if pseudo_label_wer(texts[c.id], normalize_text(cut_text(c))) > 0.1]
+    assert summary["pseudo_labels_checked"] == len(cuts)
+    assert summary["pseudo_labels_over_max_wer"] == len(over)
+    assert summary["pseudo_labels_unmappable"] == 0
+    assert all(trainer.teacher_source.caches[0].texts[i] is None for i in over)
