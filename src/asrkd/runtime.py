@@ -115,6 +115,7 @@ class TeacherSource:
         self.tokenizer = tokenizer
         self.teacher = load_teacher(cfg.teacher.kind, cfg.teacher.path, cfg.teacher)
         self.caches: list[TeacherCache] = []
+        self.parts: list[tuple[TeacherRequest, list[TeacherCache]]] = []
         self.pseudo_labels = PseudoLabelStats()
         self.request = TeacherRequest()
         self.device = torch.device("cpu")
@@ -159,21 +160,34 @@ class TeacherSource:
             self.teacher.to(device)
         if not self.cfg.teacher.cache:
             return
-        manifests = [self.cfg.data.train_cuts, self.cfg.data.unlabelled_cuts]
-        self.caches = [
-            build_cache(
-                self.teacher,
-                m,
-                request,
-                self.cfg.teacher.cache_topk,
-                self.cfg.teacher.cache_dir or None,
-                progress=self.cfg.train.progress,
-            )
-            for m in manifests
-            if m
+        manifests = [m for m in (self.cfg.data.train_cuts, self.cfg.data.unlabelled_cuts) if m]
+        self.parts = [
+            (part, [self._cache(m, part) for m in manifests]) for part in self._split(request)
         ]
+        self.caches = [cache for _, caches in self.parts for cache in caches]
         if request.transcripts:
             self._filter_pseudo_labels(train_cuts)
+
+    def _split(self, request: TeacherRequest) -> list[TeacherRequest]:
+        """The requests cached apart: for a teacher that hears audio (whisper, hf-ctc) its
+        transcripts and its encoder states are separate, costly passes, so each has its own
+        cache and sequence, hidden and sequence+hidden runs share them; one request otherwise."""
+        if not getattr(self.teacher, "needs_audio", False):
+            return [request]
+        parts = [TeacherRequest(transcripts=True)] if request.transcripts else []
+        if request.hidden_layers:
+            parts.append(TeacherRequest(hidden_layers=request.hidden_layers))
+        return parts or [request]
+
+    def _cache(self, manifest: str, request: TeacherRequest) -> TeacherCache:
+        return build_cache(
+            self.teacher,
+            manifest,
+            request,
+            self.cfg.teacher.cache_topk,
+            self.cfg.teacher.cache_dir or None,
+            progress=self.cfg.train.progress,
+        )
 
     def _filter_pseudo_labels(self, train_cuts: CutSet | None) -> None:
         """Leave unmappable teacher transcripts, and those over distill.max_pseudo_wer against
@@ -182,7 +196,7 @@ class TeacherSource:
         if self.cfg.distill.max_pseudo_wer and train_cuts is not None:
             references = {c.id: normalize_text(text) for c in train_cuts if (text := cut_text(c))}
         stats = PseudoLabelStats()
-        for cache in self.caches:
+        for cache in (c for part, caches in self.parts if part.transcripts for c in caches):
             cache.texts, part = filter_pseudo_labels(
                 cache.texts, references, self.cfg.distill.max_pseudo_wer
             )
@@ -196,13 +210,21 @@ class TeacherSource:
             return self.teacher(
                 batch.feats.to(self.device), batch.feat_lens.to(self.device), self.request
             )
-        ids = batch.cut_ids
-        for cache in self.caches:
-            if all(c in cache.entries for c in ids):
-                return cache.get(ids, self.request)
-        parts = [next(c for c in self.caches if i in c.entries) for i in ids]
-        rows = [cache.get([i], self.request) for cache, i in zip(parts, ids)]
-        return _stack(rows)
+        outs = [_from_caches(caches, batch.cut_ids, part) for part, caches in self.parts]
+        out = outs[0]
+        for other in outs[1:]:  # the parts of one request: hidden states, transcripts
+            out.hidden.update(other.hidden)
+            out.transcripts = out.transcripts if other.transcripts is None else other.transcripts
+        return out
+
+
+def _from_caches(caches: list[TeacherCache], ids: list[str], request: TeacherRequest):
+    """The cached outputs of cuts `ids`, which may come from several manifests' caches."""
+    for cache in caches:
+        if all(c in cache.entries for c in ids):
+            return cache.get(ids, request)
+    owners = [next(c for c in caches if i in c.entries) for i in ids]
+    return _stack([cache.get([i], request) for cache, i in zip(owners, ids)])
 
 
 def _stack(rows: list[TeacherOutput]) -> TeacherOutput:
@@ -239,6 +261,21 @@ def prepare_teacher(cfg: Config, tokenizer: Tokenizer):
     if cfg.distill.strategies == ("none",):
         return None, dims, model
     return source, dims, model
+
+
+def build_teacher_caches(cfg: Config) -> None:
+    """Fill the teacher caches a distillation run will read, without training it: a driver that
+    then trains several students at once (asrkd demo) builds them first, alone, on all threads."""
+    if cfg.distill.strategies == ("none",) or not cfg.teacher.cache:
+        return
+    from asrkd.distill.strategies import Distiller
+    from asrkd.models import PRESETS
+
+    train_cuts, _ = load_training_data(cfg, distilling=True)
+    tokenizer = build_tokenizer(cfg, train_cuts)
+    source, teacher_dims, _ = prepare_teacher(cfg, tokenizer)
+    distiller = Distiller(cfg.distill, tokenizer, PRESETS[cfg.model.preset], teacher_dims)
+    source.attach(distiller.request, torch.device("cpu"), train_cuts)
 
 
 # -- checkpoints ------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,27 +29,23 @@ from asrkd.config import EvalConfig
 
 RUNTIMES = ("pytorch", "faster-whisper-int8", "faster-whisper-fp32")
 
-Transcribe = Callable[[np.ndarray], str]  # 16 kHz mono float32 -> raw text
 
+def open_teacher(path: str | Path, runtime: str, threads: int):
+    """A WhisperTeacher whose `transcribe` runs one 16 kHz utterance with `runtime`."""
+    import torch
 
-def open_transcriber(path: str | Path, runtime: str, threads: int) -> tuple[Transcribe, int]:
-    """(a function transcribing one 16 kHz utterance, the model's parameter count)."""
-    from asrkd.models.whisper_io import load_whisper
+    from asrkd.distill.whisper_teacher import WhisperTeacher
 
-    if runtime == "pytorch":
-        from asrkd.distill.whisper_teacher import WhisperTranscriber
-
-        model = WhisperTranscriber(path, runtime="transformers", beam=1, threads=threads)
-        return model.raw_text, model.n_params
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown Whisper runtime {runtime!r}: one of {', '.join(RUNTIMES)}")
-    from asrkd.distill.whisper_teacher import WhisperTranscriber
-
-    compute = runtime.removeprefix("faster-whisper-").replace("fp32", "float32")
-    model = WhisperTranscriber(path, runtime="ctranslate2", compute_type=compute, beam=1,
-                               threads=threads)  # fmt: skip
-    n_params = sum(p.numel() for p in load_whisper(path).parameters())
-    return model.raw_text, n_params
+    if threads:
+        torch.set_num_threads(threads)  # faster-whisper takes torch's thread count too
+    if runtime == "pytorch":
+        teacher = WhisperTeacher(path, beam=1, runtime="transformers")
+    else:
+        compute = runtime.removeprefix("faster-whisper-").replace("fp32", "float32")
+        teacher = WhisperTeacher(path, beam=1, compute_type=compute, runtime="faster-whisper")
+    return teacher
 
 
 def _utterances(cuts_path: str | Path) -> list[tuple[str, str, np.ndarray]]:
@@ -71,11 +66,13 @@ def evaluate_teacher(
 ) -> dict:  # fmt: skip
     """Transcribe every test set with one runtime; WER/CER files as asrkd.evaluate writes
     them, speed over all utterances of the first set, memory probed in a fresh process."""
-    from asrkd.data.normalize import teacher_text
+    from asrkd.data.normalize import normalize_english
     from asrkd.scoring import write_results, write_summary
 
     out_dir = Path(out_dir)
-    transcribe, n_params = open_transcriber(path, runtime, cfg.threads)
+    teacher = open_teacher(path, runtime, cfg.threads)
+    transcribe = teacher.transcribe
+    n_params = sum(p.numel() for p in teacher.model.parameters())  # the same weights either way
     summary: dict = {"model": str(path), "format": runtime, "n_params": n_params,
                      "bytes_fp32": 4 * n_params, "bytes_on_disk": _folder_bytes(path),
                      "sets": {}}  # fmt: skip
@@ -87,7 +84,7 @@ def evaluate_teacher(
             t0 = time.perf_counter()
             raw = transcribe(audio)
             seconds += time.perf_counter() - t0
-            results.append((cut_id, ref, teacher_text(raw) or ""))
+            results.append((cut_id, ref, normalize_english(raw) or ""))
         name = Path(cuts_path).name.split(".")[0].removeprefix("cuts_")
         summary["sets"][name] = write_results(results, out_dir, name, f"{runtime}-greedy")
         if i == 0:
@@ -133,8 +130,8 @@ def _memory_probe(path: str, runtime: str, cuts_path: str, n_utts: int, threads:
     base = _status_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the high-water mark VmHWM to the current RSS
-    transcribe, _ = open_transcriber(path, runtime, threads)
+    teacher = open_teacher(path, runtime, threads)
     for _, _, audio in utts:
-        transcribe(audio)
+        teacher.transcribe(audio)
     peak = _status_mb("VmHWM")
     return {"peak_rss_mb": peak, "baseline_rss_mb": base, "model_memory_mb": peak - base}
