@@ -9,8 +9,8 @@ TEST_STAMP := $(VENV)/.installed-test
 
 EXTRAS := test,espeak,export
 # What only the tests use on top (the demo does without): psycopg for the PostgreSQL sweep
-# tests, transformers for the hf-ctc teacher.
-TEST_EXTRAS := postgres,hf
+# tests, transformers for the hf-ctc teacher, wordfreq for the lexicon's general vocabulary.
+TEST_EXTRAS := postgres,hf,lexicon
 # uv installs the very same packages as pip in ~25 s instead of ~60 s (docs/benchmarks.md,
 # "Installing"); pip stays the fallback where uv cannot be had or fails, and installs wherever pip
 # is told to use another index or none (a mirror, an offline machine: uv would try pypi.org).

@@ -5,6 +5,7 @@ drops an utterance's last word, prunes with LM look-ahead; wordfreq vocabularies
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 from pathlib import Path
@@ -12,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asrkd.config import ConfigError, EvalConfig
+from asrkd.config import ConfigError, EvalConfig, ExportConfig
 from asrkd.data.dataset import cut_text, load_cuts
 from asrkd.data.text import BLANK, Tokenizer, train_bpe
 from asrkd.evaluate import evaluate
+from asrkd.export import lexicon_metadata
 from asrkd.lexicon import LexiconDecoder, WordLM, vocabulary_lm, wordfreq_lm
 
 TINY = Tokenizer(symbols=(BLANK, " ", "a", "b"))
@@ -217,3 +219,12 @@ def test_real_test_other_oov_rate_with_and_without_wordfreq() -> None:
     print(f"test-other OOV rate over {len(test_words)} words:", rates)
     assert rates["train"] > 0.1
     assert rates["train+wordfreq:50000"] < 0.05
+
+
+def test_export_stores_a_wordfreq_lexicon_without_transcripts() -> None:
+    meta = {"tokenizer": json.loads(Tokenizer().to_json())}
+    lex = lexicon_metadata(ExportConfig(vocabulary="wordfreq:2000"), meta, "model.safetensors")
+    assert lex["vocabulary"] == "wordfreq:2000" and "the" in lex["log_probs"]
+    assert lexicon_metadata(ExportConfig(), meta, "model.safetensors") is None
+    with pytest.raises(ConfigError, match="lexicon_cuts"):
+        ExportConfig(vocabulary="train+wordfreq:2000")
