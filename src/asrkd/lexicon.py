@@ -29,6 +29,7 @@ Dimension legend: T' output frames, V vocabulary (tokens, blank included).
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -223,35 +224,48 @@ class LexiconDecoder:
 
     def decode(self, log_probs: np.ndarray) -> str:
         """log_probs (T', V): log-softmax outputs of one utterance's valid frames -> text."""
-        # prefix -> [log P(ends in blank), log P(ends in a token)]. A prefix (the tokens emitted
-        # so far: CTC collapses paths onto it) is a number: `child[(prefix, token)]` numbers its
-        # extensions, `hyps[prefix]` is its hypothesis, None where the lexicon forbids it.
-        # Numbers rather than token tuples: hashing ever longer tuples dominated decoding.
-        beams: dict[int, list[float]] = {0: [0.0, NEG_INF]}
+        # A prefix (the tokens emitted so far: CTC collapses paths onto it) is a number:
+        # `kids[prefix][token]` numbers its extensions, `hyps[prefix]` is its hypothesis, None
+        # where the lexicon forbids it. Numbers rather than token tuples: hashing ever longer
+        # tuples dominated decoding. `beams`: prefix -> (log P(ends in blank), log P(ends in a
+        # token)); per frame `blk` and `tok` collect the two for the next frame's prefixes.
+        beams: dict[int, tuple[float, float]] = {0: (0.0, NEG_INF)}
         hyps: list[_Hyp | None] = [_Hyp(0, (), 0.0, -1, 0.0)]
-        child: dict[tuple[int, int], int] = {}
-        blank = self.blank
+        kids: list[dict[int, int]] = [{}]
+        blank, extend, lae = self.blank, self._extend, _lae
         keep = log_probs > self.prune
         keep[:, blank] = False
         for row, cand in zip(log_probs.tolist(), (np.flatnonzero(k).tolist() for k in keep)):
-            nxt: dict[int, list[float]] = {}
+            blk: dict[int, float] = {}
+            tok: dict[int, float] = {}
             for prefix, (pb, pnb) in beams.items():
-                hyp, total = hyps[prefix], _lae(pb, pnb)
-                _add(nxt, prefix, 0, total + row[blank])
+                hyp, total = hyps[prefix], lae(pb, pnb)
+                x, val = blk.get(prefix), total + row[blank]
+                blk[prefix] = val if x is None else lae(x, val)
+                children, last = kids[prefix], hyp.last
                 for v in cand:
-                    if v == hyp.last:
-                        _add(nxt, prefix, 1, pnb + row[v])  # repeat collapses onto the prefix
+                    if v == last:  # a repeat collapses onto the prefix
+                        x, val = tok.get(prefix), pnb + row[v]
+                        tok[prefix] = val if x is None else lae(x, val)
                         source = pb  # a new token only after a blank
                     else:
                         source = total
-                    new = child.get((prefix, v))
+                    new = children.get(v)
                     if new is None:
-                        new = child[(prefix, v)] = len(hyps)
-                        hyps.append(self._extend(hyp, v))
+                        new = children[v] = len(hyps)
+                        hyps.append(extend(hyp, v))
+                        kids.append({})
                     if hyps[new] is not None:
-                        _add(nxt, new, 1, source + row[v])
-            ranked = sorted(nxt.items(), key=lambda kv: -(_lae(*kv[1]) + hyps[kv[0]].score))
-            beams = dict(ranked[: self.beam])
+                        x, val = tok.get(new), source + row[v]
+                        tok[new] = val if x is None else lae(x, val)
+            ranked = heapq.nlargest(
+                self.beam,
+                (
+                    (lae(blk.get(p, NEG_INF), tok.get(p, NEG_INF)) + hyps[p].score, p)
+                    for p in {*blk, *tok}
+                ),
+            )
+            beams = {p: (blk.get(p, NEG_INF), tok.get(p, NEG_INF)) for _, p in ranked}
         return self._best(beams, hyps)
 
     def _best(self, beams, hyps) -> str:
@@ -269,8 +283,3 @@ def _lae(a: float, b: float) -> float:
     if b == NEG_INF:
         return a
     return max(a, b) + math.log1p(math.exp(-abs(a - b)))
-
-
-def _add(beams: dict[tuple[int, ...], list[float]], prefix, slot: int, value: float) -> None:
-    cell = beams.setdefault(prefix, [NEG_INF, NEG_INF])
-    cell[slot] = _lae(cell[slot], value)
