@@ -258,14 +258,13 @@ class LexiconDecoder:
                     if hyps[new] is not None:
                         x, val = tok.get(new), source + row[v]
                         tok[new] = val if x is None else lae(x, val)
-            ranked = heapq.nlargest(
-                self.beam,
-                (
-                    (lae(blk.get(p, NEG_INF), tok.get(p, NEG_INF)) + hyps[p].score, p)
-                    for p in {*blk, *tok}
-                ),
-            )
-            beams = {p: (blk.get(p, NEG_INF), tok.get(p, NEG_INF)) for _, p in ranked}
+            # Ranked by acoustic + LM (look-ahead included) score; only the current beams' own
+            # prefixes can end in a blank, so only they need the log-add.
+            ranked = {p: v + hyps[p].score for p, v in tok.items()}
+            for p, v in blk.items():
+                ranked[p] = lae(v, tok.get(p, NEG_INF)) + hyps[p].score
+            best = heapq.nlargest(self.beam, ranked, key=ranked.__getitem__)
+            beams = {p: (blk.get(p, NEG_INF), tok.get(p, NEG_INF)) for p in best}
         return self._best(beams, hyps)
 
     def _best(self, beams, hyps) -> str:
