@@ -98,17 +98,14 @@ def test_fail_policies_name_the_file(folder: Path, tmp_path: Path, policy: str, 
 
 
 def test_cli_prepare_audio(folder: Path, tmp_path: Path, capsys) -> None:
-    for bad in (folder / "c", folder / "long.flac", folder / "stereo.flac", folder / "low"):
-        if bad.is_dir():
-            for f in bad.iterdir():
-                f.unlink()
-            bad.rmdir()
-        else:
-            bad.unlink()
-    (folder / "dup.wav").unlink()
-    assert main(["prepare", "audio", str(folder), "--out", str(tmp_path / "o")]) == 0
-    name, path = capsys.readouterr().out.split("\t")
-    assert name == "my audio" and len(CutSet.from_file(path.strip())) == 3
+    for bad in ("c/corrupt.flac", "c/empty.wav", "long.flac", "stereo.flac", "dup.wav"):
+        (folder / bad).unlink()
+    out = folder / "prepared"  # inside the folder: outputs (converted copies) are not input
+    for overrides in ([], ["--set", "max_seconds=20"]):
+        assert main(["prepare", "audio", str(folder), "--out", str(out), *overrides]) == 0
+        name, path = capsys.readouterr().out.split("\t")
+        cuts = CutSet.from_file(path.strip())
+        assert name == "my audio" and sorted(cuts.ids) == ["a__b__one", "dup", "low__eight", "two"]
     assert main(["prepare", "audio", str(folder), "--parts", "x", "--out", str(tmp_path)]) == 2
     assert main(["prepare", "librispeech", str(folder), "--out", str(tmp_path)]) == 2
     assert main(["prepare", "audio", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2

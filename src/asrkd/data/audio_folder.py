@@ -67,16 +67,21 @@ def _prepare(root: Path, out_dir: Path, cfg: PrepareConfig, tok: Tokenizer, prog
     part = root.name
     remove_outputs(out_dir, part)
     report = PrepareReport(part)
-    utts = _scan(root, cfg, report)
+    utts = _scan(root, out_dir, cfg, report)
     utts = check_audio(utts, cfg, tok, report, out_dir / f"converted_audio_{part}", progress)
     finish_part(utts, root, out_dir, cfg, report, progress, prefix="audio")
 
 
-def _scan(root: Path, cfg: PrepareConfig, report: PrepareReport) -> list[Utterance]:
-    """One Utterance per audio file; files whose ids collide (``a.wav`` beside ``a.flac``) are
-    duplicates handled by prepare.on_bad_text, as LibriSpeech's duplicate ids are."""
+def _scan(root: Path, out_dir: Path, cfg: PrepareConfig, report: PrepareReport) -> list[Utterance]:
+    """One Utterance per audio file outside out_dir (converted copies live there); files whose
+    ids collide (``a.wav`` beside ``a.flac``) are duplicates handled by prepare.on_bad_text, as
+    LibriSpeech's duplicate ids are."""
     suffixes = {f".{name.lower()}" for name in sf.available_formats()}
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in suffixes and p.is_file() and not p.is_relative_to(out_dir)
+    )
     report.n_audio_files = len(files)
     by_id = defaultdict(list)
     for path in files:
