@@ -5,11 +5,11 @@ that both give the same transcripts.
     git show a434418:src/asrkd/lexicon.py > /tmp/lexicon_before.py
     .venv/bin/python benchmarks/lexicon_decode.py --models runs/demo/runs/teacher/model.safetensors \
         --cuts runs/demo/manifests/cuts_test.jsonl.gz [--reference /tmp/lexicon_before.py] \
-        [--rounds 3]
+        [--rounds 3] [--beam 32] [--vocabulary train+wordfreq:50000]
 
 The network runs once per model (one thread); only the beam search is timed, medians of
 --rounds alternating rounds. Decoder settings: EvalConfig's (beam 8, LM weight 0.5, word bonus
-1), lexicon from the model's own training manifest.
+1, vocabulary "train": the model's own training manifest) unless --beam / --vocabulary say else.
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ def main() -> None:
     ap.add_argument("--cuts", required=True)
     ap.add_argument("--reference", default="", help="another lexicon.py to compare with")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--beam", type=int, default=EvalConfig.beam)
+    ap.add_argument("--vocabulary", default=EvalConfig.vocabulary)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = EvalConfig(decoder="lexicon")
+    cfg = EvalConfig(decoder="lexicon", beam=args.beam, vocabulary=args.vocabulary)
     cuts = load_cuts(args.cuts)
     reference = load_reference(args.reference) if args.reference else None
     print("\n| model | utterances | frames | asrkd s | reference s | speed-up | same text |")

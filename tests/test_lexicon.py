@@ -1,20 +1,24 @@
 """Lexicon beam search: exact against brute force over all CTC paths, agrees with greedy
-decoding on confident in-vocabulary input, repairs misspellings, works with BPE pieces."""
+decoding on confident in-vocabulary input, repairs misspellings, works with BPE pieces, never
+drops an utterance's last word, prunes with LM look-ahead; wordfreq vocabularies."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from asrkd.config import ConfigError, EvalConfig
+from asrkd.config import ConfigError, EvalConfig, ExportConfig
 from asrkd.data.dataset import cut_text, load_cuts
 from asrkd.data.text import BLANK, Tokenizer, train_bpe
 from asrkd.evaluate import evaluate
-from asrkd.lexicon import LexiconDecoder, WordLM
+from asrkd.export import lexicon_metadata
+from asrkd.lexicon import LexiconDecoder, WordLM, vocabulary_lm, wordfreq_lm
 
 TINY = Tokenizer(symbols=(BLANK, " ", "a", "b"))
 
@@ -45,6 +49,8 @@ def brute_force(log_probs: np.ndarray, dec: LexiconDecoder) -> str:
         if text.startswith(" ") or "  " in text:
             continue
         words = text.split()
+        if words and not text.endswith(" ") and words[-1] not in dec.lm.log_probs:
+            words[-1] = complete(words[-1], dec)  # the utterance ends inside a word
         if not all(w in dec.lm.log_probs for w in words):
             continue
         total = score + sum(dec.lm_weight * dec.lm.log_probs[w] + dec.word_bonus for w in words)
@@ -53,10 +59,21 @@ def brute_force(log_probs: np.ndarray, dec: LexiconDecoder) -> str:
     return best
 
 
+def complete(prefix: str, dec: LexiconDecoder) -> str:
+    """The best-scoring lexicon word that starts with prefix (the alphabetically first among
+    equals), or prefix itself when none does."""
+    words = sorted(w for w in dec.lm.log_probs if w.startswith(prefix))
+    return max(words, key=lambda w: dec.lm.log_probs[w], default=prefix)
+
+
 @pytest.mark.parametrize("seed", range(6))
-def test_full_beam_equals_brute_force(seed: int) -> None:
+@pytest.mark.parametrize(
+    "texts",
+    [["a ab b ab ba", "ab ab a"], ["a abb bab ab", "bba a ab"]],  # 2nd: prefixes b, bb, ba, abb
+)
+def test_full_beam_equals_brute_force(seed: int, texts: list[str]) -> None:
     rng = np.random.default_rng(seed)
-    lm = WordLM.from_texts(["a ab b ab ba", "ab ab a"])
+    lm = WordLM.from_texts(texts)
     logits = rng.normal(size=(6, TINY.vocab_size)) * 2
     log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
     dec = LexiconDecoder(TINY, lm, beam=10_000, lm_weight=0.7, word_bonus=0.3, prune=-np.inf)
@@ -125,3 +142,89 @@ def test_evaluate_with_the_lexicon_decoder(
     assert again["sets"] == summary["sets"]
     with pytest.raises(ConfigError, match="eval.decoder"):
         EvalConfig(decoder="wfst")
+
+
+def test_the_last_word_is_completed_when_every_beam_ends_inside_a_word() -> None:
+    tok = Tokenizer()
+    lm = WordLM.from_texts(["the cat sat on the car", "a car a car the dog"])
+    dec = LexiconDecoder(tok, lm, beam=8)
+    # The audio stops after "ca": with every other symbol below the pruning threshold no beam
+    # has finished the word (the old decoder said "the"); "car" is likelier than "cat".
+    for spelt, text in (("the ca", "the car"), ("the do", "the dog"), ("d", "dog")):
+        assert dec.decode(peaked(tok, spelt, p=0.999)) == text
+    assert dec.decode(peaked(tok, "the cat", p=0.999)) == "the cat"  # a spelt word stays
+
+
+def test_look_ahead_keeps_the_likely_word_through_pruning() -> None:
+    """Beam 1: frame 0 favours b (0.55 vs 0.45), frame 1 a, so acoustically "ba" leads "ab"
+    (0.30 vs 0.20), but "ab" is 20 times as frequent. Without look-ahead both partial words
+    score 0 in the LM at frame 0, so the beam keeps "b" and ends on "ba"; with it, the partial
+    "a" carries log P(ab) and survives: the result is the exact best, "ab"."""
+    p = np.array([[1e-6, 1e-6, 0.45, 0.55], [1e-6, 1e-6, 0.55, 0.45]])
+    log_probs = np.log(p / p.sum(1, keepdims=True))
+    lm = WordLM.from_texts(["ab"] * 20 + ["ba"])
+    dec = LexiconDecoder(TINY, lm, beam=1, lm_weight=1.0, word_bonus=0.0, prune=-np.inf)
+    assert dec.decode(log_probs) == brute_force(log_probs, dec) == "ab"
+    dec.look = [0.0] * len(dec.look)  # the same decoder without look-ahead
+    assert dec.decode(log_probs) == "ba"
+
+
+def test_wordfreq_vocabulary_and_its_mix_with_the_transcripts() -> None:
+    tok = Tokenizer()
+    general = wordfreq_lm(20_000, tok)
+    assert 15_000 < len(general.log_probs) <= 20_000
+    for word in ("the", "and", "because", "house", "don't"):
+        assert word in general.log_probs
+    assert all(set(w) <= set(tok.symbols) - {" "} for w in general.log_probs)
+    assert general.log_probs["the"] > general.log_probs["house"]
+    assert math.isclose(sum(math.exp(v) for v in general.log_probs.values()), 1.0)
+    train = WordLM.from_texts(["the zyzzyva sat"])
+    mixed = vocabulary_lm("train+wordfreq:20000", 0.25, tok, lambda: train)
+    assert set(mixed.log_probs) == set(general.log_probs) | {"zyzzyva"}
+    assert math.isclose(math.exp(mixed.log_probs["zyzzyva"]), 0.75 / 3)
+    assert math.isclose(sum(math.exp(v) for v in mixed.log_probs.values()), 1.0)
+    assert vocabulary_lm("wordfreq:20000", 0.5, tok, lambda: 1 / 0).log_probs == general.log_probs
+    assert vocabulary_lm("train", 0.5, tok, lambda: train) is train
+    cfg = EvalConfig(decoder="lexicon", vocabulary="train+wordfreq:50000")
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-train+wordfreq50000w0.5"
+    for bad in ("wordfreq", "wordfreq:0", "train+train", "books:10"):
+        with pytest.raises(ConfigError, match="vocabulary"):
+            EvalConfig(vocabulary=bad)
+    with pytest.raises(ConfigError, match="wordfreq_weight"):
+        EvalConfig(wordfreq_weight=1.0)
+
+
+def _transcript_words(part: Path) -> list[str]:
+    from asrkd.data.text import normalize_text
+
+    return [
+        w
+        for trans in sorted(part.rglob("*.trans.txt"))
+        for line in trans.read_text().splitlines()
+        for w in normalize_text(line.split(maxsplit=1)[1]).split()
+    ]
+
+
+@pytest.mark.librispeech
+def test_real_test_other_oov_rate_with_and_without_wordfreq() -> None:
+    root = os.environ.get("ASRKD_LIBRISPEECH_DIR")
+    if not root:
+        pytest.skip("set ASRKD_LIBRISPEECH_DIR to a LibriSpeech folder with test-other")
+    test_words = _transcript_words(Path(root) / "test-other")
+    train = WordLM.from_texts([" ".join(_transcript_words(Path(root) / "train-clean-5"))])
+    rates = {}
+    for spec in ("train", "wordfreq:50000", "train+wordfreq:50000"):
+        lm = vocabulary_lm(spec, 0.5, Tokenizer(), lambda: train)
+        rates[spec] = sum(w not in lm.log_probs for w in test_words) / len(test_words)
+    print(f"test-other OOV rate over {len(test_words)} words:", rates)
+    assert rates["train"] > 0.1
+    assert rates["train+wordfreq:50000"] < 0.05
+
+
+def test_export_stores_a_wordfreq_lexicon_without_transcripts() -> None:
+    meta = {"tokenizer": json.loads(Tokenizer().to_json())}
+    lex = lexicon_metadata(ExportConfig(vocabulary="wordfreq:2000"), meta, "model.safetensors")
+    assert lex["vocabulary"] == "wordfreq:2000" and "the" in lex["log_probs"]
+    assert lexicon_metadata(ExportConfig(), meta, "model.safetensors") is None
+    with pytest.raises(ConfigError, match="lexicon_cuts"):
+        ExportConfig(vocabulary="train+wordfreq:2000")

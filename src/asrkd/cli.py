@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from asrkd.config import (
     CheckpointError,
@@ -44,9 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="manifests + fbank features for a corpus")
-    p.add_argument("corpus", choices=["librispeech"])
-    p.add_argument("root", help="folder holding the part folders (or LibriSpeech/<part>)")
-    p.add_argument("--parts", nargs="+", required=True)
+    p.add_argument("corpus", choices=["librispeech", "audio"])
+    p.add_argument(
+        "root",
+        help="librispeech: folder holding the part folders (or LibriSpeech/<part>); "
+        "audio: a folder of untranscribed audio files in any layout (one part, named after it)",
+    )
+    p.add_argument("--parts", nargs="+", help="librispeech only: the part folders to prepare")
     p.add_argument("--out", required=True, help="manifest folder")
     _add_config_args(p)
 
@@ -132,10 +137,17 @@ def _shorthand(overrides: list[str], **values) -> list[str]:
 
 
 def cmd_prepare(args) -> None:
+    from asrkd.data.audio_folder import prepare_audio_folder
     from asrkd.data.librispeech import prepare_librispeech
 
+    if (args.corpus == "librispeech") != bool(args.parts):
+        need = "needs --parts" if args.corpus == "librispeech" else "takes no --parts"
+        raise ConfigError(f"prepare {args.corpus} {need}")
     cfg = load_config(args.config, args.overrides, PrepareConfig)
-    paths = prepare_librispeech(args.root, args.parts, args.out, cfg)
+    if args.corpus == "audio":
+        paths = {Path(args.root).resolve().name: prepare_audio_folder(args.root, args.out, cfg)}
+    else:
+        paths = prepare_librispeech(args.root, args.parts, args.out, cfg)
     for part, path in paths.items():
         print(f"{part}\t{path}")
 

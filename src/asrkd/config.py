@@ -38,6 +38,37 @@ CT2_COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", 
 CT2_COMPUTE_TYPES += ("int16", "float16", "bfloat16", "float32")
 
 
+def parse_vocabulary(spec: str) -> tuple[bool, int]:
+    """A lexicon vocabulary spec -> (uses the training transcripts, number of wordfreq words or
+    0): "train", "wordfreq:N" or "train+wordfreq:N" (asrkd.lexicon)."""
+    use_train, n_wordfreq = False, 0
+    for part in spec.split("+"):
+        name, _, n = part.partition(":")
+        if part == "train" and not use_train:
+            use_train = True
+        elif name == "wordfreq" and n.isdigit() and int(n) > 0 and not n_wordfreq:
+            n_wordfreq = int(n)
+        else:
+            raise ConfigError(
+                f"vocabulary={spec!r}: expected 'train', 'wordfreq:N' or 'train+wordfreq:N'"
+            )
+    return use_train, n_wordfreq
+
+
+def _check_vocabulary(prefix: str, spec: str, wordfreq_weight: float) -> None:
+    parse_vocabulary(spec)
+    if not 0 < wordfreq_weight < 1:
+        raise ConfigError(f"{prefix}wordfreq_weight must lie strictly between 0 and 1")
+
+
+def _vocabulary_tag(spec: str, wordfreq_weight: float) -> str:
+    """'' for the default "train", else e.g. '-train+wordfreq50000w0.5' (file-name safe)."""
+    if spec == "train":
+        return ""
+    weight = f"w{wordfreq_weight:g}" if parse_vocabulary(spec)[0] else ""
+    return f"-{spec.replace(':', '')}{weight}"
+
+
 def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
     choices = tuple(choices)
     if value not in choices:
@@ -331,9 +362,11 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     """How `asrkd evaluate` decodes and measures. decoder "greedy" is CTC best path; "lexicon"
-    is a beam search restricted to the words of `lexicon_cuts` (a cut manifest; empty: the
-    model's own training manifest, named in its checkpoint) with a unigram LM from the same
-    transcripts (asrkd.lexicon); greedy results are written beside it."""
+    is a beam search restricted to the words of `vocabulary` with a unigram LM (asrkd.lexicon):
+    "train" takes the transcripts of `lexicon_cuts` (a cut manifest; empty: the lexicon an
+    exported file carries, else the model's own training manifest, named in its checkpoint);
+    "wordfreq:N" the N most frequent English words of the wordfreq package; "train+wordfreq:N"
+    both, mixed with weight `wordfreq_weight` on wordfreq. Greedy results are written beside it."""
 
     threads: int = 0
     batch_seconds: float = 60.0  # batch used for the throughput measurement
@@ -343,18 +376,22 @@ class EvalConfig:
     beam: int = 8
     lm_weight: float = 0.5
     word_bonus: float = 1.0
+    vocabulary: str = "train"
+    wordfreq_weight: float = 0.5  # lambda of the "train+wordfreq:N" interpolation
 
     def __post_init__(self) -> None:
         _check_choice("eval.decoder", self.decoder, DECODERS)
         if self.beam < 1:
             raise ConfigError("eval.beam must be at least 1")
+        _check_vocabulary("eval.", self.vocabulary, self.wordfreq_weight)
 
     @property
     def tag(self) -> str:
         """The decoding settings, as they appear in output file names."""
         if self.decoder == "greedy":
             return "greedy"
-        return f"lexicon-b{self.beam}-lm{self.lm_weight:g}-wb{self.word_bonus:g}"
+        vocabulary = _vocabulary_tag(self.vocabulary, self.wordfreq_weight)
+        return f"lexicon-b{self.beam}-lm{self.lm_weight:g}-wb{self.word_bonus:g}{vocabulary}"
 
 
 @dataclass(frozen=True)
@@ -663,11 +700,14 @@ class ExportConfig:
     # A cut manifest whose transcripts' words and unigram LM are stored in the file, so that
     # `asrkd transcribe` decodes with the lexicon beam search below (as `asrkd evaluate` does
     # with eval.decoder=lexicon); empty: no lexicon, greedy decoding. "train": the model's own
-    # training manifest, named in its checkpoint.
+    # training manifest, named in its checkpoint. `vocabulary` and `wordfreq_weight` as in
+    # EvalConfig ("wordfreq:N" alone needs no lexicon_cuts and stores a lexicon by itself).
     lexicon_cuts: str = ""
     beam: int = 8
     lm_weight: float = 0.5
     word_bonus: float = 1.0
+    vocabulary: str = "train"
+    wordfreq_weight: float = 0.5
 
     def __post_init__(self) -> None:
         _check_choice("format", self.format, EXPORT_FORMATS)
@@ -684,3 +724,10 @@ class ExportConfig:
             raise ConfigError("verify_tolerance must be positive")
         if self.beam < 1:
             raise ConfigError("beam must be at least 1")
+        _check_vocabulary("", self.vocabulary, self.wordfreq_weight)
+        mixes_train = self.vocabulary != "train" and parse_vocabulary(self.vocabulary)[0]
+        if mixes_train and not self.lexicon_cuts:
+            raise ConfigError(
+                f"vocabulary={self.vocabulary!r} takes words from lexicon_cuts' transcripts: "
+                "set lexicon_cuts (a cut manifest, or 'train')"
+            )

@@ -27,7 +27,13 @@ from lhotse import CutSet
 from asrkd.config import EvalConfig
 from asrkd.data.dataset import collate, cut_text, duration_batches, load_cuts
 from asrkd.data.text import Tokenizer, normalize_text
-from asrkd.lexicon import LexiconDecoder, lm_from_manifest, training_manifest
+from asrkd.lexicon import (
+    LexiconDecoder,
+    WordLM,
+    lm_from_manifest,
+    training_manifest,
+    vocabulary_lm,
+)
 from asrkd.models.conformer import ConformerCTC, ConformerDims
 from asrkd.models.ctc import greedy_decode
 from asrkd.scoring import (  # noqa: F401  error_rates, score: re-exported (train, tests)
@@ -104,16 +110,20 @@ def make_lexicon_decoder(
     cfg: EvalConfig, model: ModelFile, model_path: str | Path
 ) -> LexiconDecoder | None:
     """The beam-search decoder cfg asks for (None for greedy). Its words and unigram LM come
-    from the transcripts of cfg.lexicon_cuts; else from the lexicon an exported file carries;
-    else from the model's training manifest. Beam and weights always come from cfg."""
+    from cfg.vocabulary, whose "train" part is the transcripts of cfg.lexicon_cuts; else the
+    lexicon an exported file carries; else the model's training manifest. Beam and weights
+    always come from cfg."""
     if cfg.decoder == "greedy":
         return None
-    if cfg.lexicon_cuts:
-        lm = lm_from_manifest(cfg.lexicon_cuts)
-    elif model.lexicon is not None:
-        lm = model.lexicon.lm
-    else:
-        lm = lm_from_manifest(training_manifest(model.run_config, model_path))
+
+    def train_lm() -> WordLM:
+        if cfg.lexicon_cuts:
+            return lm_from_manifest(cfg.lexicon_cuts)
+        if model.lexicon is not None:
+            return model.lexicon.lm
+        return lm_from_manifest(training_manifest(model.run_config, model_path))
+
+    lm = vocabulary_lm(cfg.vocabulary, cfg.wordfreq_weight, model.tokenizer, train_lm)
     return LexiconDecoder(model.tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus)
 
 

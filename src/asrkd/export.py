@@ -26,8 +26,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from asrkd.config import ExportConfig, FeatureConfig
-from asrkd.lexicon import lm_from_manifest, training_manifest
+from asrkd.config import ExportConfig, FeatureConfig, parse_vocabulary
+from asrkd.data.text import Tokenizer
+from asrkd.lexicon import (
+    WordLM,
+    lm_from_manifest,
+    training_manifest,
+    vocabulary_lm,
+)
 from asrkd.models import CTCModel
 from asrkd.models.checkpoint import (
     CheckpointError,
@@ -106,18 +112,27 @@ def onnx_metadata(
 def lexicon_metadata(
     cfg: ExportConfig, meta: dict[str, Any], model_path: str | Path
 ) -> dict[str, Any] | None:
-    """{"log_probs", "beam", "lm_weight", "word_bonus"} from cfg.lexicon_cuts ("train": the
-    model's own training manifest), or None when cfg asks for no lexicon."""
-    if not cfg.lexicon_cuts:
+    """{"log_probs", "beam", "lm_weight", "word_bonus", "vocabulary"} from cfg.vocabulary, whose
+    "train" part is cfg.lexicon_cuts' transcripts ("train": the model's own training manifest),
+    or None when cfg asks for no lexicon (no lexicon_cuts and no wordfreq words)."""
+    uses_wordfreq = parse_vocabulary(cfg.vocabulary)[1] > 0
+    if not cfg.lexicon_cuts and not uses_wordfreq:
         return None
-    source = cfg.lexicon_cuts
-    if source == "train":
-        source = training_manifest(meta.get("config") or {}, model_path)
+
+    def train_lm() -> WordLM:
+        source = cfg.lexicon_cuts
+        if source == "train":
+            source = training_manifest(meta.get("config") or {}, model_path)
+        return lm_from_manifest(source)
+
+    tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
+    lm = vocabulary_lm(cfg.vocabulary, cfg.wordfreq_weight, tokenizer, train_lm)
     return {
-        "log_probs": lm_from_manifest(source).log_probs,
+        "log_probs": lm.log_probs,
         "beam": cfg.beam,
         "lm_weight": cfg.lm_weight,
         "word_bonus": cfg.word_bonus,
+        "vocabulary": cfg.vocabulary,
     }
 
 

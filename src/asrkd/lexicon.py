@@ -1,28 +1,45 @@
 """Lexicon-constrained CTC prefix beam search with a unigram word language model.
 
 Greedy CTC decoding spells freely, so a model that gets most letters right still misspells most
-words. This decoder only lets hypotheses spell words of a closed vocabulary (the words of a
-transcript manifest, usually the training data's) and scores each completed word with
-`lm_weight * log P(word) + word_bonus`, P estimated from the same transcripts. A unigram model
-is exact for the embedded corpus, whose words are drawn independently; on real text it is the
-weakest useful LM. Words outside the vocabulary cannot be recognised (their share is the OOV
-rate, which `evaluate` reports).
+words. This decoder only lets hypotheses spell words of a closed vocabulary and scores each
+completed word with `lm_weight * log P(word) + word_bonus`. A unigram model is exact for the
+embedded corpus, whose words are drawn independently; on real text it is the weakest useful LM.
+Words outside the vocabulary cannot be recognised (their share is the OOV rate, which `evaluate`
+reports).
+
+Vocabulary (`eval.vocabulary`, `export`'s `vocabulary`): "train", the words of a transcript
+manifest (usually the training data's) with their relative frequencies; "wordfreq:N", the N most
+frequent English words of the `wordfreq` package (general text: subtitles, books, web, ...) with
+its frequencies renormalised over the words kept; "train+wordfreq:N", both, by linear
+interpolation P(w) = (1 - λ) P_train(w) + λ P_wordfreq(w), λ = `wordfreq_weight`: a word of either
+list keeps a non-zero probability, and the in-domain counts still lift the corpus's own words.
+
+LM look-ahead (as in Kaldi's and flashlight's lexicon decoders): a hypothesis inside a word is
+ranked with the best word score below its trie node (the best word it can still become), so a
+half-spelt word competes with complete ones on the same footing instead of escaping the LM until
+its last letter; once the word completes, the look-ahead is replaced by the word's own score.
+
+End of the utterance: a hypothesis inside a word is not dropped. If the letters spelt so far form
+a word, that word ends it; otherwise it is completed to its look-ahead word, the best word it can
+still become, with that word's score: the letters still missing had no frames left to be heard
+in, so the LM alone chooses them, and the score it was ranked with stays its final score.
 
 Dimension legend: T' output frames, V vocabulary (tokens, blank included).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from asrkd.config import ConfigError
+from asrkd.config import ConfigError, parse_vocabulary
 from asrkd.data.dataset import cut_text, load_cuts
-from asrkd.data.text import WORD_START, BpeTokenizer, Tokenizer, word_counts
+from asrkd.data.text import WORD_START, BpeTokenizer, Tokenizer, normalize_text, word_counts
 
 NEG_INF = float("-inf")
 
@@ -38,8 +55,54 @@ class WordLM:
         counts = word_counts(texts)
         if not counts:
             raise ValueError("no words to build a lexicon from")
+        return cls.from_counts(counts)
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, float]) -> WordLM:
+        """Relative frequencies of positive counts (or frequencies)."""
         total = sum(counts.values())
         return cls({w: math.log(c / total) for w, c in sorted(counts.items())})
+
+    def mix(self, other: WordLM, weight: float) -> WordLM:
+        """Linear interpolation (1 - weight) * self + weight * other over both vocabularies."""
+        probs = {w: (1 - weight) * math.exp(lp) for w, lp in self.log_probs.items()}
+        for w, lp in other.log_probs.items():
+            probs[w] = probs.get(w, 0.0) + weight * math.exp(lp)
+        return WordLM({w: math.log(p) for w, p in sorted(probs.items())})
+
+
+def wordfreq_lm(n_words: int, tokenizer: Tokenizer) -> WordLM:
+    """The n_words most frequent English words of the `wordfreq` package, normalised like
+    transcripts (normalize_text), kept when single words spelt with the tokenizer's characters;
+    frequencies of words that normalise alike are summed, then renormalised."""
+    try:
+        import wordfreq
+    except ImportError as err:
+        raise ImportError(
+            "a vocabulary with wordfreq needs the wordfreq package: pip install 'asrkd[lexicon]'"
+        ) from err
+    chars = {c for s in tokenizer.symbols[1:] for c in s} - {" ", WORD_START}
+    freqs = wordfreq.get_frequency_dict("en")
+    counts: dict[str, float] = {}
+    for raw in wordfreq.top_n_list("en", n_words):
+        word = normalize_text(raw)
+        if word and " " not in word and set(word) <= chars:
+            counts[word] = counts.get(word, 0.0) + freqs[raw]
+    if not counts:
+        raise ValueError("no wordfreq word is spellable with this tokenizer")
+    return WordLM.from_counts(counts)
+
+
+def vocabulary_lm(
+    vocabulary: str, wordfreq_weight: float, tokenizer: Tokenizer, train_lm: Callable[[], WordLM]
+) -> WordLM:
+    """The unigram LM a vocabulary spec names ("train", "wordfreq:N", "train+wordfreq:N");
+    train_lm() gives the transcripts' LM and is only called when the spec uses it."""
+    use_train, n_wordfreq = parse_vocabulary(vocabulary)
+    if not n_wordfreq:
+        return train_lm()
+    general = wordfreq_lm(n_wordfreq, tokenizer)
+    return train_lm().mix(general, wordfreq_weight) if use_train else general
 
 
 def training_manifest(run_config: dict, model_path: str | Path) -> str:
@@ -77,6 +140,20 @@ class _Trie:
             node = nxt
         self.word[node] = word
 
+    def look_ahead(self, score: Callable[[str], float]) -> tuple[list[float], list[str | None]]:
+        """Per node, the best score of the words at or below it and that word (the first in
+        insertion order among equals); the root's entries are 0 and None."""
+        best: list[float] = [NEG_INF] * len(self.word)
+        best_word: list[str | None] = [None] * len(self.word)
+        for node in range(len(self.word) - 1, 0, -1):  # children are numbered after parents
+            if self.word[node] is not None:
+                best[node], best_word[node] = score(self.word[node]), self.word[node]
+            for nxt in self.children[node].values():
+                if best[nxt] > best[node]:
+                    best[node], best_word[node] = best[nxt], best_word[nxt]
+        best[0] = 0.0
+        return best, best_word
+
 
 @dataclass(frozen=True)
 class _Hyp:
@@ -84,6 +161,7 @@ class _Hyp:
     words: tuple[str, ...]
     lm: float  # LM score and word bonuses of the completed words
     last: int  # last emitted token (-1: none), for CTC's repeat rule
+    score: float  # lm + the look-ahead of node: what the beam is ranked by
 
 
 class LexiconDecoder:
@@ -112,6 +190,7 @@ class LexiconDecoder:
             if ids and tokenizer.decode(ids) == word:  # spellable with these symbols
                 self.trie.add(ids, word)
         self.starts_word = {i for s, i in index.items() if s.startswith(WORD_START)}
+        self.look, self.best_word = self.trie.look_ahead(self._word_score)
 
     def _word_score(self, word: str) -> float:
         return self.lm_weight * self.lm.log_probs[word] + self.word_bonus
@@ -122,66 +201,77 @@ class LexiconDecoder:
         if token == self.space:  # char tokenizer: a space ends a complete word
             if hyp.node == 0 or word is None:
                 return None
-            return _Hyp(0, (*hyp.words, word), hyp.lm + self._word_score(word), token)
+            lm = hyp.lm + self._word_score(word)
+            return _Hyp(0, (*hyp.words, word), lm, token, lm)
         if self.bpe and token in self.starts_word and hyp.node != 0:
             if word is None or token not in children[0]:  # a new word begins: close this one
                 return None
             words, lm = (*hyp.words, word), hyp.lm + self._word_score(word)
-            return _Hyp(children[0][token], words, lm, token)
+            nxt = children[0][token]
+            return _Hyp(nxt, words, lm, token, lm + self.look[nxt])
         nxt = children[hyp.node].get(token)
-        return None if nxt is None else _Hyp(nxt, hyp.words, hyp.lm, token)
+        if nxt is None:
+            return None
+        return _Hyp(nxt, hyp.words, hyp.lm, token, hyp.lm + self.look[nxt])
 
-    def _final(self, hyp: _Hyp) -> tuple[float, tuple[str, ...]] | None:
-        """LM score and words once the utterance ends, None when it ends inside a word."""
+    def _final(self, hyp: _Hyp) -> tuple[float, tuple[str, ...]]:
+        """LM score and words once the utterance ends. Inside a word: the word spelt so far if
+        it is one, else the best word it can still become (its look-ahead word)."""
         if hyp.node == 0:
             return hyp.lm, hyp.words
-        word = self.trie.word[hyp.node]
-        if word is None:
-            return None
+        word = self.trie.word[hyp.node] or self.best_word[hyp.node]
         return hyp.lm + self._word_score(word), (*hyp.words, word)
 
     def decode(self, log_probs: np.ndarray) -> str:
         """log_probs (T', V): log-softmax outputs of one utterance's valid frames -> text."""
-        # prefix -> [log P(ends in blank), log P(ends in a token)]. A prefix (the tokens emitted
-        # so far: CTC collapses paths onto it) is a number: `child[(prefix, token)]` numbers its
-        # extensions, `hyps[prefix]` is its hypothesis, None where the lexicon forbids it.
-        # Numbers rather than token tuples: hashing ever longer tuples dominated decoding.
-        beams: dict[int, list[float]] = {0: [0.0, NEG_INF]}
-        hyps: list[_Hyp | None] = [_Hyp(0, (), 0.0, -1)]
-        child: dict[tuple[int, int], int] = {}
-        blank = self.blank
+        # A prefix (the tokens emitted so far: CTC collapses paths onto it) is a number:
+        # `kids[prefix][token]` numbers its extensions, `hyps[prefix]` is its hypothesis, None
+        # where the lexicon forbids it. Numbers rather than token tuples: hashing ever longer
+        # tuples dominated decoding. `beams`: prefix -> (log P(ends in blank), log P(ends in a
+        # token)); per frame `blk` and `tok` collect the two for the next frame's prefixes.
+        beams: dict[int, tuple[float, float]] = {0: (0.0, NEG_INF)}
+        hyps: list[_Hyp | None] = [_Hyp(0, (), 0.0, -1, 0.0)]
+        kids: list[dict[int, int]] = [{}]
+        blank, extend, lae = self.blank, self._extend, _lae
         keep = log_probs > self.prune
         keep[:, blank] = False
         for row, cand in zip(log_probs.tolist(), (np.flatnonzero(k).tolist() for k in keep)):
-            nxt: dict[int, list[float]] = {}
+            blk: dict[int, float] = {}
+            tok: dict[int, float] = {}
             for prefix, (pb, pnb) in beams.items():
-                hyp, total = hyps[prefix], _lae(pb, pnb)
-                _add(nxt, prefix, 0, total + row[blank])
+                hyp, total = hyps[prefix], lae(pb, pnb)
+                x, val = blk.get(prefix), total + row[blank]
+                blk[prefix] = val if x is None else lae(x, val)
+                children, last = kids[prefix], hyp.last
                 for v in cand:
-                    if v == hyp.last:
-                        _add(nxt, prefix, 1, pnb + row[v])  # repeat collapses onto the prefix
+                    if v == last:  # a repeat collapses onto the prefix
+                        x, val = tok.get(prefix), pnb + row[v]
+                        tok[prefix] = val if x is None else lae(x, val)
                         source = pb  # a new token only after a blank
                     else:
                         source = total
-                    new = child.get((prefix, v))
+                    new = children.get(v)
                     if new is None:
-                        new = child[(prefix, v)] = len(hyps)
-                        hyps.append(self._extend(hyp, v))
+                        new = children[v] = len(hyps)
+                        hyps.append(extend(hyp, v))
+                        kids.append({})
                     if hyps[new] is not None:
-                        _add(nxt, new, 1, source + row[v])
-            ranked = sorted(nxt.items(), key=lambda kv: -(_lae(*kv[1]) + hyps[kv[0]].lm))
-            beams = dict(ranked[: self.beam])
+                        x, val = tok.get(new), source + row[v]
+                        tok[new] = val if x is None else lae(x, val)
+            # Ranked by acoustic + LM (look-ahead included) score; only the current beams' own
+            # prefixes can end in a blank, so only they need the log-add.
+            ranked = {p: v + hyps[p].score for p, v in tok.items()}
+            for p, v in blk.items():
+                ranked[p] = lae(v, tok.get(p, NEG_INF)) + hyps[p].score
+            best = heapq.nlargest(self.beam, ranked, key=ranked.__getitem__)
+            beams = {p: (blk.get(p, NEG_INF), tok.get(p, NEG_INF)) for p in best}
         return self._best(beams, hyps)
 
     def _best(self, beams, hyps) -> str:
         finished = []
         for prefix, (pb, pnb) in beams.items():
-            final = self._final(hyps[prefix])
-            if final is not None:
-                finished.append((_lae(pb, pnb) + final[0], final[1]))
-        if not finished:  # every hypothesis ends inside a word: keep the complete words
-            prefix = max(beams, key=lambda p: _lae(beams[p][0], beams[p][1]) + hyps[p].lm)
-            return " ".join(hyps[prefix].words)
+            lm, words = self._final(hyps[prefix])
+            finished.append((_lae(pb, pnb) + lm, words))
         return " ".join(max(finished, key=lambda f: f[0])[1])
 
 
@@ -192,8 +282,3 @@ def _lae(a: float, b: float) -> float:
     if b == NEG_INF:
         return a
     return max(a, b) + math.log1p(math.exp(-abs(a - b)))
-
-
-def _add(beams: dict[tuple[int, ...], list[float]], prefix, slot: int, value: float) -> None:
-    cell = beams.setdefault(prefix, [NEG_INF, NEG_INF])
-    cell[slot] = _lae(cell[slot], value)

@@ -28,8 +28,9 @@ import os
 import shutil
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ __all__ = ["DataError", "cuts_path", "download_librispeech", "prepare_librispeec
 logger = logging.getLogger(__name__)
 
 PREPARE_VERSION = 1  # bump when the outputs of the same config change
+KINDS = ("recordings", "supervisions")  # lhotse manifests written beside the cuts
 OPENSLR_URL = "http://www.openslr.org/resources"
 
 
@@ -90,15 +92,21 @@ def prepare_librispeech(
     result = {}
     for part in parts:
         part_dir = _find_part(Path(root), part)
-        key = _config_hash(cfg, part, part_dir, tokenizer)
-        marker = out_dir / f"prepare_{part}.done"
-        if _is_done(marker, key, cuts_path(out_dir, part)):
-            logger.info("%s: already prepared in %s, reusing", part, out_dir)
-        else:
-            _prepare_part(part_dir, part, out_dir, cfg, tokenizer, progress)
-            marker.write_text(json.dumps({"hash": key, "part": part}) + "\n", encoding="utf-8")
-        result[part] = cuts_path(out_dir, part)
+        key = config_hash(cfg, part, part_dir, tokenizer)
+        build = partial(_prepare_part, part_dir, part, out_dir, cfg, tokenizer, progress)
+        result[part] = prepare_once(out_dir, part, key, build)
     return result
+
+
+def prepare_once(out_dir: Path, part: str, key: str, build: Callable[[], None]) -> Path:
+    """cuts_path(out_dir, part), from `build()` unless the completion marker holds `key`."""
+    marker = out_dir / f"prepare_{part}.done"
+    if _is_done(marker, key, cuts_path(out_dir, part)):
+        logger.info("%s: already prepared in %s, reusing", part, out_dir)
+    else:
+        build()
+        marker.write_text(json.dumps({"hash": key, "part": part}) + "\n", encoding="utf-8")
+    return cuts_path(out_dir, part)
 
 
 def _find_part(root: Path, part: str) -> Path:
@@ -108,7 +116,9 @@ def _find_part(root: Path, part: str) -> Path:
     raise DataError(f"{root / part}: no such corpus part (expected <root>/{part}/<spk>/<chapter>/)")
 
 
-def _config_hash(cfg: PrepareConfig, part: str, part_dir: Path, tokenizer: Tokenizer) -> str:
+def config_hash(
+    cfg: PrepareConfig, part: str, part_dir: Path, tokenizer: Tokenizer, layout: str = "librispeech"
+) -> str:
     data = {
         "cfg": to_dict(replace(cfg, num_jobs=1)),  # parallelism does not change the result
         "part": part,
@@ -116,6 +126,8 @@ def _config_hash(cfg: PrepareConfig, part: str, part_dir: Path, tokenizer: Token
         "symbols": list(tokenizer.symbols),
         "version": PREPARE_VERSION,
     }
+    if layout != "librispeech":  # absent for LibriSpeech: its earlier markers stay valid
+        data["layout"] = layout
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -129,23 +141,38 @@ def _is_done(marker: Path, key: str, cuts: Path) -> bool:
 def _prepare_part(
     part_dir: Path, part: str, out_dir: Path, cfg: PrepareConfig, tok: Tokenizer, progress: bool
 ) -> None:
-    _remove_outputs(out_dir, part)
+    remove_outputs(out_dir, part)
     report = PrepareReport(part)
     utts = _read_transcripts(part_dir, cfg, report)
     utts = _check_texts(utts, cfg, tok, report)
-    utts = _check_audio(utts, cfg, tok, report, out_dir / f"converted_audio_{part}", progress)
+    utts = check_audio(utts, cfg, tok, report, out_dir / f"converted_audio_{part}", progress)
+    finish_part(utts, part_dir, out_dir, cfg, report, progress)
+
+
+def finish_part(
+    utts: list[Utterance],
+    source: Path,
+    out_dir: Path,
+    cfg: PrepareConfig,
+    report: PrepareReport,
+    progress: bool,
+    prefix: str = "librispeech",
+) -> None:
+    """The report, then the manifests (``<prefix>_{recordings,supervisions}_<part>``, cuts and
+    features) of the utterances that passed every check; DataError when none did."""
+    part = report.part
     report.n_cuts = len(utts)
     report.seconds = sum(u.seconds for u in utts)
     report.write(out_dir / f"prepare_{part}_report.json")
     logger.info("prepare %s", report.summary())
     if not utts:
         raise DataError(
-            f"{part_dir}: no usable utterances (see {out_dir / f'prepare_{part}_report.json'})"
+            f"{source}: no usable utterances (see {out_dir / f'prepare_{part}_report.json'})"
         )
-    _write_manifests(utts, part, out_dir, cfg, progress)
+    _write_manifests(utts, part, out_dir, cfg, progress, prefix)
 
 
-def _remove_outputs(out_dir: Path, part: str) -> None:
+def remove_outputs(out_dir: Path, part: str) -> None:
     """Stale outputs of an earlier config; the marker goes first so a crash means 'redo'."""
     names = [
         f"prepare_{part}.done",
@@ -154,10 +181,9 @@ def _remove_outputs(out_dir: Path, part: str) -> None:
         f"feats_{part}.lca",
         f"feats_{part}",
         f"converted_audio_{part}",
-        f"librispeech_recordings_{part}.jsonl.gz",
-        f"librispeech_supervisions_{part}.jsonl.gz",
         f"prepare_{part}_report.json",
     ]
+    names += [f"{p}_{kind}_{part}.jsonl.gz" for p in ("librispeech", "audio") for kind in KINDS]
     for path in (out_dir / name for name in names):
         if path.is_dir():
             shutil.rmtree(path)
@@ -255,7 +281,7 @@ def _letters_outside(raw_text: str, tok: Tokenizer) -> set[str]:
     return {c for c in folded if (c.isalnum() or c == "\ufffd") and c not in vocab}
 
 
-def _check_audio(
+def check_audio(
     utts: list[Utterance],
     cfg: PrepareConfig,
     tok: Tokenizer,
@@ -334,7 +360,7 @@ def _length_ok(utt: Utterance, cfg: PrepareConfig, tok: Tokenizer, report: Prepa
 
 
 def _write_manifests(
-    utts: list[Utterance], part: str, out_dir: Path, cfg: PrepareConfig, progress: bool
+    utts: list[Utterance], part: str, out_dir: Path, cfg: PrepareConfig, progress: bool, prefix: str
 ) -> None:
     """Recordings and supervisions (lhotse recipe names), then cuts with stored features."""
     from lhotse import CutSet, MonoCut, RecordingSet, SupervisionSegment, SupervisionSet
@@ -359,8 +385,8 @@ def _write_manifests(
         )
     recording_set = RecordingSet.from_recordings(recordings)
     supervision_set = SupervisionSet.from_segments(supervisions)
-    recording_set.to_file(out_dir / f"librispeech_recordings_{part}.jsonl.gz")
-    supervision_set.to_file(out_dir / f"librispeech_supervisions_{part}.jsonl.gz")
+    recording_set.to_file(out_dir / f"{prefix}_recordings_{part}.jsonl.gz")
+    supervision_set.to_file(out_dir / f"{prefix}_supervisions_{part}.jsonl.gz")
     cuts = CutSet.from_cuts(  # not from_manifests: that names cuts "<recording id>-0"
         MonoCut(sup.id, 0.0, rec.duration, 0, recording=rec, supervisions=[sup])
         for rec, sup in zip(recordings, supervisions)
