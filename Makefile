@@ -7,7 +7,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo demo-librispeech test install lint clean
 
-EXTRAS := test,espeak,export
+EXTRAS := test,espeak,export,sherpa
 # What only the tests use on top (the demo does without): psycopg for the PostgreSQL sweep
 # tests, transformers for the hf-ctc teacher, sherpa-onnx for the sherpa-onnx parity tests,
 # the Whisper runtimes and weights readers for the Whisper teacher and students,

@@ -341,9 +341,41 @@ def deliver_int8(cfg: DemoConfig, specs: list[RunSpec], out: Path) -> tuple[RunS
     return best, dst
 
 
+def deliver_sherpa(delivered: tuple[RunSpec, Path] | None, out: Path, test: Path) -> dict | None:
+    """The delivered student exported for sherpa-onnx (int8) and scored through sherpa-onnx
+    itself on the test set, timed: {"dir", "wer", "cer", "rtf", "mb"}; None (and a note in the
+    log) where the sherpa extra is missing or the model's features are not sherpa-onnx's."""
+    if delivered is None:
+        return None
+    import importlib.util
+
+    from asrkd.config import ExportConfig
+    from asrkd.sherpa import SherpaError, evaluate_sherpa, export_sherpa, model_file_name
+
+    if importlib.util.find_spec("sherpa_onnx") is None:
+        log.warning("demo: no sherpa-onnx row: pip install 'asrkd[sherpa]'")
+        return None
+    spec, _ = delivered
+    folder = out / "export" / f"{spec.name}-sherpa-onnx"
+    try:
+        export_sherpa(out / "runs" / spec.name / "model.safetensors", folder,
+                      ExportConfig(target="sherpa-onnx", quantize=True))  # fmt: skip
+    except SherpaError as err:
+        log.warning("demo: no sherpa-onnx row: %s", err)
+        return None
+    t0 = time.perf_counter()
+    summary = evaluate_sherpa(folder, [test], out / "eval" / folder.name, threads=1)
+    seconds = time.perf_counter() - t0
+    result = next(iter(summary["sets"].values()))
+    audio = sum(c.duration for c in load_cuts(test))
+    mb = (folder / model_file_name(True)).stat().st_size / 1e6
+    return {"dir": str(folder), "name": spec.name, "wer": result["wer"], "cer": result["cer"],
+            "rtf": seconds / audio, "mb": mb}  # fmt: skip
+
+
 def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:
     """Run every stage, print the table, return the report path."""
-    from asrkd.demo_report import evaluate_runs, print_table, write_report
+    from asrkd.demo_report import evaluate_runs, feature_timing, print_table, write_report
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -375,13 +407,15 @@ def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:
         timings["students"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     delivered = deliver_int8(cfg, specs, out) if cfg.deliver_int8 else None
+    sherpa = deliver_sherpa(delivered, out, data["test"])
     timings["export"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     rows = evaluate_runs(specs, out, data, cfg, delivered)
     timings["evaluate"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
-    report = write_report(rows, out, cfg, timings, librispeech)
+    features = feature_timing(data["test"], cfg)
+    report = write_report(rows, out, cfg, timings, librispeech, sherpa, features)
     print_table(rows)
     print(f"\nreport: {report}   (total {timings['total'] / 60:.1f} min)")
     return report

@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -374,16 +375,95 @@ def decoding_text(cfg: DemoConfig, rows: list[dict]) -> str:
     if cfg.eval.decoder == "greedy":
         return "greedy CTC best path (no lexicon, no language model)"
     oov = next((r["oov_rate"] for r in rows if r.get("oov_rate") is not None), None)
+    words = "the words of all training transcripts (in both situations)"
+    if cfg.eval.vocabulary != "train":
+        words = f"the vocabulary `{cfg.eval.vocabulary}` (asrkd.lexicon.vocabulary_lm)"
     return (
-        f"a lexicon beam search (beam {cfg.eval.beam}) over the words of all training "
-        f"transcripts (in both situations) with their unigram LM (weight {cfg.eval.lm_weight:g}, word bonus "
-        f"{cfg.eval.word_bonus:g}; chosen on the dev voices; "
+        f"a lexicon beam search (beam {cfg.eval.beam}) over {words} with their unigram LM "
+        f"(weight {cfg.eval.lm_weight:g}, word bonus {cfg.eval.word_bonus:g}; "
         f"{'' if oov is None else f'{oov:.1%} of test words are outside it; '}"
         "the same decoder for every model)"
     )
 
 
-def write_report(rows, out: Path, cfg: DemoConfig, timings: dict, librispeech) -> Path:
+def feature_timing(test: Path, cfg: DemoConfig) -> dict:
+    """RTF of computing the students' features from audio without PyTorch (what a device does
+    before the network: asrkd.data.audio.features_np) on the first eval.latency_utterances
+    test cuts by id."""
+    from asrkd.data.audio import features_np
+    from asrkd.data.dataset import load_cuts
+
+    cuts = sorted(load_cuts(test), key=lambda c: c.id)[: cfg.eval.latency_utterances]
+    audio = [c.load_audio().mean(axis=0) for c in cuts]
+    features_np(audio[0], cfg.prepare.features)  # warm-up
+    t0 = time.perf_counter()
+    for samples in audio:
+        features_np(samples, cfg.prepare.features)
+    seconds = time.perf_counter() - t0
+    return {"kind": cfg.prepare.features.kind, "rtf": seconds / sum(c.duration for c in cuts)}
+
+
+def rows_text(cfg: DemoConfig, rows: list[dict]) -> str:
+    """What the rows of a recipe with an external (Whisper) teacher are, and how they were
+    measured."""
+    teacher = ", ".join(f"`{r}`" for r in cfg.teacher_runtimes)
+    noisy = (
+        f"WER noisy: the same test utterances with {'/'.join(cfg.noise_types)} noise at "
+        f"{cfg.noise_snr_db:g} dB SNR (seed {cfg.noise_seed}; for the teacher with its first runtime "
+        "only). "
+        if cfg.noise_snr_db > 0
+        else ""
+    )
+    return (
+        f"Rows: the teacher `{cfg.run.teacher.path}` run by {teacher} (greedy, batch 1; its WER "
+        "is that of its own decoder, text normalised like its pseudo-labels); then the same "
+        f"student in situation (a) `full` (every transcript of the train speakers) and (b) "
+        f"`partial` (transcripts for {cfg.partial_fraction:.0%} of them, the rest as audio only "
+        "the teacher labels; its baseline sees only the transcribed part). Distilled students "
+        "(sequence or hidden KD) also hear the untranscribed folder"
+        f"{f' `{cfg.unlabelled_audio}`' if cfg.unlabelled_audio else ''}. Variants: `none` = "
+        "no distillation, random init (the baseline); `init` = the teacher's front end and "
+        "evenly spaced encoder blocks copied in, CTC only; `seq` = + sequence KD on the "
+        "teacher's transcripts (filtered by distill.max_pseudo_wer where a transcript exists); "
+        "`hidden` = + hidden-state KD from its encoder; every student of a situation has the "
+        f"same number of steps. Student WER/CER decoded by {decoding_text(cfg, rows)}; greedy "
+        f"WER = best path without lexicon or LM. {noisy}MB = fp32 weights (int8 row: the whole "
+        "int8 ONNX file); peak MB = resident memory added by loading the model and decoding "
+        "utterances one at a time in a fresh process; latency and RTF at batch 1 on "
+        f"{cfg.eval.threads or 'all'} threads: a student's is its network on its stored features "
+        "(their computation is timed in the next line), the teacher's the whole transcription; "
+        "speed vs teacher = the fastest teacher row's RTF over the row's."
+    )
+
+
+def sherpa_lines(sherpa: dict | None, rows: list[dict]) -> list[str]:
+    """The delivered student as sherpa-onnx runs it, beside asrkd's greedy score of its int8
+    ONNX file (the same weights; sherpa-onnx decodes greedily)."""
+    if sherpa is None:
+        return []
+    int8 = next((r for r in rows if r["name"] == f"{sherpa['name']}-int8"), None)
+    same = f" (asrkd's greedy WER of its int8 ONNX file: {int8['greedy_wer']:.1%})" if int8 else ""
+    return [
+        "## Delivered through sherpa-onnx",
+        "",
+        (
+            f"`{sherpa['dir']}` (`asrkd export --target sherpa-onnx --quantize`, {sherpa['mb']:.1f} "
+            f"MB), decoded by sherpa-onnx itself (greedy, 1 thread): test WER {sherpa['wer']:.1%}, "
+            f"CER {sherpa['cer']:.1%}{same}; RTF {sherpa['rtf']:.4f} including its own features."
+        ),
+        "",
+    ]
+
+
+def write_report(
+    rows,
+    out: Path,
+    cfg: DemoConfig,
+    timings: dict,
+    librispeech,
+    sherpa: dict | None = None,
+    features: dict | None = None,
+) -> Path:
     plots = plot(rows, out)
     data = (
         f"LibriSpeech folder {librispeech}"
@@ -402,7 +482,9 @@ def write_report(rows, out: Path, cfg: DemoConfig, timings: dict, librispeech) -
             f"{timings['total'] / 60:.1f} min (stages reused from an earlier run count ~0 s)."
         ),
         "",
-        (
+        rows_text(cfg, rows)
+        if cfg.external_teacher
+        else (
             "Rows: the teacher; the student in situation (a) `full` (every transcript) and (b) "
             f"`partial` (transcripts for {cfg.partial_fraction:.0%} of the train speakers, the rest "
             "as untranscribed audio; its baseline sees only the transcribed part). Strategy `none` "
@@ -418,10 +500,22 @@ def write_report(rows, out: Path, cfg: DemoConfig, timings: dict, librispeech) -
         "",
         *table_lines(rows),
         "",
+        *(
+            [
+                (
+                    f"Features ({features['kind']}, numpy, from audio, one thread) cost RTF "
+                    f"{features['rtf']:.4f} more for every student row."
+                ),
+                "",
+            ]
+            if features
+            else []
+        ),
         "## Targets",
         "",
         *(external_target_lines(rows) if cfg.external_teacher else target_lines(rows)),
         "",
+        *sherpa_lines(sherpa, rows),
         *[f"![{p.stem}]({p.name})" for p in plots],
         "",
         "## Stage times (s)",

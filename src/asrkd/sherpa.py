@@ -5,7 +5,7 @@ Model type: icefall's zipformer CTC (`OfflineRecognizer.from_zipformer_ctc`, mod
 "zipformer2_ctc"), because its front end is asrkd's: sherpa-onnx computes kaldi-native-fbank with
 dither 0, snip_edges=False, povey window, 20 Hz to Nyquist - 400 Hz, samples in [-1, 1], 10 ms
 hop, no normalisation outside the model — lhotse's Fbank defaults, on which icefall trains and so
-does asrkd (max abs difference ~2e-3 on log-mel values, docs/benchmarks.d/sherpa.md). asrkd's
+does asrkd (max abs difference ~2e-3 on log-mel values, docs/benchmarks.md, "A student on device runtimes"). asrkd's
 per-utterance mean/variance normalisation is inside the graph already. The graph takes
 (x (N, T, 80) float32, x_lens (N,) int64) and returns (log_probs (N, T', V), lengths (N,)); the
 vocabulary size is read from the output shape and the subsampling factor (4) is fixed, as for

@@ -1,7 +1,7 @@
 """Reading audio as the models expect it: mono float32 at the feature sample rate, and its
 log-mel features: lhotse's Fbank (what `asrkd prepare` stores) or kaldi-native-fbank (what
 sherpa-onnx computes and the PyTorch-free path uses; equal to lhotse's to ~2e-3 on log-mel
-values, docs/benchmarks.d/sherpa.md). torch and lhotse are imported only where needed."""
+values, docs/benchmarks.md, "A student on device runtimes"). torch and lhotse are imported only where needed."""
 
 from __future__ import annotations
 

@@ -199,7 +199,12 @@ class WhisperTeacher:
 
     def _transcribe_ct2(self, samples: np.ndarray) -> str:
         if self._decoder is None:
+            import logging
+
             from faster_whisper import WhisperModel
+
+            # it logs a line per utterance at INFO: thousands in a teacher pass
+            logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
             device = "cuda" if self.device.type == "cuda" else "cpu"
             self._decoder = WhisperModel(

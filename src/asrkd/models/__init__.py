@@ -59,6 +59,9 @@ PRESETS: dict[str, ConformerDims | WhisperEncoderDims] = {
     "whisper-base-enc6": WhisperEncoderDims(d_model=512, n_heads=8, n_layers=6, ffn_dim=2048),
     # For tests.
     "whisper-tiny-test": WhisperEncoderDims(d_model=32, n_heads=2, n_layers=2, ffn_dim=64),
+    # The width of the tiny random Whisper the tests save (tests.helpers.write_tiny_whisper),
+    # half its depth: a student it can initialise.
+    "whisper-test-student": WhisperEncoderDims(d_model=64, n_heads=4, n_layers=1, ffn_dim=128),
 }
 
 

@@ -1,0 +1,70 @@
+"""The real-speech recipe (configs/librispeech-whisper.yaml) scaled down, end to end: a tiny
+random Whisper saved by the test (CTranslate2 form) teaches Whisper-encoder students on a tone
+corpus in LibriSpeech layout, with an untranscribed folder and a noisy test set, and the report
+holds every row the recipe promises."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from asrkd.cli import main
+from tests.helpers import write_librispeech_tree
+
+
+@pytest.mark.slow
+def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
+    corpus = write_librispeech_tree(tmp_path / "ls", {"train-clean-5": 24, "test-other": 6})
+    extra = write_librispeech_tree(tmp_path / "audio", {"mine": 6}, n_speakers=2, seed=1)
+    out = tmp_path / "recipe"
+    overrides = [
+        f"out_dir={out}",
+        f"unlabelled_audio={extra / 'mine'}",
+        f"run.teacher.path={tiny_whisper['ct2']}",
+        "student_preset=whisper-test-student",
+        "student_steps=4",
+        "librispeech_dev_speakers=1",
+        "parallel_runs=1",
+        "run.data.max_batch_seconds=20",
+        "run.train.eval_every=4",
+        "run.train.checkpoint_every=4",
+        "run.train.warmup_steps=1",
+        "run.train.threads=1",
+        "run.train.progress=false",
+        "eval.threads=1",
+        "eval.latency_utterances=2",
+        "eval.vocabulary=train",
+    ]
+    sets = [a for o in overrides for a in ("--set", o)]
+    args = ["demo", "configs/librispeech-whisper.yaml", "--librispeech", str(corpus), *sets]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())}
+    student = "whisper-test-student"
+    expected = {
+        "teacher-faster-whisper-int8",
+        "teacher-pytorch",
+        f"full-{student}-none",
+        f"full-{student}-init",
+        f"full-{student}-init-seq-hidden",
+        f"partial-{student}-none",
+        f"partial-{student}-init-seq-hidden",
+    }
+    assert expected <= set(rows)
+    assert any(name.endswith("-int8") and name.startswith(("full", "partial")) for name in rows)
+    report = (out / "report.md").read_text()
+    for name, row in rows.items():
+        assert name in report and name in printed
+        assert row["params"] > 0 and row["rtf"] > 0
+    # the noisy test set: every student row, and the teacher's first runtime
+    assert rows["teacher-faster-whisper-int8"]["noisy_wer"] is not None
+    assert rows[f"full-{student}-init"]["noisy_wer"] is not None
+    assert "best distilled student (by dev WER)" in report
+    # the distilled run heard the untranscribed folder and counted its pseudo-labels
+    run = out / "runs" / f"partial-{student}-init-seq-hidden"
+    summary = json.loads((run / "summary.json").read_text())
+    assert "pseudo_labels_checked" in summary
+    assert "unlabelled_cuts" in (run / "config.yaml").read_text()
+    # init copied the teacher's blocks: the init-only student starts from Whisper's front end
+    assert (out / "runs" / f"full-{student}-init" / "model.safetensors").is_file()
