@@ -42,6 +42,7 @@ from asrkd.scoring import (  # noqa: F401  error_rates, score: re-exported (trai
     oov_rate,
     score,
     write_results,
+    write_set,
     write_summary,
 )
 from asrkd.transcribe import ModelFile, is_onnx, open_model_file
@@ -257,16 +258,7 @@ def evaluate(
         cuts = load_cuts(path)
         name = Path(path).name.split(".")[0].removeprefix("cuts_")
         greedy, lex = decode_model_file(model, cuts, cfg.batch_seconds, lexicon)
-        if lex is None:
-            summary["sets"][name] = write_results(greedy, out_dir, name, cfg.tag)
-            continue
-        greedy_summary = write_results(greedy, out_dir, name, "greedy")
-        summary["sets"][name] = {
-            **write_results(lex, out_dir, name, cfg.tag),
-            "oov_rate": oov_rate(lex, lexicon),
-            "greedy_wer": greedy_summary["wer"],
-            "greedy_cer": greedy_summary["cer"],
-        }
+        summary["sets"][name] = write_set(greedy, lex, lexicon, out_dir, name, cfg.tag)
     if measure and cuts_paths:
         summary.update(measure_costs(model_path, cuts_paths[0], cfg, model))
     return write_summary(summary, out_dir)

@@ -27,7 +27,7 @@ from asrkd.data.audio import features_np, load_mono, resample_mono
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.data.validate import DataError
 from asrkd.lexicon import LexiconDecoder, WordLM, training_manifest
-from asrkd.scoring import Result, oov_rate, write_results, write_summary
+from asrkd.scoring import Result, write_set, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class OnnxRecognizer:
         self.tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
         self.features = FeatureConfig(**meta["features"])
         self.dims = meta["dims"]
+        self.family = meta.get("family") or "conformer"  # files from before the families
         self.lexicon = lexicon_from_metadata(meta, self.tokenizer)
         self.format = "onnx-int8" if meta.get("quantized") else "onnx"
 
@@ -260,23 +261,14 @@ def evaluate_onnx(
         "bytes_on_disk": Path(model_path).stat().st_size,
         "dims": model.dims,
         "sets": {},
-        "features": "kaldi-native-fbank",
+        "features": "kaldi-native-fbank" if model.features.kind == "fbank" else "numpy",
     }
     lexicon = make_lexicon(cfg, model, model_path)
     summary["decoding"] = cfg.tag
     for path in cuts_paths:
         name = Path(path).name.split(".")[0].removeprefix("cuts_")
         greedy, lex = decode_manifest(model, read_cut_manifest(path), lexicon)
-        if lex is None:
-            summary["sets"][name] = write_results(greedy, out_dir, name, cfg.tag)
-            continue
-        greedy_summary = write_results(greedy, out_dir, name, "greedy")
-        summary["sets"][name] = {
-            **write_results(lex, out_dir, name, cfg.tag),
-            "oov_rate": oov_rate(lex, lexicon),
-            "greedy_wer": greedy_summary["wer"],
-            "greedy_cer": greedy_summary["cer"],
-        }
+        summary["sets"][name] = write_set(greedy, lex, lexicon, out_dir, name, cfg.tag)
     summary.update(_torch_figures(model_path, cuts_paths, cfg, measure))
     return write_summary(summary, out_dir)
 

@@ -73,3 +73,18 @@ def write_summary(summary: dict, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def write_set(greedy: list[Result], lex: list[Result] | None, lexicon, out_dir: Path, name: str,
+              tag: str) -> dict:  # fmt: skip
+    """The result files of one test set and its summary: greedy decoding alone (tagged `tag`),
+    or the lexicon decoding (tagged `tag`) with its OOV rate and the greedy figures beside it."""
+    if lex is None:
+        return write_results(greedy, out_dir, name, tag)
+    greedy_summary = write_results(greedy, out_dir, name, "greedy")
+    return {
+        **write_results(lex, out_dir, name, tag),
+        "oov_rate": oov_rate(lex, lexicon),
+        "greedy_wer": greedy_summary["wer"],
+        "greedy_cer": greedy_summary["cer"],
+    }

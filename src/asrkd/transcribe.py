@@ -106,18 +106,13 @@ class OnnxTranscriber(ModelFile):
     decide."""
 
     def __init__(self, model_path: str | Path, threads: int = 0) -> None:
-        from asrkd.ondevice import lexicon_from_metadata, onnx_session, read_onnx_metadata
+        from asrkd.ondevice import OnnxRecognizer
 
-        self.session = onnx_session(model_path, threads)
-        props = self.session.get_modelmeta().custom_metadata_map
-        meta = read_onnx_metadata(props, model_path)
-        self.tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
-        self.features = FeatureConfig(**meta["features"])
-        self.family = meta.get("family") or DEFAULT_FAMILY
-        self.dims = FAMILIES[self.family][0](**meta["dims"])
+        onnx = OnnxRecognizer(model_path, threads)  # the file's metadata, read in one place
+        self.session, self.tokenizer, self.features = onnx.session, onnx.tokenizer, onnx.features
+        self.lexicon, self.format, self.family = onnx.lexicon, onnx.format, onnx.family
+        self.dims = FAMILIES[self.family][0](**onnx.dims)
         self.run_config = {}
-        self.lexicon = lexicon_from_metadata(meta, self.tokenizer)
-        self.format = "onnx-int8" if meta.get("quantized") else "onnx"
 
     def forward(
         self, feats: torch.Tensor, feat_lens: torch.Tensor
