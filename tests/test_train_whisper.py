@@ -136,7 +136,8 @@ def test_a_run_starts_from_the_whisper_named_by_init_from(whisper_parts, tmp_pat
     extra = [f"distill.init_from={tmp_path / 'whisper'}"]
     trainer = Trainer(load_config(None, [*overrides(whisper_parts, tmp_path / "run", 1), *extra]))
     encoder = load_whisper(tmp_path / "whisper").get_encoder()
-    assert torch.equal(trainer.model.conv1.weight, encoder.conv1.weight)
-    assert torch.equal(trainer.model.blocks[0].fc1.weight, encoder.layers[0].fc1.weight)
-    assert torch.equal(trainer.model.blocks[1].fc1.weight, encoder.layers[3].fc1.weight)
-    assert torch.equal(trainer.model.layer_norm.bias, encoder.layer_norm.bias)
+    student = trainer.model.cpu()  # the trainer's device: cuda where there is one
+    assert torch.equal(student.conv1.weight, encoder.conv1.weight)
+    assert torch.equal(student.blocks[0].fc1.weight, encoder.layers[0].fc1.weight)
+    assert torch.equal(student.blocks[1].fc1.weight, encoder.layers[3].fc1.weight)
+    assert torch.equal(student.layer_norm.bias, encoder.layer_norm.bias)
