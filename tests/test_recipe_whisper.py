@@ -26,6 +26,7 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
         "student_steps=4",
         "librispeech_dev_speakers=1",
         "parallel_runs=1",
+        "partial_baseline=true",
         "run.data.max_batch_seconds=20",
         "run.train.eval_every=4",
         "run.train.checkpoint_every=4",

@@ -334,6 +334,10 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 1000
     lr: float = 2e-3
+    # The student's layers other than its CTC head learn at lr * encoder_lr_scale: below 1 for an
+    # encoder copied from a pretrained model (distill.init_from_teacher, init_from), so a fresh
+    # head learns fast while the copied layers move slowly.
+    encoder_lr_scale: float = 1.0
     min_lr_ratio: float = 0.05  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 1e-3
@@ -357,6 +361,8 @@ class TrainConfig:
             raise ConfigError("train.processes must be at least 1")
         if self.lr <= 0:
             raise ConfigError("train.lr must be positive")
+        if not 0.0 < self.encoder_lr_scale <= 1.0:
+            raise ConfigError("train.encoder_lr_scale must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -621,6 +627,7 @@ class DemoConfig:
     # variant): a recipe can list more variants than its default time allows.
     full_variants: tuple[str, ...] = ()
     partial_variants: tuple[str, ...] = ()
+    partial_baseline: bool = True  # situation (b)'s own student without distillation
     # A folder of untranscribed audio (any layout; prepared like `asrkd prepare audio`) that the
     # distilled students of situation (b) hear besides the untranscribed part of train.
     unlabelled_audio: str = ""

@@ -62,6 +62,8 @@ def plan_runs(cfg: DemoConfig) -> list[RunSpec]:
             chosen = cfg.full_variants if scenario == "full" else cfg.partial_variants
             if chosen and name not in ("none", *chosen):
                 continue
+            if scenario == "partial" and name == "none" and not cfg.partial_baseline:
+                continue
             overrides = (*cfg.student_overrides, *overrides)
             preset = _last_setting(overrides, "model.preset") or cfg.student_preset
             runs.append(

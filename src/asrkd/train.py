@@ -124,8 +124,16 @@ class Trainer:
         self.params = list(self.model.parameters()) + list(self.distiller.parameters())
         # fused: one kernel per tensor instead of a dozen small ops (half the optimizer's time
         # on CPU); the same update up to rounding
+        head = set(self.model.ctc_head.parameters()) | set(self.distiller.parameters())
+        groups = [
+            {"params": [p for p in self.params if p in head], "lr": cfg.train.lr},
+            {
+                "params": [p for p in self.params if p not in head],
+                "lr": cfg.train.lr * cfg.train.encoder_lr_scale,
+            },
+        ]
         self.optimizer = torch.optim.AdamW(
-            self.params,
+            groups,
             lr=cfg.train.lr,
             weight_decay=cfg.train.weight_decay,
             fused=self.device.type in ("cpu", "cuda"),
