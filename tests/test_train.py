@@ -184,6 +184,11 @@ def test_end_to_end_on_real_librispeech(tmp_path):
         root, ["test-other"], tmp_path / "prep", PrepareConfig(), progress=False
     )
     train_path, dev_path = split_dev_speakers(paths["test-other"], 2, tmp_path)
+    # a second run finds the split written: the same bytes (gzip stamps the time), so teacher
+    # caches and finished runs keyed by them stay valid
+    before = train_path.read_bytes()
+    assert split_dev_speakers(paths["test-other"], 2, tmp_path) == (train_path, dev_path)
+    assert train_path.read_bytes() == before
     data = {"train": train_path, "dev": dev_path}
     cfg = load_config(
         None,

@@ -173,16 +173,27 @@ def write_noisy_copy(part_dir: Path, out: Path, cfg: DemoConfig) -> Path:
 
 def split_dev_speakers(cuts_path: Path, n_dev: int, out: Path) -> tuple[Path, Path]:
     """Hold out the first `n_dev` speakers (sorted ids) of a train manifest as dev speakers."""
+    from asrkd.distill.teachers import file_sha256
+
+    (out / "manifests").mkdir(parents=True, exist_ok=True)
+    train_path = out / "manifests" / "cuts_train-split.jsonl.gz"
+    dev_path = out / "manifests" / "cuts_dev-split.jsonl.gz"
+    # Written once per source and split: gzip stamps the time into the file, and the teacher
+    # cache and finished runs are keyed by the manifests' bytes, so rewriting them would make
+    # every later stage stale.
+    marker = out / "manifests" / "split.done"
+    stamp = {"source": file_sha256(cuts_path), "n_dev": n_dev}
+    if marker.is_file() and json.loads(marker.read_text()) == stamp and dev_path.is_file():
+        return train_path, dev_path
     cuts = load_cuts(cuts_path)
     speakers = sorted({speaker_of(c) for c in cuts})
     if len(speakers) <= n_dev:
         raise ValueError(f"{cuts_path}: {len(speakers)} speakers, cannot hold out {n_dev}")
     dev_spk = set(speakers[:n_dev])
-    (out / "manifests").mkdir(parents=True, exist_ok=True)
-    train_path = out / "manifests" / "cuts_train-split.jsonl.gz"
-    dev_path = out / "manifests" / "cuts_dev-split.jsonl.gz"
+    marker.unlink(missing_ok=True)
     cuts.filter(lambda c: speaker_of(c) not in dev_spk).to_file(train_path)
     cuts.filter(lambda c: speaker_of(c) in dev_spk).to_file(dev_path)
+    marker.write_text(json.dumps(stamp))
     return train_path, dev_path
 
 
