@@ -17,8 +17,8 @@ from asrkd.distill.whisper_teacher import (
     encoder_states,
     log_mel,
     n_encoder_frames,
-    sinusoids,
 )
+from asrkd.models.whisper_encoder import inv_timescales, sinusoids
 from asrkd.models.whisper_io import (
     WhisperFormatError,
     load_whisper,
@@ -90,8 +90,9 @@ def test_unpadded_states_have_50_frames_per_second(models, seconds, one_thread) 
 
 def test_positions_are_whisper_sinusoids(models) -> None:
     table = models[0].model.encoder.embed_positions.weight
-    torch.testing.assert_close(sinusoids(1500, 64), table, rtol=0, atol=1e-6)
-    assert sinusoids(1750, 64)[:1500].equal(sinusoids(1500, 64))
+    inv = inv_timescales(64)
+    torch.testing.assert_close(sinusoids(1500, inv), table, rtol=0, atol=1e-6)
+    assert sinusoids(1750, inv)[:1500].equal(sinusoids(1500, inv))
 
 
 def test_fingerprint_follows_the_files(tiny_whisper, tmp_path) -> None:

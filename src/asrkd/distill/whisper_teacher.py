@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +38,7 @@ from torch import Tensor
 from asrkd.config import TeacherConfig
 from asrkd.data.normalize import normalize_english
 from asrkd.data.text import Tokenizer
+from asrkd.models.whisper_encoder import inv_timescales, sinusoids
 
 if TYPE_CHECKING:  # teachers.py imports this module to list it in TEACHERS
     from asrkd.distill.teachers import TeacherOutput, TeacherRequest
@@ -64,14 +64,6 @@ class WhisperDims:
 
     n_layers: int
     d_model: int
-
-
-def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
-    """Whisper's positional embedding (whisper/model.py): (length, channels), [sin, cos]."""
-    increment = math.log(max_timescale) / (channels // 2 - 1)
-    inv_timescales = torch.exp(-increment * torch.arange(channels // 2))
-    scaled = torch.arange(length)[:, None] * inv_timescales[None, :]
-    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1)
 
 
 def n_encoder_frames(n_samples: int) -> int:
@@ -106,7 +98,7 @@ def encoder_states(model, mel: Tensor, layers: tuple[int, ...]) -> dict[int, Ten
     n, table = x.shape[1], enc.embed_positions.weight
     pos = table[:n]
     if n > table.shape[0]:  # past 30 s: the same sinusoids, continued
-        extra = sinusoids(n, table.shape[1])[table.shape[0] :].to(table)
+        extra = sinusoids(n, inv_timescales(table.shape[1]))[table.shape[0] :].to(table)
         pos = torch.cat([table, extra])
     x = x + pos
     out, last = {}, len(enc.layers) - 1

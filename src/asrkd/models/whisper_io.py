@@ -123,6 +123,18 @@ def _split(v, scope: str, prefixes: list[str]) -> dict[str, Tensor]:
     return out
 
 
+def _block(v: dict[str, np.ndarray], src: str, dst: str) -> dict[str, Tensor]:
+    """The self-attention (CT2 fuses Q, K, V) and feed-forward parts of one encoder or decoder
+    block, CT2 name prefix `src` -> transformers prefix `dst`."""
+    sd = _split(v, f"{src}/self_attention/linear_0", [f"{dst}.self_attn.{x}_proj" for x in "qkv"])
+    sd.update(_linear(v, f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj"))
+    sd.update(_layer_norm(v, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm"))
+    sd.update(_linear(v, f"{src}/ffn/linear_0", f"{dst}.fc1"))
+    sd.update(_linear(v, f"{src}/ffn/linear_1", f"{dst}.fc2"))
+    sd.update(_layer_norm(v, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm"))
+    return sd
+
+
 def _state_dict(v: dict[str, np.ndarray], n_enc: int, n_dec: int) -> dict[str, Tensor]:
     """transformers' WhisperForConditionalGeneration state dict from CT2 variables."""
     sd: dict[str, Tensor] = {}
@@ -131,31 +143,18 @@ def _state_dict(v: dict[str, np.ndarray], n_enc: int, n_dec: int) -> dict[str, T
     sd["model.encoder.embed_positions.weight"] = _t(v, "encoder/position_encodings/encodings")
     sd.update(_layer_norm(v, "encoder/layer_norm", "model.encoder.layer_norm"))
     for i in range(n_enc):
-        src, dst = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        qkv = [f"{dst}.self_attn.{x}_proj" for x in "qkv"]
-        sd.update(_split(v, f"{src}/self_attention/linear_0", qkv))
-        sd.update(_linear(v, f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj"))
-        sd.update(_layer_norm(v, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm"))
-        sd.update(_linear(v, f"{src}/ffn/linear_0", f"{dst}.fc1"))
-        sd.update(_linear(v, f"{src}/ffn/linear_1", f"{dst}.fc2"))
-        sd.update(_layer_norm(v, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm"))
+        sd.update(_block(v, f"encoder/layer_{i}", f"model.encoder.layers.{i}"))
     sd["model.decoder.embed_tokens.weight"] = _t(v, "decoder/embeddings/weight")
     sd["model.decoder.embed_positions.weight"] = _t(v, "decoder/position_encodings/encodings")
     sd.update(_layer_norm(v, "decoder/layer_norm", "model.decoder.layer_norm"))
     for i in range(n_dec):
         src, dst = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        qkv = [f"{dst}.self_attn.{x}_proj" for x in "qkv"]
-        sd.update(_split(v, f"{src}/self_attention/linear_0", qkv))
-        sd.update(_linear(v, f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj"))
-        sd.update(_layer_norm(v, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm"))
+        sd.update(_block(v, src, dst))
         sd.update(_linear(v, f"{src}/attention/linear_0", f"{dst}.encoder_attn.q_proj"))
         kv = [f"{dst}.encoder_attn.{x}_proj" for x in "kv"]
         sd.update(_split(v, f"{src}/attention/linear_1", kv))
         sd.update(_linear(v, f"{src}/attention/linear_2", f"{dst}.encoder_attn.out_proj"))
         sd.update(_layer_norm(v, f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm"))
-        sd.update(_linear(v, f"{src}/ffn/linear_0", f"{dst}.fc1"))
-        sd.update(_linear(v, f"{src}/ffn/linear_1", f"{dst}.fc2"))
-        sd.update(_layer_norm(v, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm"))
     return sd
 
 
