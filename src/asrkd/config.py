@@ -338,6 +338,12 @@ class TrainConfig:
     # encoder copied from a pretrained model (distill.init_from_teacher, init_from), so a fresh
     # head learns fast while the copied layers move slowly.
     encoder_lr_scale: float = 1.0
+    # The first head_steps steps train only the CTC head (and the distiller's projections) with
+    # the rest of the student frozen; the student's other layers then start their own warm-up and
+    # cosine decay. With an encoder copied from a pretrained model this skips CTC's all-blank
+    # plateau: the fresh head first learns to read the copied states (linear probing, then
+    # fine-tuning; docs/benchmarks.md). 0 = off.
+    head_steps: int = 0
     min_lr_ratio: float = 0.05  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 1e-3
@@ -363,6 +369,8 @@ class TrainConfig:
             raise ConfigError("train.lr must be positive")
         if not 0.0 < self.encoder_lr_scale <= 1.0:
             raise ConfigError("train.encoder_lr_scale must be in (0, 1]")
+        if not 0 <= self.head_steps < self.max_steps:
+            raise ConfigError("train.head_steps must be in [0, max_steps)")
 
 
 @dataclass(frozen=True)

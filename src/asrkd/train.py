@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asrkd.config import Config, ConfigError, save_config, to_dict
+from asrkd.config import Config, ConfigError, TrainConfig, save_config, to_dict
 from asrkd.data.dataset import Batch, collate, feature_config_of, make_sampler, spec_augment
 from asrkd.distill.strategies import Distiller
 from asrkd.distributed import (
@@ -87,6 +88,21 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def head_lr_factor(step: int, tc: TrainConfig) -> float:
+    """The CTC head's (and the distiller's projections') schedule over the whole run."""
+    return lr_factor(step, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
+
+
+def body_lr_factor(step: int, tc: TrainConfig) -> float:
+    """The rest of the student: 0 during the head_steps, then a warm-up and cosine decay of its
+    own over the remaining steps."""
+    if step < tc.head_steps:
+        return 0.0
+    return lr_factor(
+        step - tc.head_steps, tc.warmup_steps, tc.max_steps - tc.head_steps, tc.min_lr_ratio
+    )
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -138,11 +154,10 @@ class Trainer:
             weight_decay=cfg.train.weight_decay,
             fused=self.device.type in ("cpu", "cuda"),
         )
+        self.head_params = groups[0]["params"]
+        self.body_params = groups[1]["params"]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_factor(
-                s, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.min_lr_ratio
-            ),
+            self.optimizer, [partial(head_lr_factor, tc=cfg.train), partial(body_lr_factor, tc=cfg.train)]
         )
         self.aug_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.state = TrainState()
@@ -232,6 +247,9 @@ class Trainer:
         In a data-parallel run `batch` is this process's share of the batch (None: no share)
         and `weight` that share's part of the batch's audio."""
         self.optimizer.zero_grad(set_to_none=True)
+        frozen = self.state.step < self.cfg.train.head_steps
+        for p in self.body_params:  # frozen: no gradient is computed below the head
+            p.requires_grad_(not frozen)
         total, terms = self._loss(batch) if batch is not None else (None, {})
         finite = total is None or bool(torch.isfinite(total))
         if total is not None and finite:
