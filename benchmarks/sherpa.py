@@ -3,11 +3,14 @@ PyTorch-free onnxruntime path (fp32, int8) and in eager PyTorch, against Whisper
 faster-whisper (int8), all on the same real utterances, at 1 and 2 threads.
 
     PYTHONPATH=src .venv/bin/python benchmarks/sherpa.py --librispeech DIR [--n-utts 20]
-        [--preset demo-student] [--threads 1 2]
+        [--preset demo-student] [--threads 1 2] [--runtimes sherpa-fp32 ...]
 
-The student: the --preset Conformer-CTC with random weights (seed 0, characters; timing does not
+The student: the --preset model with random weights (seed 0, characters; timing does not
 depend on the weights — its WER column is meaningless), exported with `asrkd export --target
-sherpa-onnx` with and without --quantize. Utterances: the first --n-utts of test-other by id.
+sherpa-onnx` with and without --quantize: a Conformer-CTC preset as sherpa-onnx's zipformer CTC
+type (kaldi fbank from sherpa-onnx), a Whisper-encoder preset (e.g. whisper-tiny-enc4) as its
+Moonshine type (Whisper's log-mel and greedy CTC inside the graphs; asrkd.sherpa_waveform);
+--runtimes picks a subset. Utterances: the first --n-utts of test-other by id.
 Each (runtime, threads) runs in a fresh process that imports its runtime, notes its resident
 memory (baseline), loads the model, decodes one utterance as warm-up, then decodes every
 utterance one at a time from audio (features included) and reports RTF = decoding seconds /
@@ -141,15 +144,17 @@ def _models(preset: str, out: Path) -> dict[str, str]:
 
     from asrkd.config import ExportConfig
     from asrkd.data.text import Tokenizer
-    from asrkd.models import build_model
+    from asrkd.models import build_model, preset_family
     from asrkd.models.checkpoint import save_checkpoint
-    from asrkd.sherpa import export_sherpa
+    from asrkd.sherpa import export_sherpa, sherpa_model_path
 
     torch.manual_seed(0)
     tok = Tokenizer()
     model = build_model(preset, tok.vocab_size, 80, 0.0).eval()
     path = out / "student.safetensors"
-    features = {"sample_rate": 16000, "n_mels": 80, "frame_shift": 0.01, "frame_length": 0.025}
+    kind = "whisper" if preset_family(preset) == "whisper-encoder" else "fbank"
+    features = {"sample_rate": 16000, "n_mels": 80, "frame_shift": 0.01, "frame_length": 0.025,
+                "kind": kind}  # fmt: skip
     save_checkpoint(path, model, tok, features=features)
     fp32 = export_sherpa(path, out / "sherpa-fp32", ExportConfig(target="sherpa-onnx"))
     int8 = export_sherpa(
@@ -159,7 +164,8 @@ def _models(preset: str, out: Path) -> dict[str, str]:
     whisper = str(Path(spec.submodule_search_locations[0]) / "model") if spec else ""
     return {
         "sherpa-fp32": str(fp32), "sherpa-int8": str(int8),
-        "asrkd-ort-fp32": str(fp32 / "model.onnx"), "asrkd-ort-int8": str(int8 / "model.int8.onnx"),
+        "asrkd-ort-fp32": str(sherpa_model_path(fp32)),
+        "asrkd-ort-int8": str(sherpa_model_path(int8)),
         "pytorch": str(path), "whisper-tiny.en-int8": whisper,
         "_n_params": str(model.n_params()),
     }  # fmt: skip
@@ -171,6 +177,7 @@ def main() -> None:
     parser.add_argument("--n-utts", type=int, default=20)
     parser.add_argument("--preset", default="demo-student")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     parser.add_argument("--probe", nargs=4, metavar=("KIND", "MODEL", "THREADS", "CUTS"))
     args = parser.parse_args()
     if args.probe:
@@ -190,7 +197,7 @@ def main() -> None:
         print("| runtime | threads | RTF | peak RSS MB | peak - baseline MB | WER |")
         print("|---|---|---|---|---|---|")
         for threads in args.threads:
-            for kind in RUNTIMES:
+            for kind in args.runtimes:
                 if not models[kind]:
                     continue
                 cmd = [sys.executable, __file__, "--probe", kind, models[kind], str(threads),

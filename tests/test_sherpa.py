@@ -4,7 +4,9 @@ The model under test is a tiny Conformer-CTC overfit for ~150 steps (~15 s on on
 12 shortest utterances of test-other: its outputs are confident and far from all-blank (it
 transcribes those 12 almost perfectly, the other 88 as confident gibberish), which is what a
 runtime-parity test needs — features, network and decoding of two runtimes must agree on it.
-It is not an accuracy claim: no usable recogniser trains in a test.
+It is not an accuracy claim: no usable recogniser trains in a test. The Whisper-encoder tests
+do the same with the `whisper-test-student` preset on Whisper's log-mel (~6 s), exported as
+sherpa-onnx's Moonshine type with the features and the greedy search inside the graphs.
 """
 
 from __future__ import annotations
@@ -252,3 +254,204 @@ def test_tokens_txt_of_word_pieces_matches_bpe_model() -> None:
     lines = [line.rsplit(" ", 1) for line in tokens_txt(tok).splitlines()]
     assert [int(i) for _, i in lines] == list(range(tok.vocab_size))
     assert [s for s, _ in lines] == [proc.IdToPiece(i) for i in range(tok.vocab_size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Whisper-encoder students: sherpa-onnx's Moonshine type, Whisper's log-mel and greedy CTC inside.
+
+WHISPER_STEPS = 250
+MOONSHINE_FILES = {"preprocess.onnx", "decode.onnx", "tokens.txt", "README.txt"}
+
+
+@pytest.fixture(scope="session")
+def whisper_model(test_other, tmp_path_factory) -> Path:
+    """model.safetensors of a `whisper-test-student` overfit on the N_TRAIN shortest
+    utterances, on Whisper's log-mel (the features `asrkd prepare` stores for it)."""
+    import torch
+
+    from asrkd.data.whisper_features import log_mel
+    from asrkd.models import build_model
+    from asrkd.models.checkpoint import save_checkpoint
+
+    files, _ = test_other
+    texts = _transcripts(files[0].parents[2])
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tok, features = Tokenizer(), FeatureConfig(kind="whisper")
+    feats = [
+        torch.from_numpy(log_mel(sf.read(str(f), dtype="float32")[0])) for f in files[:N_TRAIN]
+    ]
+    targets = [torch.tensor(tok.encode(texts[f.stem])) for f in files[:N_TRAIN]]
+    feat_lens = torch.tensor([len(x) for x in feats])
+    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    model = build_model("whisper-test-student", tok.vocab_size, features.n_mels, 0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(WHISPER_STEPS):
+        out = model(padded, feat_lens)
+        loss = torch.nn.functional.ctc_loss(
+            out.logits.log_softmax(-1).transpose(0, 1),
+            torch.cat(targets),
+            out.lengths,
+            torch.tensor([len(t) for t in targets]),
+            zero_infinity=True,
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    path = tmp_path_factory.mktemp("whisper") / "model.safetensors"
+    save_checkpoint(path, model.eval(), tok, features=features.__dict__)
+    return path
+
+
+@pytest.fixture(scope="session")
+def whisper_folders(whisper_model, tmp_path_factory) -> dict[str, Path]:
+    """{"fp32": ..., "int8": ...}: `asrkd export --target sherpa-onnx [--quantize]` folders."""
+    from asrkd.cli import main
+
+    root = tmp_path_factory.mktemp("whisper-sherpa")
+    for name, flags in (("fp32", []), ("int8", ["--quantize"])):
+        args = ["export", str(whisper_model), "--out", str(root / name), "--target", "sherpa-onnx"]
+        assert main(args + flags) == 0
+    return {"fp32": root / "fp32", "int8": root / "int8"}
+
+
+@pytest.fixture(scope="session")
+def whisper_torch_greedy(whisper_model, test_other) -> dict[str, str]:
+    """utterance id -> asrkd's greedy transcript (PyTorch: numpy Whisper log-mel, eager model)."""
+    import torch
+
+    from asrkd.transcribe import Transcriber
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = Transcriber(whisper_model)
+    out = {f.stem: model(sf.read(str(f), dtype="float32")[0]) for f in test_other[0]}
+    torch.set_num_threads(threads)
+    return out
+
+
+def _sherpa_rows(folder: Path, cuts: Path, out: Path) -> list[tuple[str, str, str]]:
+    """(cut, reference, hypothesis) of evaluate_sherpa's greedy hypotheses file."""
+    from asrkd.sherpa import evaluate_sherpa
+
+    evaluate_sherpa(folder, [cuts], out)
+    lines = (out / "hyps-test-other-sherpa-greedy.txt").read_text().splitlines()
+    return [tuple(line.split("\t")) for line in lines]
+
+
+def _parity(rows: list[tuple[str, str, str]], ours: dict[str, str]) -> tuple[int, float, float]:
+    """(utterances whose words equal, sherpa's WER, ours) over sherpa's (cut, ref, hyp) rows."""
+    from asrkd.scoring import score
+
+    same = sum(hyp.split() == ours[cut].split() for cut, _, hyp in rows)
+    mine = score([(cut, ref, ours[cut]) for cut, ref, _ in rows])["wer"]
+    return same, score(rows)["wer"], mine
+
+
+@pytest.mark.librispeech
+def test_sherpa_onnx_runs_whisper_student_as_asrkd(
+    whisper_folders, test_other, whisper_torch_greedy, tmp_path
+):
+    """Runtime parity: sherpa-onnx's own recogniser (Moonshine type: waveform in, Whisper's
+    log-mel and greedy CTC in the graphs) on the exported fp32 folder gives asrkd's PyTorch
+    greedy words for >= 99 % of test-other (measured 100 %), WER within 0.2 points.
+    int8 weights are not fp32's, so PyTorch is not the int8 folder's reference: sherpa-onnx
+    on it gives the words of onnxruntime on the same graphs (asrkd.sherpa_waveform.run_folder)
+    for >= 99 % (measured 100 %), and those of asrkd's onnxruntime path (numpy features into the
+    int8 encoder) for >= 95 % (measured 98 %: features 1 ulp apart can move an activation across
+    an int8 step, and this test model's words on unseen audio are gibberish on a knife edge)."""
+    pytest.importorskip("sherpa_onnx")
+    from asrkd.ondevice import OnnxRecognizer
+    from asrkd.scoring import score
+    from asrkd.sherpa import exported_metadata
+    from asrkd.sherpa_waveform import run_folder
+
+    fp32, int8 = whisper_folders["fp32"], whisper_folders["int8"]
+    assert {p.name for p in fp32.iterdir()} == MOONSHINE_FILES | {"encode.onnx"}
+    assert {p.name for p in int8.iterdir()} == MOONSHINE_FILES | {"encode.int8.onnx"}
+    assert exported_metadata(fp32)[0] == exported_metadata(int8)[0] == "moonshine"
+    assert "from_moonshine" in (fp32 / "README.txt").read_text()
+    n = len(test_other[0])
+    rows = _sherpa_rows(fp32, test_other[1], tmp_path / "fp32")
+    same, theirs, ours = _parity(rows, whisper_torch_greedy)
+    assert len(rows) == n and same >= 0.99 * n, same
+    assert abs(theirs - ours) <= 0.002
+    trained = {f.stem for f in test_other[0][:N_TRAIN]}
+    assert score([r for r in rows if r[0] in trained])["wer"] < 0.3  # non-trivial outputs
+
+    rows = _sherpa_rows(int8, test_other[1], tmp_path / "int8")
+    audio = {f.stem: sf.read(str(f), dtype="float32")[0] for f in test_other[0]}
+    tok = Tokenizer()
+    graphs = {cut: tok.decode(run_folder(int8, x, quantize=True)) for cut, x in audio.items()}
+    same, theirs, ours = _parity(rows, graphs)
+    assert same >= 0.99 * n and abs(theirs - ours) <= 0.002, same
+    onnx = OnnxRecognizer(int8 / "encode.int8.onnx", threads=1)
+    same, theirs, ours = _parity(rows, {cut: onnx(x) for cut, x in audio.items()})
+    assert same >= 0.95 * n and abs(theirs - ours) <= 0.002, same
+
+
+def _joined(files: list[Path], seconds: float) -> np.ndarray:
+    """Real speech longer than `seconds`: utterances joined end to end."""
+    parts: list[np.ndarray] = []
+    while sum(len(p) for p in parts) <= seconds * 16000:
+        parts.append(sf.read(str(files[len(parts)]), dtype="float32")[0])
+    return np.concatenate(parts)
+
+
+@pytest.mark.librispeech
+def test_graph_features_equal_the_training_features(whisper_folders, test_other):
+    """preprocess.onnx (what sherpa-onnx runs on the samples) gives asrkd's numpy Whisper
+    log-mel, the features the student trained on, to float32 rounding (measured: 1 ulp,
+    1.2e-7) on real speech: test-other utterances, one just under 30 s and one of ~35 s
+    (where Whisper's maximum runs over every frame)."""
+    from asrkd.data.whisper_features import N_SAMPLES, log_mel
+    from asrkd.ondevice import onnx_session
+
+    session = onnx_session(whisper_folders["fp32"] / "preprocess.onnx", threads=1)
+    files = test_other[0]
+    audio = [sf.read(str(f), dtype="float32")[0] for f in files[::33]]
+    audio += [_joined(files[::-1], 29.0)[: N_SAMPLES - 1], _joined(files[::-1], 35.0)]
+    assert len(audio[-1]) > N_SAMPLES
+    for x in audio:
+        (feats,) = session.run(None, {"audio": x[None]})
+        ref = log_mel(x)
+        assert feats.shape == (1, *ref.shape)
+        assert np.abs(feats[0] - ref).max() < 1e-6
+
+
+@pytest.mark.librispeech
+def test_whisper_sherpa_folder_beyond_30_seconds(whisper_folders, whisper_model, test_other):
+    """A ~35-s utterance through sherpa-onnx: the graphs' time axes are dynamic (no 30-s
+    window) and the token loop's budget covers every output frame; the words are PyTorch's."""
+    pytest.importorskip("sherpa_onnx")
+    import torch
+
+    from asrkd.sherpa import sherpa_recognizer, sherpa_text
+    from asrkd.transcribe import Transcriber
+
+    x = _joined(test_other[0][::-1], 35.0)
+    rec = sherpa_recognizer(whisper_folders["fp32"])
+    stream = rec.create_stream()
+    stream.accept_waveform(16000, x)
+    rec.decode_stream(stream)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    expected = Transcriber(whisper_model)(x)
+    torch.set_num_threads(threads)
+    assert len(x) > 35 * 16000 and expected
+    assert sherpa_text(stream.result.text) == " ".join(expected.split())
+
+
+@pytest.mark.librispeech
+def test_transcribe_whisper_encoder_file_without_torch(
+    whisper_folders, test_other, whisper_torch_greedy
+):
+    """`asrkd transcribe` on the folder's encode.onnx (it carries asrkd's metadata) with torch
+    and lhotse blocked: numpy features, onnxruntime, PyTorch's words."""
+    onnx = whisper_folders["fp32"] / "encode.onnx"
+    files = [str(f) for f in test_other[0][:3]]
+    out = _asrkd_without_torch("transcribe", str(onnx), *files)
+    got = dict(line.split("\t") for line in out.splitlines())
+    assert got == {f: whisper_torch_greedy[Path(f).stem] for f in files}

@@ -694,7 +694,8 @@ class DemoConfig:
 
 EXPORT_FORMATS = ("onnx",)
 # "asrkd": one .onnx file (asrkd transcribe/evaluate); "sherpa-onnx": a folder that
-# sherpa_onnx.OfflineRecognizer.from_zipformer_ctc loads (asrkd.sherpa).
+# sherpa_onnx.OfflineRecognizer loads: from_zipformer_ctc (Conformer students) or
+# from_moonshine (Whisper-encoder students) (asrkd.sherpa).
 EXPORT_TARGETS = ("asrkd", "sherpa-onnx")
 
 

@@ -356,14 +356,15 @@ def deliver_int8(cfg: DemoConfig, specs: list[RunSpec], out: Path) -> tuple[RunS
 
 def deliver_sherpa(delivered: tuple[RunSpec, Path] | None, out: Path, test: Path) -> dict | None:
     """The delivered student exported for sherpa-onnx (int8) and scored through sherpa-onnx
-    itself on the test set, timed: {"dir", "wer", "cer", "rtf", "mb"}; None (and a note in the
-    log) where the sherpa extra is missing or the model's features are not sherpa-onnx's."""
+    itself on the test set, timed: {"dir", "wer", "cer", "rtf", "mb"} (mb: the .onnx files
+    sherpa-onnx loads); None (and a note in the log) where the sherpa extra is missing or the
+    model cannot be exported for sherpa-onnx."""
     if delivered is None:
         return None
     import importlib.util
 
     from asrkd.config import ExportConfig
-    from asrkd.sherpa import SherpaError, evaluate_sherpa, export_sherpa, model_file_name
+    from asrkd.sherpa import SherpaError, evaluate_sherpa, export_sherpa, sherpa_model_bytes
 
     if importlib.util.find_spec("sherpa_onnx") is None:
         log.warning("demo: no sherpa-onnx row: pip install 'asrkd[sherpa]'")
@@ -391,7 +392,7 @@ def deliver_sherpa(delivered: tuple[RunSpec, Path] | None, out: Path, test: Path
     seconds = time.perf_counter() - t0
     result = next(iter(summary["sets"].values()))
     audio = sum(c.duration for c in load_cuts(test))
-    mb = (folder / model_file_name(True)).stat().st_size / 1e6
+    mb = sherpa_model_bytes(folder) / 1e6
     row = {"dir": str(folder), "name": spec.name, "wer": result["wer"], "cer": result["cer"],
            "rtf": seconds / audio, "mb": mb}  # fmt: skip
     result_file.write_text(json.dumps(row, indent=2))

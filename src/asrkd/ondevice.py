@@ -119,13 +119,16 @@ class OnnxRecognizer:
         self.family = meta.get("family") or "conformer"  # files from before the families
         self.lexicon = lexicon_from_metadata(meta, self.tokenizer)
         self.format = "onnx-int8" if meta.get("quantized") else "onnx"
+        # int32 lengths in a sherpa-onnx Moonshine-type encoder (asrkd.sherpa_waveform)
+        lens_type = {i.name: i.type for i in self.session.get_inputs()}.get("feat_lens")
+        self.lens_dtype = np.int32 if lens_type == "tensor(int32)" else np.int64
 
     def log_probs(self, samples: np.ndarray) -> np.ndarray:
         """(T', V) log-probabilities of mono samples at features.sample_rate."""
         feats = features_np(samples, self.features)
         inputs = {
             "feats": feats[None],
-            "feat_lens": np.array([feats.shape[0]], dtype=np.int64),
+            "feat_lens": np.array([feats.shape[0]], dtype=self.lens_dtype),
         }
         logits, lengths = self.session.run(list(OUTPUT_NAMES), inputs)
         return log_softmax(logits[0, : int(lengths[0])])

@@ -1,7 +1,13 @@
-"""sherpa-onnx as a target: an asrkd model exported as one of sherpa-onnx's offline CTC model
-types, and scored through sherpa-onnx itself.
+"""sherpa-onnx as a target: an asrkd model exported as one of sherpa-onnx's offline model types,
+and scored through sherpa-onnx itself. The type follows the model's features (MODEL_TYPES); it
+is written into the file's metadata (`model_type`) and shows in the folder's files, from which
+`sherpa_recognizer` builds the recogniser.
 
-Model type: icefall's zipformer CTC (`OfflineRecognizer.from_zipformer_ctc`, model_type
+Whisper-encoder students (features.kind=whisper): sherpa-onnx's Moonshine type, the waveform
+in, Whisper's log-mel and the CTC greedy search inside the graphs (asrkd.sherpa_waveform says
+why no CTC type can give these students their features).
+
+Conformer students (features.kind=fbank), model type: icefall's zipformer CTC (`OfflineRecognizer.from_zipformer_ctc`, model_type
 "zipformer2_ctc"), because its front end is asrkd's: sherpa-onnx computes kaldi-native-fbank with
 dither 0, snip_edges=False, povey window, 20 Hz to Nyquist - 400 Hz, samples in [-1, 1], 10 ms
 hop, no normalisation outside the model — lhotse's Fbank defaults, on which icefall trains and so
@@ -13,7 +19,7 @@ icefall's models. NeMo CTC would need NeMo's features (librosa mel, hann window,
 per-feature normalisation outside the graph) and WeNet CTC int16-scaled samples: neither is what
 asrkd's models are trained on.
 
-Folder written by `export_sherpa`::
+Folder written by `export_sherpa` (a Whisper-encoder student's: asrkd.sherpa_waveform)::
 
     model.onnx | model.int8.onnx   the graph (log-softmax outputs) with asrkd's metadata too, so
                                    `asrkd transcribe` runs the same file
@@ -35,12 +41,22 @@ from asrkd.data.text import BLANK, WORD_START, Tokenizer
 from asrkd.scoring import Result, write_results, write_summary
 
 SHERPA_BLANK = "<blk>"
+ZIPFORMER_CTC = "zipformer2_ctc"
+MOONSHINE = "moonshine"
+# sherpa-onnx's model type for each features.kind
+MODEL_TYPES = {"fbank": ZIPFORMER_CTC, "whisper": MOONSHINE}
 # metadata_props sherpa-onnx (and anyone reading the file) sees; icefall writes the same keys
 SHERPA_METADATA = {
-    "model_type": "zipformer2_ctc",
+    "model_type": ZIPFORMER_CTC,
     "model_author": "asrkd",
     "comment": "asrkd Conformer-CTC student; load with OfflineRecognizer.from_zipformer_ctc",
     "subsampling_factor": "4",
+}
+MOONSHINE_METADATA = {
+    "model_type": MOONSHINE,
+    "model_author": "asrkd",
+    "comment": "asrkd Whisper-encoder CTC student: Whisper log-mel and greedy CTC inside the "
+    "graphs; load with OfflineRecognizer.from_moonshine (README.txt)",
 }
 # The only frame settings sherpa-onnx's zipformer CTC front end uses (it hard-codes a 10 ms
 # shift for timestamps too).
@@ -72,22 +88,24 @@ def tokens_txt(tokenizer: Tokenizer) -> str:
     return "".join(lines)
 
 
-def check_features(features: FeatureConfig) -> None:
-    """SherpaError unless sherpa-onnx computes exactly these features."""
-    if features.kind != "fbank":
-        raise SherpaError(
-            f"sherpa-onnx's CTC models hear kaldi fbank; this model was trained on "
-            f"features.kind={features.kind!r} (Whisper-encoder students run through `asrkd "
-            "transcribe` on the exported .onnx file, without PyTorch, instead)"
-        )
+def check_features(features: FeatureConfig) -> str:
+    """sherpa-onnx's model type for a model on these features; SherpaError where sherpa-onnx
+    cannot give the model its features (fbank on other frames than sherpa-onnx's)."""
+    if features.kind not in MODEL_TYPES:
+        raise SherpaError(f"no sherpa-onnx model type for features.kind={features.kind!r}")
+    if features.kind == "whisper":  # computed in the graph (FeatureConfig admits 16 kHz only)
+        return MOONSHINE
     if (features.frame_shift, features.frame_length) != (SHERPA_FRAME_SHIFT, SHERPA_FRAME_LENGTH):
         raise SherpaError(
             f"sherpa-onnx computes 25 ms frames every 10 ms; this model was trained on "
             f"{1000 * features.frame_length:g} ms every {1000 * features.frame_shift:g} ms"
         )
+    return ZIPFORMER_CTC
 
 
 def readme(features: FeatureConfig, model_name: str, has_bpe: bool) -> str:
+    if features.kind == "whisper":
+        return readme_moonshine(features, model_name)
     hotwords = (
         "\nHotwords (modified_beam_search in sherpa-onnx's offline CTC is prefix_beam_search)\n"
         "use bpe.model to split words into the pieces of tokens.txt.\n"
@@ -120,6 +138,48 @@ Or with asrkd (no PyTorch needed): asrkd transcribe {model_name} audio.wav
 {hotwords}"""
 
 
+def readme_moonshine(features: FeatureConfig, encoder_name: str) -> str:
+    return f"""An asrkd CTC model for sherpa-onnx (https://github.com/k2-fsa/sherpa-onnx): a
+Whisper-encoder student. Its features ({features.n_mels}-bin Whisper log-mel) and its greedy
+CTC search run inside the graphs, so it is given to sherpa-onnx as a Moonshine model:
+preprocess.onnx (audio -> features), {encoder_name} (the student and its greedy search),
+decode.onnx (reads the search's tokens back; serves as both Moonshine decoders).
+
+Input: mono audio (sherpa-onnx resamples to 16 kHz), any length. Greedy search.
+
+Python (pip install sherpa-onnx soundfile):
+
+    import sherpa_onnx, soundfile as sf
+    rec = sherpa_onnx.OfflineRecognizer.from_moonshine(
+        preprocessor="preprocess.onnx", encoder="{encoder_name}",
+        uncached_decoder="decode.onnx", cached_decoder="decode.onnx",
+        tokens="tokens.txt", num_threads=1)
+    samples, rate = sf.read("audio.wav", dtype="float32")
+    stream = rec.create_stream()
+    stream.accept_waveform(rate, samples)
+    rec.decode_stream(stream)
+    print(stream.result.text.replace("\u2581", " ").strip())
+
+Command line (sherpa-onnx's binaries):
+
+    sherpa-onnx-offline --moonshine-preprocessor=preprocess.onnx \\
+      --moonshine-encoder={encoder_name} --moonshine-uncached-decoder=decode.onnx \\
+      --moonshine-cached-decoder=decode.onnx --tokens=tokens.txt audio.wav
+
+Or with asrkd (no PyTorch needed): asrkd transcribe {encoder_name} audio.wav
+"""
+
+
+def moonshine_tokens_txt(tokenizer: Tokenizer) -> str:
+    """tokens.txt of a Moonshine-type folder: <blk> 0, <s> 1, </s> 2 and asrkd's id i at
+    i + 2 (sherpa-onnx's Moonshine loop starts at 1 and ends at 2)."""
+    from asrkd.sherpa_waveform import EOS, SOS, TOKEN_OFFSET
+
+    lines = tokens_txt(tokenizer).splitlines()[1:]  # without the blank
+    shifted = [f"{sym} {int(i) + TOKEN_OFFSET}\n" for sym, i in (ln.rsplit(" ", 1) for ln in lines)]
+    return f"{SHERPA_BLANK} 0\n<s> {SOS}\n</s> {EOS}\n" + "".join(shifted)
+
+
 def export_sherpa(
     model_path: str | Path, out_dir: str | Path, cfg: ExportConfig | None = None
 ) -> Path:
@@ -132,13 +192,22 @@ def export_sherpa(
     cfg = cfg or ExportConfig(target="sherpa-onnx")
     meta = read_checkpoint_meta(model_path)
     features = FeatureConfig(**(meta.get("features") or {}))
-    check_features(features)
+    model_type = check_features(features)
     tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = model_file_name(cfg.quantize)
-    export_model(model_path, out_dir / name, cfg, log_probs=True, extra_metadata=SHERPA_METADATA)
-    atomic_write(out_dir / "tokens.txt", lambda p: Path(p).write_text(tokens_txt(tokenizer)))
+    tokens = tokens_txt(tokenizer)
+    if model_type == MOONSHINE:
+        from asrkd.sherpa_waveform import encoder_file_name, export_moonshine
+
+        export_moonshine(model_path, out_dir, cfg, extra_metadata=MOONSHINE_METADATA)
+        name, tokens = encoder_file_name(cfg.quantize), moonshine_tokens_txt(tokenizer)
+    else:
+        export_model(
+            model_path, out_dir / name, cfg, log_probs=True, extra_metadata=SHERPA_METADATA
+        )
+    atomic_write(out_dir / "tokens.txt", lambda p: Path(p).write_text(tokens))
     proto = meta["tokenizer"].get("model")
     if proto:  # a sentencepiece tokenizer: sherpa-onnx's hotwords read bpe.model
         atomic_write(out_dir / "bpe.model", lambda p: Path(p).write_bytes(base64.b64decode(proto)))
@@ -147,23 +216,51 @@ def export_sherpa(
     return out_dir
 
 
+# the file of an export_sherpa folder that carries the metadata, in order of preference
+MODEL_FILES = ("model.onnx", "model.int8.onnx", "encode.onnx", "encode.int8.onnx")
+
+
 def sherpa_model_path(model_dir: str | Path) -> Path:
-    """model.onnx of an export_sherpa folder, else its model.int8.onnx."""
+    """model.onnx of an export_sherpa folder, else its model.int8.onnx (a Moonshine-type
+    folder's: encode.onnx, else encode.int8.onnx)."""
     model_dir = Path(model_dir)
-    for quantize in (False, True):
-        path = model_dir / model_file_name(quantize)
+    for name in MODEL_FILES:
+        path = model_dir / name
         if path.is_file() and (model_dir / "tokens.txt").is_file():
             return path
-    raise ConfigError(f"{model_dir}: no model.onnx/model.int8.onnx and tokens.txt")
+    raise ConfigError(f"{model_dir}: no {'/'.join(MODEL_FILES)} and tokens.txt")
 
 
-def exported_features(model_dir: str | Path) -> FeatureConfig:
-    """The feature settings in an export_sherpa folder's model metadata (asrkd's keys)."""
+def sherpa_model_bytes(model_dir: str | Path) -> int:
+    """Bytes of the .onnx files sherpa-onnx loads from an export_sherpa folder."""
+    model = sherpa_model_path(model_dir)
+    files = [model] + [model.with_name(n) for n in ("preprocess.onnx", "decode.onnx")]
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def exported_metadata(model_dir: str | Path) -> tuple[str, FeatureConfig]:
+    """(sherpa-onnx model type, feature settings) in an export_sherpa folder's model metadata;
+    folders from before the Whisper-encoder export name no type: zipformer CTC."""
     from asrkd.ondevice import onnx_session, read_onnx_metadata
 
     model = sherpa_model_path(model_dir)
     props = onnx_session(model, threads=1).get_modelmeta().custom_metadata_map
-    return FeatureConfig(**read_onnx_metadata(props, model)["features"])
+    features = FeatureConfig(**read_onnx_metadata(props, model)["features"])
+    model_type = props.get("model_type", ZIPFORMER_CTC)
+    if model_type not in MODEL_TYPES.values():
+        raise ConfigError(f"{model}: model_type={model_type!r} is not one asrkd exports")
+    return model_type, features
+
+
+def sherpa_model_type(model_dir: str | Path) -> str:
+    """The sherpa-onnx model type of an export_sherpa folder, from its files (as the metadata
+    `model_type` says; read without onnxruntime, which sherpa-onnx's process need not load)."""
+    return MOONSHINE if sherpa_model_path(model_dir).name.startswith("encode") else ZIPFORMER_CTC
+
+
+def exported_features(model_dir: str | Path) -> FeatureConfig:
+    """The feature settings in an export_sherpa folder's model metadata (asrkd's keys)."""
+    return exported_metadata(model_dir)[1]
 
 
 def sherpa_recognizer(
@@ -173,12 +270,25 @@ def sherpa_recognizer(
     decoding: str = "greedy_search",
 ):
     """sherpa_onnx.OfflineRecognizer of an export_sherpa folder (model.onnx, else
-    model.int8.onnx) for `features` (read from the model's metadata when None)."""
+    model.int8.onnx; encode.onnx, else encode.int8.onnx) of the folder's model type, for
+    `features` (a zipformer CTC model's front end; read from its metadata when None)."""
     try:
         import sherpa_onnx
     except ImportError as err:
         raise ImportError("scoring through sherpa-onnx needs it: pip install sherpa-onnx") from err
     model = sherpa_model_path(model_dir)
+    if (
+        sherpa_model_type(model_dir) == MOONSHINE
+    ):  # the greedy search is in the graph: `decoding` is moot
+        decoder = str(model.with_name("decode.onnx"))
+        return sherpa_onnx.OfflineRecognizer.from_moonshine(
+            preprocessor=str(model.with_name("preprocess.onnx")),
+            encoder=str(model),
+            uncached_decoder=decoder,
+            cached_decoder=decoder,
+            tokens=str(Path(model_dir) / "tokens.txt"),
+            num_threads=threads,
+        )
     features = features or exported_features(model_dir)
     return sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
         model=str(model),
