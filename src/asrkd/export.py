@@ -179,10 +179,13 @@ def strip_debug_info(model) -> None:
 
 
 def run_onnx(session, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
-    """Run an onnxruntime session like the eager model: (logits (B, T', V), lengths (B,))."""
+    """Run an onnxruntime session like the eager model: (logits (B, T', V), lengths (B,)).
+    A sherpa-onnx Moonshine-type encoder (asrkd.sherpa_waveform) takes int32 lengths."""
+    types = {i.name: i.type for i in session.get_inputs()}
+    lens_dtype = np.int32 if types.get("feat_lens") == "tensor(int32)" else np.int64
     inputs = {
         "feats": feats.numpy().astype(np.float32, copy=False),
-        "feat_lens": feat_lens.numpy().astype(np.int64, copy=False),
+        "feat_lens": feat_lens.numpy().astype(lens_dtype, copy=False),
     }
     logits, lengths = session.run(list(OUTPUT_NAMES), inputs)
     return torch.from_numpy(logits), torch.from_numpy(lengths)
