@@ -455,3 +455,32 @@ def test_transcribe_whisper_encoder_file_without_torch(
     out = _asrkd_without_torch("transcribe", str(onnx), *files)
     got = dict(line.split("\t") for line in out.splitlines())
     assert got == {f: whisper_torch_greedy[Path(f).stem] for f in files}
+
+
+def test_moonshine_decoder_hands_over_the_tokens_then_stops(tmp_path) -> None:
+    """decode.onnx in sherpa-onnx's loop (step s reads the s-th token the encoder marked, then
+    </s>), and tokens.txt with <blk>, <s>, </s> first and asrkd's symbols 2 ids up."""
+    import onnx
+
+    from asrkd.ondevice import onnx_session
+    from asrkd.sherpa import moonshine_tokens_txt
+    from asrkd.sherpa_waveform import EOS, TOKEN_OFFSET, decoder_graph
+
+    tok = Tokenizer()
+    path = tmp_path / "decode.onnx"
+    onnx.save(decoder_graph(tok.vocab_size, 18), str(path))
+    session = onnx_session(path, threads=1)
+    ids = [5, 5, 1, 7]  # asrkd ids (a repeat after a blank is a new token)
+    encoder_out = np.zeros((1, 60, 1), dtype=np.float32)
+    encoder_out[0, [3, 9, 10, 20], 0] = np.array(ids) + TOKEN_OFFSET
+    got = []
+    for step in range(1, 8):
+        inputs = {"tokens": np.zeros((1, 1), np.int32), "encoder_out": encoder_out,
+                  "seq_len": np.array([step], np.int32)}  # fmt: skip
+        (logits,) = session.run(None, inputs)
+        assert logits.shape == (1, 1, tok.vocab_size + TOKEN_OFFSET)
+        got.append(int(logits.argmax()))
+    assert got == [i + TOKEN_OFFSET for i in ids] + [EOS] * 3
+    lines = moonshine_tokens_txt(tok).splitlines()
+    assert lines[:4] == ["<blk> 0", "<s> 1", "</s> 2", "\u2581 3"]
+    assert [int(line.rsplit(" ", 1)[1]) for line in lines] == list(range(tok.vocab_size + 2))

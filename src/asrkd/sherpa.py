@@ -208,8 +208,9 @@ def export_sherpa(
             model_path, out_dir / name, cfg, log_probs=True, extra_metadata=SHERPA_METADATA
         )
     atomic_write(out_dir / "tokens.txt", lambda p: Path(p).write_text(tokens))
-    proto = meta["tokenizer"].get("model")
-    if proto:  # a sentencepiece tokenizer: sherpa-onnx's hotwords read bpe.model
+    # a sentencepiece tokenizer: sherpa-onnx's CTC hotwords read bpe.model (Moonshine: none)
+    proto = meta["tokenizer"].get("model") if model_type == ZIPFORMER_CTC else None
+    if proto:
         atomic_write(out_dir / "bpe.model", lambda p: Path(p).write_bytes(base64.b64decode(proto)))
     text = readme(features, name, bool(proto))
     atomic_write(out_dir / "README.txt", lambda p: Path(p).write_text(text))
