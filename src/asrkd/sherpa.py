@@ -7,9 +7,9 @@ Whisper-encoder students (features.kind=whisper): sherpa-onnx's Moonshine type, 
 in, Whisper's log-mel and the CTC greedy search inside the graphs (asrkd.sherpa_waveform says
 why no CTC type can give these students their features).
 
-Conformer students (features.kind=fbank), model type: icefall's zipformer CTC (`OfflineRecognizer.from_zipformer_ctc`, model_type
-"zipformer2_ctc"), because its front end is asrkd's: sherpa-onnx computes kaldi-native-fbank with
-dither 0, snip_edges=False, povey window, 20 Hz to Nyquist - 400 Hz, samples in [-1, 1], 10 ms
+Conformer students (features.kind=fbank), model type: icefall's zipformer CTC
+(`OfflineRecognizer.from_zipformer_ctc`, model_type "zipformer2_ctc"), because its front end
+is asrkd's: sherpa-onnx computes kaldi-native-fbank with dither 0, snip_edges=False, povey window, 20 Hz to Nyquist - 400 Hz, samples in [-1, 1], 10 ms
 hop, no normalisation outside the model — lhotse's Fbank defaults, on which icefall trains and so
 does asrkd (max abs difference ~2e-3 on log-mel values, docs/benchmarks.md, "A student on device runtimes"). asrkd's
 per-utterance mean/variance normalisation is inside the graph already. The graph takes
@@ -278,9 +278,9 @@ def sherpa_recognizer(
     except ImportError as err:
         raise ImportError("scoring through sherpa-onnx needs it: pip install sherpa-onnx") from err
     model = sherpa_model_path(model_dir)
-    if (
-        sherpa_model_type(model_dir) == MOONSHINE
-    ):  # the greedy search is in the graph: `decoding` is moot
+    if sherpa_model_type(model_dir) == MOONSHINE:
+        if decoding != "greedy_search":  # the search is inside the graphs
+            raise SherpaError(f"{model_dir}: a Moonshine-type folder decodes greedily only")
         decoder = str(model.with_name("decode.onnx"))
         return sherpa_onnx.OfflineRecognizer.from_moonshine(
             preprocessor=str(model.with_name("preprocess.onnx")),
