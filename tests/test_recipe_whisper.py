@@ -20,8 +20,13 @@ def scaled_variants(head_steps: int) -> list:
     """The recipe's own variants with their head phase shortened to fit its steps here."""
     recipe = yaml.safe_load(Path("configs/librispeech-whisper.yaml").read_text())
     return [
-        [name, [re.sub(r"^train\.head_steps=\d+$", f"train.head_steps={head_steps}", o)
-                for o in overrides]]
+        [
+            name,
+            [
+                re.sub(r"^train\.head_steps=\d+$", f"train.head_steps={head_steps}", o)
+                for o in overrides
+            ],
+        ]
         for name, overrides in recipe["variants"]
     ]
 

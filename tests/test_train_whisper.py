@@ -170,12 +170,18 @@ def test_head_steps_train_only_the_head_then_everything(whisper_parts, tmp_path)
 
     from safetensors.torch import load_file
 
-    cfg_b = [*overrides(whisper_parts, tmp_path / "b", 8), "train.head_steps=4",
-             "train.checkpoint_every=3", "train.keep_checkpoints=5"]
+    cfg_b = [
+        *overrides(whisper_parts, tmp_path / "b", 8),
+        "train.head_steps=4",
+        "train.checkpoint_every=3",
+        "train.keep_checkpoints=5",
+    ]
     straight = train(load_config(None, cfg_b))
     shutil.copytree(straight, tmp_path / "c")
-    for path in [*sorted((tmp_path / "c" / "checkpoints").glob("*.safetensors"))[1:],
-                 tmp_path / "c" / "summary.json"]:
+    for path in [
+        *sorted((tmp_path / "c" / "checkpoints").glob("*.safetensors"))[1:],
+        tmp_path / "c" / "summary.json",
+    ]:
         path.unlink()
     cfg_c = [*cfg_b[:-3], f"train.out_dir={tmp_path / 'c'}", *cfg_b[-3:]]
     resumed = train(load_config(None, cfg_c), resume=True)

@@ -157,7 +157,8 @@ class Trainer:
         self.head_params = groups[0]["params"]
         self.body_params = groups[1]["params"]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, [partial(head_lr_factor, tc=cfg.train), partial(body_lr_factor, tc=cfg.train)]
+            self.optimizer,
+            [partial(head_lr_factor, tc=cfg.train), partial(body_lr_factor, tc=cfg.train)],
         )
         self.aug_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.state = TrainState()
