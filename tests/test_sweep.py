@@ -25,7 +25,14 @@ from asrkd.sweep import (
     sweep,
     trial_point,
 )
-from asrkd.sweep_grid import expand_grid, make_spec, parse_grid, point_name, relevant
+from asrkd.sweep_grid import (
+    expand_grid,
+    make_spec,
+    parse_grid,
+    point_config,
+    point_name,
+    relevant,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,6 +130,20 @@ def test_expand_grid_adds_the_baseline_and_keeps_what_it_reads() -> None:
     assert len(points) == 2 + 2 * 2
     no_baseline = expand_grid(grid, base, seeds=2, baseline=False)
     assert len(no_baseline) == 2 * 2 * 2 and all("distill.strategy" not in p for p in no_baseline)
+
+
+def test_the_baseline_of_a_base_with_untranscribed_audio_drops_it() -> None:
+    """A distilling base config that hears untranscribed audio still gets its baseline: the
+    point without distillation leaves that audio out (only a teacher can label it)."""
+    base = load_config(
+        None,
+        ["distill.strategy=sequence", "teacher.path=t.safetensors", "data.unlabelled_cuts=u.jsonl"],
+    )
+    points = expand_grid({"distill.strategy": ["sequence", "hidden"]}, base)
+    configs = {p["distill.strategy"]: point_config(base, p) for p in points}
+    assert configs["none"].data.unlabelled_cuts == ""
+    assert configs["sequence"].data.unlabelled_cuts == "u.jsonl"
+    assert configs["hidden"].data.unlabelled_cuts == "u.jsonl"
 
 
 def test_relevant_keys() -> None:

@@ -45,8 +45,8 @@ from asrkd.sweep_grid import (
     Point,
     flat_config,
     make_spec,
+    point_config,
     point_name,
-    point_overrides,
     relevant,
 )
 
@@ -426,7 +426,7 @@ def run_point(
     finished = [r for r in read_rows(out_dir / RESULTS) if r["name"] == name]
     if finished and finished[-1]["state"] == "COMPLETE":  # its worker died before telling optuna
         return finished[-1]
-    cfg = replace(base, [*point_overrides(point), f"train.out_dir={run_dir}"])
+    cfg = replace(point_config(base, point), [f"train.out_dir={run_dir}"])
     row = _row_head(cfg, point, name, trial)
     t0 = time.perf_counter()
     try:
@@ -619,10 +619,10 @@ def _warm_teacher_caches(base: Config, spec: dict, out: Path) -> None:
     from asrkd.train import Trainer  # its constructor builds (or finds) the caches
 
     if spec["mode"] == "grid":
-        cfgs = [replace(base, point_overrides(p)) for p in spec["points"]]
+        cfgs = [point_config(base, p) for p in spec["points"]]
     else:
         strategies = spec["grid"].get(STRATEGY_KEY, [base.distill.strategy])
-        cfgs = [replace(base, point_overrides({STRATEGY_KEY: s})) for s in strategies]
+        cfgs = [point_config(base, {STRATEGY_KEY: s}) for s in strategies]
     seen = set()
     for cfg in cfgs:
         key = json.dumps(

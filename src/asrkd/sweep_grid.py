@@ -116,6 +116,17 @@ def point_overrides(point: Point) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in point.items()]
 
 
+def point_config(base: Config, point: Point) -> Config:
+    """`base` with the point's settings; a point that does not distil also drops the base's
+    untranscribed audio (only a teacher can label it), so a distilling base config still has its
+    no-distillation baseline."""
+    overrides = point_overrides(point)
+    strategy = str(point.get(STRATEGY_KEY, base.distill.strategy))
+    if base.data.unlabelled_cuts and not relevant("data.unlabelled_cuts", strategy):
+        overrides.append('data.unlabelled_cuts=""')
+    return replace(base, overrides)
+
+
 def point_name(index: int, point: Point) -> str:
     """A readable, file-system-safe run folder name, e.g. ``003-logit-w0.1-T2-s0``."""
     short = {
