@@ -144,6 +144,8 @@ def test_the_baseline_of_a_base_with_untranscribed_audio_drops_it() -> None:
     assert configs["none"].data.unlabelled_cuts == ""
     assert configs["sequence"].data.unlabelled_cuts == "u.jsonl"
     assert configs["hidden"].data.unlabelled_cuts == "u.jsonl"
+    spec = make_spec(base, {"distill.strategy": ["sequence"]}, {}, SweepConfig())
+    assert [p["distill.strategy"] for p in spec["points"]] == ["none", "sequence"]
 
 
 def test_relevant_keys() -> None:

@@ -148,7 +148,7 @@ def make_spec(
     if not ranges:
         points = expand_grid(grid, base, sweep_cfg.seeds, sweep_cfg.baseline)
         for point in points:
-            replace(base, point_overrides(point))  # a bad value fails now, not mid-sweep
+            point_config(base, point)  # a bad value fails now, not mid-sweep
         return {"mode": "grid", "points": points}
     if sweep_cfg.n_trials < 1:
         raise ConfigError(
@@ -159,12 +159,12 @@ def make_spec(
     seeds = [base.train.seed + i for i in range(sweep_cfg.seeds)]
     for key, values in grid.items():
         for value in values:
-            replace(base, point_overrides({key: value}))
+            point_config(base, {key: value})
     flat = flat_config(to_dict(base))
     spec_ranges = {}
     for key, (lo, hi, log_scale) in ranges.items():
-        replace(base, point_overrides({key: lo}))
-        replace(base, point_overrides({key: hi}))
+        point_config(base, {key: lo})
+        point_config(base, {key: hi})
         is_int = isinstance(flat.get(key), int) and not isinstance(flat.get(key), bool)
         spec_ranges[key] = {"low": lo, "high": hi, "log": log_scale, "int": is_int}
     distilling = any(s != "none" for s in grid.get(STRATEGY_KEY, [base.distill.strategy]))
