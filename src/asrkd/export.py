@@ -240,13 +240,20 @@ def _quiet_exporters():
             logger.setLevel(level)
 
 
-def quantize_file(src: str | Path, dst: str | Path, ops: tuple[str, ...]) -> None:
-    """int8 dynamic quantisation of the weights of `ops` (metadata_props are kept)."""
+def quantize_file(
+    src: str | Path, dst: str | Path, ops: tuple[str, ...], per_channel: bool = True
+) -> None:
+    """int8 dynamic quantisation of the weights of `ops`, one scale per output channel or per
+    tensor (metadata_props are kept)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_exporters():
         quantize_dynamic(
-            str(src), str(dst), op_types_to_quantize=list(ops), weight_type=QuantType.QInt8
+            str(src),
+            str(dst),
+            op_types_to_quantize=list(ops),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
         )
 
 
@@ -279,7 +286,10 @@ def export_model(
         if cfg.verify:
             verify_export(fp32, model, cfg.verify_tolerance, log_probs)
         if cfg.quantize:
-            atomic_write(out_path, lambda dst: quantize_file(fp32, dst, cfg.quantize_ops))
+            atomic_write(
+                out_path,
+                lambda dst: quantize_file(fp32, dst, cfg.quantize_ops, cfg.quantize_per_channel),
+            )
         else:
             atomic_write(out_path, lambda dst: shutil.copyfile(fp32, dst))
     return out_path

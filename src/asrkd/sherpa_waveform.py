@@ -302,7 +302,7 @@ def export_moonshine(
         pre.save(str(tmp / PREPROCESS), external_data=False)
         enc.save(str(tmp / ENCODE), external_data=False)
         if cfg.quantize:
-            quantize_file(tmp / ENCODE, tmp / names[1], cfg.quantize_ops)
+            quantize_file(tmp / ENCODE, tmp / names[1], cfg.quantize_ops, cfg.quantize_per_channel)
         import onnx
 
         onnx.save(decoder_graph(model.dims.vocab_size, cfg.opset), str(tmp / DECODE))
