@@ -3,10 +3,11 @@ PyTorch-free onnxruntime path (fp32, int8) and in eager PyTorch, against Whisper
 faster-whisper (int8), all on the same real utterances, at 1 and 2 threads.
 
     PYTHONPATH=src .venv/bin/python benchmarks/sherpa.py --librispeech DIR [--n-utts 20]
-        [--preset demo-student] [--threads 1 2] [--runtimes sherpa-fp32 ...]
+        [--preset demo-student | --model FILE] [--threads 1 2] [--runtimes sherpa-fp32 ...]
 
-The student: the --preset model with random weights (seed 0, characters; timing does not
-depend on the weights — its WER column is meaningless), exported with `asrkd export --target
+The student: the --preset model with random weights (seed 0, characters; its WER column is then
+meaningless, and a Moonshine-type folder's token loop runs longer than a trained model's), or a
+trained model file (--model, e.g. the recipe's student), exported with `asrkd export --target
 sherpa-onnx` with and without --quantize: a Conformer-CTC preset as sherpa-onnx's zipformer CTC
 type (kaldi fbank from sherpa-onnx), a Whisper-encoder preset (e.g. whisper-tiny-enc4) as its
 Moonshine type (Whisper's log-mel and greedy CTC inside the graphs; asrkd.sherpa_waveform);
@@ -139,7 +140,7 @@ def _cuts(librispeech: Path, n_utts: int, out: Path) -> Path:
     return path
 
 
-def _models(preset: str, out: Path) -> dict[str, str]:
+def _models(preset: str, out: Path, trained: str = "") -> dict[str, str]:
     import torch
 
     from asrkd.config import ExportConfig
@@ -148,14 +149,19 @@ def _models(preset: str, out: Path) -> dict[str, str]:
     from asrkd.models.checkpoint import save_checkpoint
     from asrkd.sherpa import export_sherpa, sherpa_model_path
 
-    torch.manual_seed(0)
-    tok = Tokenizer()
-    model = build_model(preset, tok.vocab_size, 80, 0.0).eval()
-    path = out / "student.safetensors"
-    kind = "whisper" if preset_family(preset) == "whisper-encoder" else "fbank"
-    features = {"sample_rate": 16000, "n_mels": 80, "frame_shift": 0.01, "frame_length": 0.025,
-                "kind": kind}  # fmt: skip
-    save_checkpoint(path, model, tok, features=features)
+    if trained:  # a trained model file (e.g. the recipe's student), used as it is
+        from asrkd.models.checkpoint import load_model
+
+        path, model = Path(trained), load_model(trained)[0]
+    else:
+        torch.manual_seed(0)
+        tok = Tokenizer()
+        model = build_model(preset, tok.vocab_size, 80, 0.0).eval()
+        path = out / "student.safetensors"
+        kind = "whisper" if preset_family(preset) == "whisper-encoder" else "fbank"
+        features = {"sample_rate": 16000, "n_mels": 80, "frame_shift": 0.01,
+                    "frame_length": 0.025, "kind": kind}  # fmt: skip
+        save_checkpoint(path, model, tok, features=features)
     fp32 = export_sherpa(path, out / "sherpa-fp32", ExportConfig(target="sherpa-onnx"))
     int8 = export_sherpa(
         path, out / "sherpa-int8", ExportConfig(target="sherpa-onnx", quantize=True)
@@ -176,6 +182,7 @@ def main() -> None:
     parser.add_argument("--librispeech", help="LibriSpeech folder with test-other")
     parser.add_argument("--n-utts", type=int, default=20)
     parser.add_argument("--preset", default="demo-student")
+    parser.add_argument("--model", default="", help="a trained model file instead of --preset")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     parser.add_argument("--probe", nargs=4, metavar=("KIND", "MODEL", "THREADS", "CUTS"))
@@ -190,10 +197,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cuts = _cuts(Path(args.librispeech), args.n_utts, Path(tmp))
-        models = _models(args.preset, Path(tmp))
+        models = _models(args.preset, Path(tmp), args.model)
+        student = f"{args.model} (trained)" if args.model else f"{args.preset} (random weights)"
         print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-              f"student {args.preset}, {int(models['_n_params']) / 1e6:.2f} M parameters "
-              f"(random weights); {args.n_utts} test-other utterances\n")  # fmt: skip
+              f"student {student}, {int(models['_n_params']) / 1e6:.2f} M parameters; "
+              f"{args.n_utts} test-other utterances\n")  # fmt: skip
         print("| runtime | threads | RTF | peak RSS MB | peak - baseline MB | WER |")
         print("|---|---|---|---|---|---|")
         for threads in args.threads:
