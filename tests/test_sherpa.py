@@ -64,6 +64,27 @@ def test_other(tmp_path_factory) -> tuple[list[Path], Path]:
     return files, path
 
 
+def overfit(model, feats: list, targets: list, steps: int) -> None:
+    """Full-batch CTC training of `model` on (feats, targets) for `steps` AdamW steps."""
+    import torch
+
+    feat_lens = torch.tensor([len(x) for x in feats])
+    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        out = model(padded, feat_lens)
+        loss = torch.nn.functional.ctc_loss(
+            out.logits.log_softmax(-1).transpose(0, 1),
+            torch.cat(targets),
+            out.lengths,
+            torch.tensor([len(t) for t in targets]),
+            zero_infinity=True,
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 @pytest.fixture(scope="session")
 def overfit_model(test_other, tmp_path_factory) -> Path:
     """model.safetensors of a tiny Conformer-CTC overfit on the N_TRAIN shortest utterances."""
@@ -84,26 +105,12 @@ def overfit_model(test_other, tmp_path_factory) -> Path:
         for f in files[:N_TRAIN]
     ]
     targets = [torch.tensor(tok.encode(texts[f.stem])) for f in files[:N_TRAIN]]
-    feat_lens = torch.tensor([len(x) for x in feats])
-    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
     dims = ConformerDims(
         vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=2, ff_mult=2,
         conv_kernel=7, subsampling_channels=32, dropout=0.0,
     )  # fmt: skip
     model = ConformerCTC(dims)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(TRAIN_STEPS):
-        out = model(padded, feat_lens)
-        loss = torch.nn.functional.ctc_loss(
-            out.logits.log_softmax(-1).transpose(0, 1),
-            torch.cat(targets),
-            out.lengths,
-            torch.tensor([len(t) for t in targets]),
-            zero_infinity=True,
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    overfit(model, feats, targets, TRAIN_STEPS)
     torch.set_num_threads(threads)
     path = tmp_path_factory.mktemp("overfit") / "model.safetensors"
     save_checkpoint(path, model.eval(), tok, features=features.__dict__)
@@ -119,19 +126,24 @@ def sherpa_folder(overfit_model, tmp_path_factory) -> Path:
     return export_sherpa(overfit_model, out, ExportConfig(target="sherpa-onnx"))
 
 
-@pytest.fixture(scope="session")
-def torch_greedy(overfit_model, test_other) -> dict[str, str]:
-    """utterance id -> asrkd's greedy transcript (PyTorch path: lhotse features, eager model)."""
+def pytorch_greedy(model_path: Path, files: list[Path]) -> dict[str, str]:
+    """utterance id -> asrkd's greedy transcript of each file by the model (one thread)."""
     import torch
 
     from asrkd.transcribe import Transcriber
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    model = Transcriber(overfit_model)
-    out = {f.stem: model(sf.read(str(f), dtype="float32")[0]) for f in test_other[0]}
+    model = Transcriber(model_path)
+    out = {f.stem: model(sf.read(str(f), dtype="float32")[0]) for f in files}
     torch.set_num_threads(threads)
     return out
+
+
+@pytest.fixture(scope="session")
+def torch_greedy(overfit_model, test_other) -> dict[str, str]:
+    """utterance id -> asrkd's greedy transcript (PyTorch path: lhotse features, eager model)."""
+    return pytorch_greedy(overfit_model, test_other[0])
 
 
 @pytest.mark.librispeech
@@ -283,22 +295,8 @@ def whisper_model(test_other, tmp_path_factory) -> Path:
         torch.from_numpy(log_mel(sf.read(str(f), dtype="float32")[0])) for f in files[:N_TRAIN]
     ]
     targets = [torch.tensor(tok.encode(texts[f.stem])) for f in files[:N_TRAIN]]
-    feat_lens = torch.tensor([len(x) for x in feats])
-    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
     model = build_model("whisper-test-student", tok.vocab_size, features.n_mels, 0.0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(WHISPER_STEPS):
-        out = model(padded, feat_lens)
-        loss = torch.nn.functional.ctc_loss(
-            out.logits.log_softmax(-1).transpose(0, 1),
-            torch.cat(targets),
-            out.lengths,
-            torch.tensor([len(t) for t in targets]),
-            zero_infinity=True,
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    overfit(model, feats, targets, WHISPER_STEPS)
     torch.set_num_threads(threads)
     path = tmp_path_factory.mktemp("whisper") / "model.safetensors"
     save_checkpoint(path, model.eval(), tok, features=features.__dict__)
@@ -320,16 +318,7 @@ def whisper_folders(whisper_model, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def whisper_torch_greedy(whisper_model, test_other) -> dict[str, str]:
     """utterance id -> asrkd's greedy transcript (PyTorch: numpy Whisper log-mel, eager model)."""
-    import torch
-
-    from asrkd.transcribe import Transcriber
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = Transcriber(whisper_model)
-    out = {f.stem: model(sf.read(str(f), dtype="float32")[0]) for f in test_other[0]}
-    torch.set_num_threads(threads)
-    return out
+    return pytorch_greedy(whisper_model, test_other[0])
 
 
 def _sherpa_rows(folder: Path, cuts: Path, out: Path) -> list[tuple[str, str, str]]:
