@@ -64,10 +64,15 @@ def test_other(tmp_path_factory) -> tuple[list[Path], Path]:
     return files, path
 
 
-def overfit(model, feats: list, targets: list, steps: int) -> None:
-    """Full-batch CTC training of `model` on (feats, targets) for `steps` AdamW steps."""
+def overfit(model, feats: list, targets: list, steps: int, tok, features, path: Path) -> Path:
+    """Full-batch CTC training of `model` on (feats, targets) for `steps` AdamW steps on one
+    thread, saved at `path` (returned) with its tokenizer and feature settings."""
     import torch
 
+    from asrkd.models.checkpoint import save_checkpoint
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     feat_lens = torch.tensor([len(x) for x in feats])
     padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -83,6 +88,9 @@ def overfit(model, feats: list, targets: list, steps: int) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    torch.set_num_threads(threads)
+    save_checkpoint(path, model.eval(), tok, features=features.__dict__)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -90,14 +98,11 @@ def overfit_model(test_other, tmp_path_factory) -> Path:
     """model.safetensors of a tiny Conformer-CTC overfit on the N_TRAIN shortest utterances."""
     import torch
 
-    from asrkd.models.checkpoint import save_checkpoint
     from asrkd.models.conformer import ConformerCTC, ConformerDims
 
     files, _ = test_other
     texts = _transcripts(files[0].parents[2])
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     tok, features = Tokenizer(), FeatureConfig()
     extract = fbank_extractor(features)
     feats = [
@@ -110,11 +115,8 @@ def overfit_model(test_other, tmp_path_factory) -> Path:
         conv_kernel=7, subsampling_channels=32, dropout=0.0,
     )  # fmt: skip
     model = ConformerCTC(dims)
-    overfit(model, feats, targets, TRAIN_STEPS)
-    torch.set_num_threads(threads)
     path = tmp_path_factory.mktemp("overfit") / "model.safetensors"
-    save_checkpoint(path, model.eval(), tok, features=features.__dict__)
-    return path
+    return overfit(model, feats, targets, TRAIN_STEPS, tok, features, path)
 
 
 @pytest.fixture(scope="session")
@@ -283,24 +285,18 @@ def whisper_model(test_other, tmp_path_factory) -> Path:
 
     from asrkd.data.whisper_features import log_mel
     from asrkd.models import build_model
-    from asrkd.models.checkpoint import save_checkpoint
 
     files, _ = test_other
     texts = _transcripts(files[0].parents[2])
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     tok, features = Tokenizer(), FeatureConfig(kind="whisper")
     feats = [
         torch.from_numpy(log_mel(sf.read(str(f), dtype="float32")[0])) for f in files[:N_TRAIN]
     ]
     targets = [torch.tensor(tok.encode(texts[f.stem])) for f in files[:N_TRAIN]]
     model = build_model("whisper-test-student", tok.vocab_size, features.n_mels, 0.0)
-    overfit(model, feats, targets, WHISPER_STEPS)
-    torch.set_num_threads(threads)
     path = tmp_path_factory.mktemp("whisper") / "model.safetensors"
-    save_checkpoint(path, model.eval(), tok, features=features.__dict__)
-    return path
+    return overfit(model, feats, targets, WHISPER_STEPS, tok, features, path)
 
 
 @pytest.fixture(scope="session")

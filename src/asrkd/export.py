@@ -45,6 +45,7 @@ from asrkd.ondevice import (  # noqa: F401  defined there (PyTorch-free), re-exp
     INPUT_NAMES,
     ONNX_FORMAT,
     OUTPUT_NAMES,
+    lengths_dtype,
     lexicon_from_metadata,
     onnx_session,
     read_onnx_metadata,
@@ -143,28 +144,39 @@ def example_inputs(n_mels: int, lens: tuple[int, ...] = VERIFY_LENS) -> tuple[Te
     return feats, torch.tensor(lens, dtype=torch.int64)
 
 
-def _to_onnx(model: CTCModel, opset: int, log_probs: bool = False):
-    """torch.onnx.ONNXProgram of `model` with dynamic batch and time axes."""
-    batch = torch.export.Dim("batch", min=1)
-    time = torch.export.Dim("time", min=MIN_FRAMES)
+def onnx_program(
+    module: nn.Module, args: tuple, names: tuple, outputs: tuple, dims: dict, opset: int
+):
+    """torch.onnx.ONNXProgram of `module` (eval mode) on example `args`, with input names
+    `names`, output names `outputs` and dynamic shapes `dims`; ExportError when it fails."""
     try:
         with _quiet_exporters(), warnings.catch_warnings():
             # pytree deprecations and axis renaming inside the exporter: nothing for the user
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
             warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
             return torch.onnx.export(
-                _Exportable(model, log_probs).eval(),
-                example_inputs(model.dims.n_mels),
+                module.eval(),
+                args,
                 dynamo=True,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes={"feats": {0: batch, 1: time}, "feat_lens": {0: batch}},
+                input_names=list(names),
+                output_names=list(outputs),
+                dynamic_shapes=dims,
                 opset_version=opset,
                 external_data=False,
                 verbose=False,
             )
     except Exception as err:  # the exporter raises many types; all mean the same to a user
         raise ExportError(f"ONNX export failed: {err}") from err
+
+
+def _to_onnx(model: CTCModel, opset: int, log_probs: bool = False):
+    """torch.onnx.ONNXProgram of `model` with dynamic batch and time axes."""
+    batch = torch.export.Dim("batch", min=1)
+    time = torch.export.Dim("time", min=MIN_FRAMES)
+    return onnx_program(
+        _Exportable(model, log_probs), example_inputs(model.dims.n_mels), INPUT_NAMES,
+        OUTPUT_NAMES, {"feats": {0: batch, 1: time}, "feat_lens": {0: batch}}, opset,
+    )  # fmt: skip
 
 
 def strip_debug_info(model) -> None:
@@ -179,13 +191,10 @@ def strip_debug_info(model) -> None:
 
 
 def run_onnx(session, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
-    """Run an onnxruntime session like the eager model: (logits (B, T', V), lengths (B,)).
-    A sherpa-onnx Moonshine-type encoder (asrkd.sherpa_waveform) takes int32 lengths."""
-    types = {i.name: i.type for i in session.get_inputs()}
-    lens_dtype = np.int32 if types.get("feat_lens") == "tensor(int32)" else np.int64
+    """Run an onnxruntime session like the eager model: (logits (B, T', V), lengths (B,))."""
     inputs = {
         "feats": feats.numpy().astype(np.float32, copy=False),
-        "feat_lens": feat_lens.numpy().astype(lens_dtype, copy=False),
+        "feat_lens": feat_lens.numpy().astype(lengths_dtype(session), copy=False),
     }
     logits, lengths = session.run(list(OUTPUT_NAMES), inputs)
     return torch.from_numpy(logits), torch.from_numpy(lengths)
@@ -257,6 +266,18 @@ def quantize_file(
         )
 
 
+def load_for_export(model_path: str | Path) -> tuple[CTCModel, dict[str, Any]]:
+    """(model in eval mode, checkpoint metadata) of a model file, once the exporter's packages
+    are known to be installed; CheckpointError when the file is not an asrkd model."""
+    require_onnx_exporter()
+    tensors, meta = read_checkpoint(model_path)
+    try:
+        model = model_from_tensors(tensors, meta)
+    except (KeyError, TypeError, RuntimeError) as err:  # as load_model: not an asrkd model
+        raise CheckpointError(f"{model_path}: does not fit an asrkd model ({err})") from err
+    return model.eval(), meta
+
+
 def export_model(
     model_path: str | Path,
     out_path: str | Path,
@@ -268,12 +289,7 @@ def export_model(
     log_probs: the graph ends in log-softmax; extra_metadata: more metadata_props (both for
     asrkd.sherpa)."""
     cfg = cfg or ExportConfig()
-    require_onnx_exporter()
-    tensors, meta = read_checkpoint(model_path)
-    try:
-        model = model_from_tensors(tensors, meta)
-    except (KeyError, TypeError, RuntimeError) as err:  # as load_model: not an asrkd model
-        raise CheckpointError(f"{model_path}: does not fit an asrkd model ({err})") from err
+    model, meta = load_for_export(model_path)
     program = _to_onnx(model, cfg.opset, log_probs)
     strip_debug_info(program.model)
     lexicon = lexicon_metadata(cfg, meta, model_path)

@@ -102,6 +102,13 @@ def greedy_ids(log_probs: np.ndarray, blank: int = 0) -> list[int]:
     return ids
 
 
+def lengths_dtype(session) -> type:
+    """The integer type of a session's feat_lens input: int32 in a sherpa-onnx Moonshine-type
+    encoder (asrkd.sherpa_waveform), int64 in every other exported file."""
+    types = {i.name: i.type for i in session.get_inputs()}
+    return np.int32 if types.get("feat_lens") == "tensor(int32)" else np.int64
+
+
 class OnnxRecognizer:
     """An exported .onnx file opened once: audio -> log-probs -> text, without PyTorch.
 
@@ -119,9 +126,7 @@ class OnnxRecognizer:
         self.family = meta.get("family") or "conformer"  # files from before the families
         self.lexicon = lexicon_from_metadata(meta, self.tokenizer)
         self.format = "onnx-int8" if meta.get("quantized") else "onnx"
-        # int32 lengths in a sherpa-onnx Moonshine-type encoder (asrkd.sherpa_waveform)
-        lens_type = {i.name: i.type for i in self.session.get_inputs()}.get("feat_lens")
-        self.lens_dtype = np.int32 if lens_type == "tensor(int32)" else np.int64
+        self.lens_dtype = lengths_dtype(self.session)
 
     def log_probs(self, samples: np.ndarray) -> np.ndarray:
         """(T', V) log-probabilities of mono samples at features.sample_rate."""

@@ -72,11 +72,11 @@ def model_file_name(quantize: bool) -> str:
     return "model.int8.onnx" if quantize else "model.onnx"
 
 
-def tokens_txt(tokenizer: Tokenizer) -> str:
-    """sherpa-onnx's tokens.txt: "<symbol> <id>" per line, the CTC blank as <blk>. A character
-    model's space becomes "▁" (a symbol cannot be a space in this format; sherpa-onnx turns
-    "▁" into a word boundary as for word pieces)."""
-    lines = []
+def token_symbols(tokenizer: Tokenizer) -> list[str]:
+    """The tokenizer's symbols as tokens.txt writes them (index = id): the CTC blank as <blk>,
+    a character model's space as "▁" (a symbol cannot be a space in this format; sherpa-onnx
+    turns "▁" into a word boundary as for word pieces)."""
+    symbols = []
     for i, sym in enumerate(tokenizer.symbols):
         if sym == BLANK:
             sym = SHERPA_BLANK
@@ -84,8 +84,13 @@ def tokens_txt(tokenizer: Tokenizer) -> str:
             sym = WORD_START
         if not sym or any(c.isspace() for c in sym):
             raise SherpaError(f"symbol {i} ({sym!r}) cannot be written to tokens.txt")
-        lines.append(f"{sym} {i}\n")
-    return "".join(lines)
+        symbols.append(sym)
+    return symbols
+
+
+def tokens_txt(tokenizer: Tokenizer) -> str:
+    """sherpa-onnx's tokens.txt: "<symbol> <id>" per line (token_symbols)."""
+    return "".join(f"{sym} {i}\n" for i, sym in enumerate(token_symbols(tokenizer)))
 
 
 def check_features(features: FeatureConfig) -> str:
@@ -175,8 +180,8 @@ def moonshine_tokens_txt(tokenizer: Tokenizer) -> str:
     i + 2 (sherpa-onnx's Moonshine loop starts at 1 and ends at 2)."""
     from asrkd.sherpa_waveform import EOS, SOS, TOKEN_OFFSET
 
-    lines = tokens_txt(tokenizer).splitlines()[1:]  # without the blank
-    shifted = [f"{sym} {int(i) + TOKEN_OFFSET}\n" for sym, i in (ln.rsplit(" ", 1) for ln in lines)]
+    symbols = token_symbols(tokenizer)[1:]  # without the blank
+    shifted = [f"{sym} {i + TOKEN_OFFSET}\n" for i, sym in enumerate(symbols, start=1)]
     return f"{SHERPA_BLANK} 0\n<s> {SOS}\n</s> {EOS}\n" + "".join(shifted)
 
 

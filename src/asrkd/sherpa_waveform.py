@@ -165,30 +165,12 @@ def example_audio(seconds: float = 2.3) -> Tensor:
     return torch.from_numpy(x.astype(np.float32))[None]
 
 
-def _export(module: nn.Module, args: tuple, names: tuple, outputs: tuple, dims: dict, opset: int):
-    from asrkd.export import ExportError, _quiet_exporters
-
-    try:
-        with _quiet_exporters():
-            return torch.onnx.export(
-                module.eval(),
-                args,
-                dynamo=True,
-                input_names=list(names),
-                output_names=list(outputs),
-                dynamic_shapes=dims,
-                opset_version=opset,
-                external_data=False,
-                verbose=False,
-            )
-    except Exception as err:  # the exporter raises many types; all mean the same to a user
-        raise ExportError(f"ONNX export failed: {err}") from err
-
-
 def preprocess_program(n_mels: int, opset: int):
     """torch.onnx.ONNXProgram of preprocess.onnx (N dynamic)."""
     samples = torch.export.Dim("samples", min=MIN_SAMPLES)
-    return _export(
+    from asrkd.export import onnx_program
+
+    return onnx_program(
         WhisperLogMelGraph(n_mels), (example_audio(),), ("audio",), ("feats",),
         {"audio": {1: samples}}, opset,
     )  # fmt: skip
@@ -199,7 +181,9 @@ def encoder_program(model: CTCModel, opset: int):
     feats = WhisperLogMelGraph(model.dims.n_mels)(example_audio())
     lens = torch.tensor([feats.shape[1]], dtype=torch.int32)
     time = torch.export.Dim("time", min=MIN_SAMPLES // wf.HOP_LENGTH)
-    return _export(
+    from asrkd.export import onnx_program
+
+    return onnx_program(
         GreedyEncoder(model), (feats, lens), ("feats", "feat_lens"), ENCODER_OUTPUTS,
         {"feats": {1: time}, "feat_lens": None}, opset,
     )  # fmt: skip
@@ -270,24 +254,14 @@ def export_moonshine(
     (each atomically, after `cfg.verify`); returns their paths."""
     from asrkd.export import (
         lexicon_metadata,
+        load_for_export,
         onnx_metadata,
         quantize_file,
-        require_onnx_exporter,
         strip_debug_info,
     )
-    from asrkd.models.checkpoint import (
-        CheckpointError,
-        atomic_write,
-        model_from_tensors,
-        read_checkpoint,
-    )
+    from asrkd.models.checkpoint import atomic_write
 
-    require_onnx_exporter()
-    tensors, meta = read_checkpoint(model_path)
-    try:
-        model = model_from_tensors(tensors, meta).eval()
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise CheckpointError(f"{model_path}: does not fit an asrkd model ({err})") from err
+    model, meta = load_for_export(model_path)
     out_dir = Path(out_dir)
     names = (PREPROCESS, encoder_file_name(cfg.quantize), DECODE)
     with tempfile.TemporaryDirectory() as tmp:

@@ -154,8 +154,7 @@ class Trainer:
             weight_decay=cfg.train.weight_decay,
             fused=self.device.type in ("cpu", "cuda"),
         )
-        self.head_params = groups[0]["params"]
-        self.body_params = groups[1]["params"]
+        self.body_params = groups[1]["params"]  # frozen during train.head_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             [partial(head_lr_factor, tc=cfg.train), partial(body_lr_factor, tc=cfg.train)],
