@@ -171,6 +171,12 @@ def write_noisy_copy(part_dir: Path, out: Path, cfg: DemoConfig) -> Path:
     return dst
 
 
+def stamp_matches(stamp: Path, inputs: dict) -> bool:
+    """Whether the JSON file `stamp` records exactly `inputs` (what a stage's output was made
+    from): the stage's output is then reused."""
+    return stamp.is_file() and json.loads(stamp.read_text()) == inputs
+
+
 def split_dev_speakers(cuts_path: Path, n_dev: int, out: Path) -> tuple[Path, Path]:
     """Hold out the first `n_dev` speakers (sorted ids) of a train manifest as dev speakers."""
     from asrkd.distill.teachers import file_sha256
@@ -183,7 +189,7 @@ def split_dev_speakers(cuts_path: Path, n_dev: int, out: Path) -> tuple[Path, Pa
     # every later stage stale.
     marker = out / "manifests" / "split.done"
     stamp = {"source": file_sha256(cuts_path), "n_dev": n_dev}
-    if marker.is_file() and json.loads(marker.read_text()) == stamp and dev_path.is_file():
+    if stamp_matches(marker, stamp) and dev_path.is_file():
         return train_path, dev_path
     cuts = load_cuts(cuts_path)
     speakers = sorted({speaker_of(c) for c in cuts})
@@ -235,8 +241,7 @@ def train_or_reuse(run_cfg: Config) -> Path:
     same = (
         saved.is_file()
         and settings(load_config(saved)) == settings(run_cfg)
-        and stamp.is_file()
-        and json.loads(stamp.read_text()) == inputs
+        and stamp_matches(stamp, inputs)
     )
     if same and (out / "summary.json").is_file():
         log.info("reusing completed run %s", out)
@@ -342,7 +347,7 @@ def deliver_int8(cfg: DemoConfig, specs: list[RunSpec], out: Path) -> tuple[RunS
     )
     stamp = dst.with_suffix(".inputs.json")
     inputs = {"model": file_sha256(src), "export": to_dict(export_cfg)}
-    if dst.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == inputs:
+    if dst.is_file() and stamp_matches(stamp, inputs):
         log.info("reusing %s", dst)
         return best, dst
     log.info(
@@ -363,7 +368,7 @@ def deliver_sherpa(delivered: tuple[RunSpec, Path] | None, out: Path, test: Path
         return None
     import importlib.util
 
-    from asrkd.config import ExportConfig
+    from asrkd.config import ExportConfig, to_dict
     from asrkd.sherpa import SherpaError, evaluate_sherpa, export_sherpa, sherpa_model_bytes
 
     if importlib.util.find_spec("sherpa_onnx") is None:
@@ -377,13 +382,18 @@ def deliver_sherpa(delivered: tuple[RunSpec, Path] | None, out: Path, test: Path
     # reused while the model and the test set are unchanged (a second run writes nothing)
     stamp = folder.with_name(folder.name + ".inputs.json")
     result_file = folder.with_name(folder.name + ".result.json")
-    inputs = {"model": file_sha256(source), "test": file_sha256(test)}
-    if stamp.is_file() and json.loads(stamp.read_text()) == inputs and result_file.is_file():
+    export_cfg = ExportConfig(target="sherpa-onnx", quantize=True)
+    inputs = {
+        "model": file_sha256(source),
+        "test": file_sha256(test),
+        "export": to_dict(export_cfg),
+    }
+    if stamp_matches(stamp, inputs) and result_file.is_file():
         log.info("reusing %s", folder)
         return json.loads(result_file.read_text())
     stamp.unlink(missing_ok=True)
     try:
-        export_sherpa(source, folder, ExportConfig(target="sherpa-onnx", quantize=True))
+        export_sherpa(source, folder, export_cfg)
     except SherpaError as err:
         log.warning("demo: no sherpa-onnx row: %s", err)
         return None
