@@ -14,11 +14,20 @@ import numpy as np
 import pytest
 
 from asrkd.config import ConfigError, EvalConfig, ExportConfig
-from asrkd.data.dataset import cut_text, load_cuts
+from asrkd.data.dataset import cut_text, load_cuts, split_by_speaker
 from asrkd.data.text import BLANK, Tokenizer, train_bpe
 from asrkd.evaluate import evaluate
 from asrkd.export import lexicon_metadata
-from asrkd.lexicon import LexiconDecoder, WordLM, vocabulary_lm, wordfreq_lm
+from asrkd.lexicon import (
+    SENTENCE_START,
+    LexiconDecoder,
+    WordLM,
+    stored_lm,
+    training_lm,
+    vocabulary_lm,
+    wordfreq_lm,
+)
+from asrkd.ondevice import lexicon_from_metadata
 
 TINY = Tokenizer(symbols=(BLANK, " ", "a", "b"))
 
@@ -53,7 +62,10 @@ def brute_force(log_probs: np.ndarray, dec: LexiconDecoder) -> str:
             words[-1] = complete(words[-1], dec)  # the utterance ends inside a word
         if not all(w in dec.lm.log_probs for w in words):
             continue
-        total = score + sum(dec.lm_weight * dec.lm.log_probs[w] + dec.word_bonus for w in words)
+        prevs = [SENTENCE_START, *words[:-1]]
+        total = score + sum(
+            dec.lm_weight * dec.lm.score(v, w) + dec.word_bonus for v, w in zip(prevs, words)
+        )
         if total > best_score:
             best, best_score = " ".join(words), total
     return best
@@ -71,9 +83,10 @@ def complete(prefix: str, dec: LexiconDecoder) -> str:
     "texts",
     [["a ab b ab ba", "ab ab a"], ["a abb bab ab", "bba a ab"]],  # 2nd: prefixes b, bb, ba, abb
 )
-def test_full_beam_equals_brute_force(seed: int, texts: list[str]) -> None:
+@pytest.mark.parametrize("order", [1, 2])
+def test_full_beam_equals_brute_force(seed: int, texts: list[str], order: int) -> None:
     rng = np.random.default_rng(seed)
-    lm = WordLM.from_texts(texts)
+    lm = WordLM.from_texts(texts, order)
     logits = rng.normal(size=(6, TINY.vocab_size)) * 2
     log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
     dec = LexiconDecoder(TINY, lm, beam=10_000, lm_weight=0.7, word_bonus=0.3, prune=-np.inf)
@@ -228,3 +241,73 @@ def test_export_stores_a_wordfreq_lexicon_without_transcripts() -> None:
     assert lexicon_metadata(ExportConfig(), meta, "model.safetensors") is None
     with pytest.raises(ConfigError, match="lexicon_cuts"):
         ExportConfig(vocabulary="train+wordfreq:2000")
+
+
+def test_bigram_lm_is_witten_bell_and_normalised() -> None:
+    lm = WordLM.from_texts(["the cat sat", "the cat ran", "a dog sat"], order=2)
+    assert lm.order == 2 and WordLM.from_texts(["the cat"]).order == 1
+    uni = {w: math.exp(v) for w, v in lm.log_probs.items()}
+    # "the": 2 tokens, 1 type after it -> lambda 2/3; "cat" follows it every time.
+    assert math.isclose(math.exp(lm.score("the", "cat")), 2 / 3 + 1 / 3 * uni["cat"])
+    assert math.isclose(math.exp(lm.score("the", "dog")), 1 / 3 * uni["dog"])
+    # The sentence start is a context ("the" twice, "a" once: 3 tokens, 2 types).
+    assert math.isclose(math.exp(lm.score(SENTENCE_START, "a")), 0.6 * 1 / 3 + 0.4 * uni["a"])
+    assert lm.score("unseen", "dog") == lm.log_probs["dog"]
+    mixed = lm.mix(WordLM.from_texts(["zebra zebra the"]), 0.5)
+    for model in (lm, mixed):
+        for prev in (SENTENCE_START, "the", "cat", "sat", "nowhere"):
+            total = sum(math.exp(model.score(prev, w)) for w in model.log_probs)
+            assert math.isclose(total, 1.0), (prev, total)
+    back = WordLM.from_json(json.loads(json.dumps(mixed.to_json())))
+    assert back == mixed
+
+
+def test_bigram_context_changes_the_decoded_word() -> None:
+    """The second word's vowel is heard as e and a alike: the unigram picks the frequent "red",
+    the bigram picks "rad", the only word ever seen after "mad"."""
+    tok = Tokenizer()
+    texts = ["mad rad"] + ["red"] * 6
+    lp = peaked(tok, "mad red", p=0.9)
+    e, a = tok.encode("e")[0], tok.encode("a")[0]
+    second = [j for j in range(len(lp)) if lp[j].argmax() == e]
+    lp[second, a] = lp[second, e]
+    kwargs = {"beam": 8, "lm_weight": 1.0, "word_bonus": 0.0}
+    assert LexiconDecoder(tok, WordLM.from_texts(texts), **kwargs).decode(lp) == "mad red"
+    assert LexiconDecoder(tok, WordLM.from_texts(texts, 2), **kwargs).decode(lp) == "mad rad"
+
+
+def test_lm_order_config_training_lm_of_a_partial_run_and_stored_lexicons(
+    prepared_parts: dict[str, Path],
+) -> None:
+    assert EvalConfig(decoder="lexicon", lm_order=2).tag == "lexicon-b8-lm0.5-wb1-bigram"
+    cfg = EvalConfig(decoder="lexicon", vocabulary="train+wordfreq:1000", lm_order=2)
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-train+wordfreq1000w0.5-bigram"
+    with pytest.raises(ConfigError, match="lm_order"):
+        EvalConfig(lm_order=3)
+    with pytest.raises(ConfigError, match="word pairs"):
+        EvalConfig(vocabulary="wordfreq:1000", lm_order=2)
+    with pytest.raises(ConfigError, match="word pairs"):
+        ExportConfig(vocabulary="wordfreq:1000", lm_order=2)
+    # A run with transcripts for half its speakers decodes with their words alone.
+    train = str(prepared_parts["train"])
+    full = training_lm({"data": {"train_cuts": train}}, "m.safetensors", 2)
+    half_cfg = {"data": {"train_cuts": train, "labelled_fraction": 0.5}, "train": {"seed": 0}}
+    half = training_lm(half_cfg, "m.safetensors", 2)
+    labelled = split_by_speaker(load_cuts(train), 0.5, 0)[0]
+    assert set(half.log_probs) == set(WordLM.from_texts(cut_text(c) for c in labelled).log_probs)
+    assert set(half.log_probs) < set(full.log_probs) and half.order == 2
+    # A lexicon stored in an exported file: used as stored when cfg asks for what it holds,
+    # a stored "train" unigram is mixed with cfg's wordfreq words, anything else is refused.
+    meta = {"tokenizer": json.loads(Tokenizer().to_json()), "config": half_cfg}
+    export = ExportConfig(lexicon_cuts="train", vocabulary="train+wordfreq:1000", lm_order=2)
+    lex = lexicon_from_metadata({"lexicon": lexicon_metadata(export, meta, "m")}, Tokenizer())
+    assert lex.vocabulary == "train+wordfreq:1000" and lex.lm.order == 2
+    assert set(half.log_probs) < set(lex.lm.log_probs)
+    assert stored_lm(cfg, lex, "m.onnx") is lex.lm
+    with pytest.raises(ConfigError, match="carries a lexicon"):
+        stored_lm(EvalConfig(decoder="lexicon", lm_order=2), lex, "m.onnx")
+    old = lexicon_from_metadata(
+        {"lexicon": lexicon_metadata(ExportConfig(lexicon_cuts="train"), meta, "m")}, Tokenizer()
+    )
+    unigram = EvalConfig(decoder="lexicon", vocabulary="train+wordfreq:1000")
+    assert set(stored_lm(unigram, old, "m.onnx").log_probs) == set(lex.lm.log_probs)

@@ -55,18 +55,27 @@ def parse_vocabulary(spec: str) -> tuple[bool, int]:
     return use_train, n_wordfreq
 
 
-def _check_vocabulary(prefix: str, spec: str, wordfreq_weight: float) -> None:
-    parse_vocabulary(spec)
+def _check_vocabulary(prefix: str, spec: str, wordfreq_weight: float, lm_order: int) -> None:
+    use_train = parse_vocabulary(spec)[0]
     if not 0 < wordfreq_weight < 1:
         raise ConfigError(f"{prefix}wordfreq_weight must lie strictly between 0 and 1")
+    if lm_order not in (1, 2):
+        raise ConfigError(f"{prefix}lm_order={lm_order} is not 1 (unigram) or 2 (bigram)")
+    if lm_order == 2 and not use_train:
+        raise ConfigError(
+            f"{prefix}lm_order=2 counts word pairs in the transcripts: {prefix}vocabulary="
+            f"{spec!r} has none ('train' or 'train+wordfreq:N')"
+        )
 
 
-def _vocabulary_tag(spec: str, wordfreq_weight: float) -> str:
-    """'' for the default "train", else e.g. '-train+wordfreq50000w0.5' (file-name safe)."""
+def _vocabulary_tag(spec: str, wordfreq_weight: float, lm_order: int = 1) -> str:
+    """'' for the default "train" unigram, else e.g. '-train+wordfreq50000w0.5-bigram'
+    (file-name safe)."""
+    order = "-bigram" if lm_order == 2 else ""
     if spec == "train":
-        return ""
+        return order
     weight = f"w{wordfreq_weight:g}" if parse_vocabulary(spec)[0] else ""
-    return f"-{spec.replace(':', '')}{weight}"
+    return f"-{spec.replace(':', '')}{weight}{order}"
 
 
 def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
@@ -392,19 +401,21 @@ class EvalConfig:
     word_bonus: float = 1.0
     vocabulary: str = "train"
     wordfreq_weight: float = 0.5  # lambda of the "train+wordfreq:N" interpolation
+    # 1: unigram; 2: bigram of the "train" transcripts' word pairs, backing off to the unigram
+    lm_order: int = 1
 
     def __post_init__(self) -> None:
         _check_choice("eval.decoder", self.decoder, DECODERS)
         if self.beam < 1:
             raise ConfigError("eval.beam must be at least 1")
-        _check_vocabulary("eval.", self.vocabulary, self.wordfreq_weight)
+        _check_vocabulary("eval.", self.vocabulary, self.wordfreq_weight, self.lm_order)
 
     @property
     def tag(self) -> str:
         """The decoding settings, as they appear in output file names."""
         if self.decoder == "greedy":
             return "greedy"
-        vocabulary = _vocabulary_tag(self.vocabulary, self.wordfreq_weight)
+        vocabulary = _vocabulary_tag(self.vocabulary, self.wordfreq_weight, self.lm_order)
         return f"lexicon-b{self.beam}-lm{self.lm_weight:g}-wb{self.word_bonus:g}{vocabulary}"
 
 
@@ -716,17 +727,19 @@ class ExportConfig:
     quantize_per_channel: bool = True
     verify: bool = True  # run the exported fp32 graph against eager PyTorch before saving
     verify_tolerance: float = 1e-4  # max abs logit difference accepted by `verify`
-    # A cut manifest whose transcripts' words and unigram LM are stored in the file, so that
+    # A cut manifest whose transcripts' words and word LM are stored in the file, so that
     # `asrkd transcribe` decodes with the lexicon beam search below (as `asrkd evaluate` does
     # with eval.decoder=lexicon); empty: no lexicon, greedy decoding. "train": the model's own
-    # training manifest, named in its checkpoint. `vocabulary` and `wordfreq_weight` as in
-    # EvalConfig ("wordfreq:N" alone needs no lexicon_cuts and stores a lexicon by itself).
+    # training manifest, named in its checkpoint. `vocabulary`, `wordfreq_weight` and
+    # `lm_order` as in EvalConfig ("wordfreq:N" alone needs no lexicon_cuts and stores a
+    # lexicon by itself).
     lexicon_cuts: str = ""
     beam: int = 8
     lm_weight: float = 0.5
     word_bonus: float = 1.0
     vocabulary: str = "train"
     wordfreq_weight: float = 0.5
+    lm_order: int = 1
 
     def __post_init__(self) -> None:
         _check_choice("format", self.format, EXPORT_FORMATS)
@@ -743,7 +756,7 @@ class ExportConfig:
             raise ConfigError("verify_tolerance must be positive")
         if self.beam < 1:
             raise ConfigError("beam must be at least 1")
-        _check_vocabulary("", self.vocabulary, self.wordfreq_weight)
+        _check_vocabulary("", self.vocabulary, self.wordfreq_weight, self.lm_order)
         mixes_train = self.vocabulary != "train" and parse_vocabulary(self.vocabulary)[0]
         if mixes_train and not self.lexicon_cuts:
             raise ConfigError(

@@ -344,6 +344,9 @@ def deliver_int8(cfg: DemoConfig, specs: list[RunSpec], out: Path) -> tuple[RunS
         beam=cfg.eval.beam,
         lm_weight=cfg.eval.lm_weight,
         word_bonus=cfg.eval.word_bonus,
+        vocabulary=cfg.eval.vocabulary,
+        wordfreq_weight=cfg.eval.wordfreq_weight,
+        lm_order=cfg.eval.lm_order,
     )
     stamp = dst.with_suffix(".inputs.json")
     inputs = {"model": file_sha256(src), "export": to_dict(export_cfg)}

@@ -381,11 +381,13 @@ def decoding_text(cfg: DemoConfig, rows: list[dict]) -> str:
     if cfg.eval.decoder == "greedy":
         return "greedy CTC best path (no lexicon, no language model)"
     oov = next((r["oov_rate"] for r in rows if r.get("oov_rate") is not None), None)
-    words = "the words of all training transcripts (in both situations)"
+    words = "the words of the student's own training transcripts"
     if cfg.eval.vocabulary != "train":
         words = f"the vocabulary `{cfg.eval.vocabulary}` (asrkd.lexicon.vocabulary_lm)"
+    lm = "bigram LM (word pairs of the student's own transcripts, backing off to the unigram)"
+    lm = lm if cfg.eval.lm_order == 2 else "unigram LM"
     return (
-        f"a lexicon beam search (beam {cfg.eval.beam}) over {words} with their unigram LM "
+        f"a lexicon beam search (beam {cfg.eval.beam}) over {words} with a {lm} "
         f"(weight {cfg.eval.lm_weight:g}, word bonus {cfg.eval.word_bonus:g}; "
         f"{'' if oov is None else f'{oov:.1%} of test words are outside it; '}"
         "the same decoder for every model)"

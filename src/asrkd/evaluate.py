@@ -31,7 +31,8 @@ from asrkd.lexicon import (
     LexiconDecoder,
     WordLM,
     lm_from_manifest,
-    training_manifest,
+    stored_lm,
+    training_lm,
     vocabulary_lm,
 )
 from asrkd.models.conformer import ConformerCTC, ConformerDims
@@ -116,16 +117,21 @@ def make_lexicon_decoder(
     always come from cfg."""
     if cfg.decoder == "greedy":
         return None
+    if not cfg.lexicon_cuts and model.lexicon is not None:
+        return LexiconDecoder(
+            model.tokenizer, stored_lm(cfg, model.lexicon, model_path), cfg.beam,
+            cfg.lm_weight, cfg.word_bonus, vocabulary=cfg.vocabulary,
+        )  # fmt: skip
 
     def train_lm() -> WordLM:
         if cfg.lexicon_cuts:
-            return lm_from_manifest(cfg.lexicon_cuts)
-        if model.lexicon is not None:
-            return model.lexicon.lm
-        return lm_from_manifest(training_manifest(model.run_config, model_path))
+            return lm_from_manifest(cfg.lexicon_cuts, cfg.lm_order)
+        return training_lm(model.run_config, model_path, cfg.lm_order)
 
     lm = vocabulary_lm(cfg.vocabulary, cfg.wordfreq_weight, model.tokenizer, train_lm)
-    return LexiconDecoder(model.tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus)
+    return LexiconDecoder(
+        model.tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus, vocabulary=cfg.vocabulary
+    )
 
 
 @torch.inference_mode()

@@ -31,7 +31,7 @@ from asrkd.data.text import Tokenizer
 from asrkd.lexicon import (
     WordLM,
     lm_from_manifest,
-    training_manifest,
+    training_lm,
     vocabulary_lm,
 )
 from asrkd.models import CTCModel
@@ -113,7 +113,8 @@ def onnx_metadata(
 def lexicon_metadata(
     cfg: ExportConfig, meta: dict[str, Any], model_path: str | Path
 ) -> dict[str, Any] | None:
-    """{"log_probs", "beam", "lm_weight", "word_bonus", "vocabulary"} from cfg.vocabulary, whose
+    """{"log_probs", "contexts", "beam", "lm_weight", "word_bonus", "vocabulary"} (the word LM
+    as WordLM.to_json writes it) from cfg.vocabulary and cfg.lm_order, whose
     "train" part is cfg.lexicon_cuts' transcripts ("train": the model's own training manifest),
     or None when cfg asks for no lexicon (no lexicon_cuts and no wordfreq words)."""
     uses_wordfreq = parse_vocabulary(cfg.vocabulary)[1] > 0
@@ -121,15 +122,14 @@ def lexicon_metadata(
         return None
 
     def train_lm() -> WordLM:
-        source = cfg.lexicon_cuts
-        if source == "train":
-            source = training_manifest(meta.get("config") or {}, model_path)
-        return lm_from_manifest(source)
+        if cfg.lexicon_cuts == "train":
+            return training_lm(meta.get("config") or {}, model_path, cfg.lm_order)
+        return lm_from_manifest(cfg.lexicon_cuts, cfg.lm_order)
 
     tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
     lm = vocabulary_lm(cfg.vocabulary, cfg.wordfreq_weight, tokenizer, train_lm)
     return {
-        "log_probs": lm.log_probs,
+        **lm.to_json(),
         "beam": cfg.beam,
         "lm_weight": cfg.lm_weight,
         "word_bonus": cfg.word_bonus,

@@ -1,11 +1,17 @@
-"""Lexicon-constrained CTC prefix beam search with a unigram word language model.
+"""Lexicon-constrained CTC prefix beam search with a unigram or bigram word language model.
 
 Greedy CTC decoding spells freely, so a model that gets most letters right still misspells most
 words. This decoder only lets hypotheses spell words of a closed vocabulary and scores each
-completed word with `lm_weight * log P(word) + word_bonus`. A unigram model is exact for the
-embedded corpus, whose words are drawn independently; on real text it is the weakest useful LM.
-Words outside the vocabulary cannot be recognised (their share is the OOV rate, which `evaluate`
-reports).
+completed word with `lm_weight * log P(word | previous word) + word_bonus`. A unigram model is
+exact for the embedded corpus, whose words are drawn independently; on real text it is the weakest
+useful LM. Words outside the vocabulary cannot be recognised (their share is the OOV rate, which
+`evaluate` reports).
+
+Bigram (`lm_order` 2, in `eval` and `export`): word pairs counted in the "train" transcripts (the
+sentence start counts as the context "<s>"), Witten-Bell interpolated with the unigram of the
+whole vocabulary: P(w | v) = λ_v P_ML(w | v) + (1 - λ_v) P(w), λ_v = c(v) / (c(v) + N1+(v)), with
+N1+(v) the number of different words seen after v; a context never seen falls back to P(w). The
+look-ahead inside a word stays the unigram's (the usual approximation).
 
 Vocabulary (`eval.vocabulary`, `export`'s `vocabulary`): "train", the words of a transcript
 manifest (usually the training data's) with their relative frequencies; "wordfreq:N", the N most
@@ -33,29 +39,69 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
-from asrkd.config import ConfigError, parse_vocabulary
-from asrkd.data.dataset import cut_text, load_cuts
+from asrkd.config import ConfigError, EvalConfig, parse_vocabulary
+from asrkd.data.dataset import cut_text, load_cuts, split_by_speaker
 from asrkd.data.text import WORD_START, BpeTokenizer, Tokenizer, normalize_text, word_counts
 
 NEG_INF = float("-inf")
 
 
+SENTENCE_START = "<s>"  # the context of an utterance's first word (no transcript word has "<")
+LM_ORDERS = (1, 2)
+
+
 @dataclass(frozen=True)
 class WordLM:
-    """Unigram log probabilities of a closed vocabulary (relative frequencies)."""
+    """Unigram log probabilities of a closed vocabulary (relative frequencies) and, for a
+    bigram, per context word: (log(1 - λ_v), {word seen after it: λ_v * P_ML(word | v)})."""
 
     log_probs: dict[str, float]
+    contexts: dict[str, tuple[float, dict[str, float]]] = field(default_factory=dict)
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str]) -> WordLM:
+    def from_texts(cls, texts: Iterable[str], order: int = 1) -> WordLM:
+        texts = list(texts)
         counts = word_counts(texts)
         if not counts:
             raise ValueError("no words to build a lexicon from")
-        return cls.from_counts(counts)
+        lm = cls.from_counts(counts)
+        return lm.with_bigrams(texts) if order == 2 else lm
+
+    def with_bigrams(self, texts: Iterable[str]) -> WordLM:
+        """This LM as the lower order of a Witten-Bell bigram counted in `texts`."""
+        pairs: dict[str, dict[str, int]] = {}
+        for text in texts:
+            words = [SENTENCE_START, *normalize_text(text).split()]
+            for prev, word in pairwise(words):
+                after = pairs.setdefault(prev, {})
+                after[word] = after.get(word, 0) + 1
+        contexts = {}
+        for prev, after in sorted(pairs.items()):
+            n, types = sum(after.values()), len(after)
+            lam = n / (n + types)
+            seen = {w: lam * c / n for w, c in sorted(after.items()) if w in self.log_probs}
+            contexts[prev] = (math.log(1 - lam), seen)
+        return WordLM(self.log_probs, contexts)
+
+    @property
+    def order(self) -> int:
+        return 2 if self.contexts else 1
+
+    def score(self, prev: str, word: str) -> float:
+        """log P(word | prev) (prev: the previous word or SENTENCE_START); the unigram's
+        log P(word) without bigram contexts."""
+        unigram = self.log_probs[word]
+        context = self.contexts.get(prev)
+        if context is None:
+            return unigram
+        backoff, seen = context
+        p = seen.get(word)
+        return backoff + unigram if p is None else math.log(p + math.exp(backoff + unigram))
 
     @classmethod
     def from_counts(cls, counts: Mapping[str, float]) -> WordLM:
@@ -64,11 +110,22 @@ class WordLM:
         return cls({w: math.log(c / total) for w, c in sorted(counts.items())})
 
     def mix(self, other: WordLM, weight: float) -> WordLM:
-        """Linear interpolation (1 - weight) * self + weight * other over both vocabularies."""
+        """Linear interpolation (1 - weight) * self + weight * other of the unigrams over both
+        vocabularies; self's bigram contexts are kept and back off to the mixed unigram."""
         probs = {w: (1 - weight) * math.exp(lp) for w, lp in self.log_probs.items()}
         for w, lp in other.log_probs.items():
             probs[w] = probs.get(w, 0.0) + weight * math.exp(lp)
-        return WordLM({w: math.log(p) for w, p in sorted(probs.items())})
+        return WordLM({w: math.log(p) for w, p in sorted(probs.items())}, self.contexts)
+
+    def to_json(self) -> dict:
+        """{"log_probs", "contexts"} for a file's metadata (from_json reads it back)."""
+        contexts = {v: [b, seen] for v, (b, seen) in self.contexts.items()}
+        return {"log_probs": self.log_probs, "contexts": contexts}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> WordLM:
+        contexts = {v: (float(b), dict(seen)) for v, (b, seen) in data.get("contexts", {}).items()}
+        return cls(dict(data["log_probs"]), contexts)
 
 
 def wordfreq_lm(n_words: int, tokenizer: Tokenizer) -> WordLM:
@@ -116,9 +173,38 @@ def training_manifest(run_config: dict, model_path: str | Path) -> str:
     return source
 
 
-def lm_from_manifest(path: str | Path) -> WordLM:
-    """The unigram LM of a cut manifest's transcripts."""
-    return WordLM.from_texts(cut_text(c) for c in load_cuts(path))
+def lm_from_manifest(path: str | Path, order: int = 1) -> WordLM:
+    """The unigram (order 1) or bigram (2) LM of a cut manifest's transcripts."""
+    return WordLM.from_texts((cut_text(c) for c in load_cuts(path)), order)
+
+
+def training_lm(run_config: dict, model_path: str | Path, order: int = 1) -> WordLM:
+    """The LM of the transcripts a checkpoint was trained on: its training manifest's, and where
+    the run kept transcripts for only some speakers (data.labelled_fraction < 1) those speakers'
+    alone, so that a student of situation (b) never decodes with the text it was denied."""
+    cuts = load_cuts(training_manifest(run_config, model_path))
+    fraction = float(run_config.get("data", {}).get("labelled_fraction", 1.0))
+    if fraction < 1.0:
+        seed = int(run_config.get("train", {}).get("seed", 0))
+        cuts = split_by_speaker(cuts, fraction, seed)[0]
+    return WordLM.from_texts((cut_text(c) for c in cuts), order)
+
+
+def stored_lm(cfg: EvalConfig, lexicon: LexiconDecoder, model_path: str | Path) -> WordLM:
+    """The word LM for cfg from the lexicon an exported file carries: as stored where the file
+    was exported with cfg's vocabulary and LM order; a stored "train" unigram is mixed with
+    cfg's wordfreq words (files exported before the export stored its vocabulary whole);
+    anything else is a ConfigError rather than a silently different LM."""
+    lm = lexicon.lm
+    if lexicon.vocabulary == cfg.vocabulary and lm.order == cfg.lm_order:
+        return lm
+    if lexicon.vocabulary == "train" and lm.order == cfg.lm_order:
+        return vocabulary_lm(cfg.vocabulary, cfg.wordfreq_weight, lexicon.tokenizer, lambda: lm)
+    raise ConfigError(
+        f"{model_path} carries a lexicon of vocabulary {lexicon.vocabulary!r}, LM order "
+        f"{lm.order}; eval.vocabulary={cfg.vocabulary!r}, eval.lm_order={cfg.lm_order} asks "
+        "for another: set them to the file's, or give eval.lexicon_cuts"
+    )
 
 
 @dataclass
@@ -175,8 +261,10 @@ class LexiconDecoder:
         lm_weight: float = 0.5,
         word_bonus: float = 1.0,
         prune: float = -10.0,
+        vocabulary: str = "train",
     ) -> None:
         self.blank = tokenizer.blank_id
+        self.tokenizer, self.vocabulary = tokenizer, vocabulary  # where lm's words came from
         self.beam, self.lm_weight, self.word_bonus, self.prune = beam, lm_weight, word_bonus, prune
         self.lm = lm
         self.bpe = isinstance(tokenizer, BpeTokenizer)
@@ -193,7 +281,13 @@ class LexiconDecoder:
         self.look, self.best_word = self.trie.look_ahead(self._word_score)
 
     def _word_score(self, word: str) -> float:
+        """A word's unigram score: the look-ahead of the words still being spelt."""
         return self.lm_weight * self.lm.log_probs[word] + self.word_bonus
+
+    def _next_score(self, words: tuple[str, ...], word: str) -> float:
+        """The score of `word` completed after `words` (the bigram's, with contexts)."""
+        prev = words[-1] if words else SENTENCE_START
+        return self.lm_weight * self.lm.score(prev, word) + self.word_bonus
 
     def _extend(self, hyp: _Hyp, token: int) -> _Hyp | None:
         """The hypothesis after emitting `token`, or None where the lexicon forbids it."""
@@ -201,12 +295,12 @@ class LexiconDecoder:
         if token == self.space:  # char tokenizer: a space ends a complete word
             if hyp.node == 0 or word is None:
                 return None
-            lm = hyp.lm + self._word_score(word)
+            lm = hyp.lm + self._next_score(hyp.words, word)
             return _Hyp(0, (*hyp.words, word), lm, token, lm)
         if self.bpe and token in self.starts_word and hyp.node != 0:
             if word is None or token not in children[0]:  # a new word begins: close this one
                 return None
-            words, lm = (*hyp.words, word), hyp.lm + self._word_score(word)
+            words, lm = (*hyp.words, word), hyp.lm + self._next_score(hyp.words, word)
             nxt = children[0][token]
             return _Hyp(nxt, words, lm, token, lm + self.look[nxt])
         nxt = children[hyp.node].get(token)
@@ -220,7 +314,7 @@ class LexiconDecoder:
         if hyp.node == 0:
             return hyp.lm, hyp.words
         word = self.trie.word[hyp.node] or self.best_word[hyp.node]
-        return hyp.lm + self._word_score(word), (*hyp.words, word)
+        return hyp.lm + self._next_score(hyp.words, word), (*hyp.words, word)
 
     def decode(self, log_probs: np.ndarray) -> str:
         """log_probs (T', V): log-softmax outputs of one utterance's valid frames -> text."""

@@ -26,7 +26,7 @@ from asrkd.config import CheckpointError, EvalConfig, FeatureConfig
 from asrkd.data.audio import features_np, load_mono, resample_mono
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.data.validate import DataError
-from asrkd.lexicon import LexiconDecoder, WordLM, training_manifest
+from asrkd.lexicon import LexiconDecoder, WordLM, stored_lm, training_manifest, vocabulary_lm
 from asrkd.scoring import Result, write_set, write_summary
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,9 @@ def lexicon_from_metadata(meta: dict[str, Any], tokenizer: Tokenizer) -> Lexicon
     if not lex:
         return None
     return LexiconDecoder(
-        tokenizer, WordLM(lex["log_probs"]), lex["beam"], lex["lm_weight"], lex["word_bonus"]
-    )
+        tokenizer, WordLM.from_json(lex), lex["beam"], lex["lm_weight"], lex["word_bonus"],
+        vocabulary=lex.get("vocabulary", "train"),
+    )  # fmt: skip
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -225,16 +226,23 @@ def make_lexicon(
     cfg: EvalConfig, model: OnnxRecognizer, model_path: str | Path
 ) -> LexiconDecoder | None:
     """As asrkd.evaluate.make_lexicon_decoder for an exported file: words and LM from
-    cfg.lexicon_cuts, else the lexicon the file carries; beam and weights from cfg."""
+    cfg.vocabulary, whose "train" part is cfg.lexicon_cuts' transcripts, else the lexicon the
+    file carries (stored_lm); beam and weights from cfg."""
     if cfg.decoder == "greedy":
         return None
     if cfg.lexicon_cuts:
-        lm = WordLM.from_texts(c.text for c in read_cut_manifest(cfg.lexicon_cuts))
+        texts = [c.text for c in read_cut_manifest(cfg.lexicon_cuts)]
+        lm = vocabulary_lm(
+            cfg.vocabulary, cfg.wordfreq_weight, model.tokenizer,
+            lambda: WordLM.from_texts(texts, cfg.lm_order),
+        )  # fmt: skip
     elif model.lexicon is not None:
-        lm = model.lexicon.lm
+        lm = stored_lm(cfg, model.lexicon, model_path)
     else:  # an exported file names no training manifest: the same ConfigError as evaluate's
         training_manifest({}, model_path)
-    return LexiconDecoder(model.tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus)
+    return LexiconDecoder(
+        model.tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus, vocabulary=cfg.vocabulary
+    )
 
 
 def decode_manifest(
