@@ -26,6 +26,7 @@ from asrkd.export import (
 )
 from asrkd.models import build_model
 from asrkd.models.checkpoint import CheckpointError, load_model, read_checkpoint
+from asrkd.ondevice import OnnxRecognizer, make_lexicon
 from asrkd.transcribe import OnnxTranscriber, fbank, transcribe_files
 
 pytest.importorskip("onnxscript", reason="export tests need the export extra: asrkd[export]")
@@ -174,6 +175,20 @@ def test_evaluate_scores_onnx_files_like_the_model_file(
     assert int8["bytes_on_disk"] < 0.8 * fp32["bytes_on_disk"]
     assert abs(int8["sets"]["test"]["cer"] - eager["sets"]["test"]["cer"]) <= INT8_CER
     assert int8["speed"]["latency_ms"] > 0 and int8["memory"]["peak_rss_mb"] > 0
+    # eval.vocabulary and eval.lm_order hold for exported files as for .safetensors ones (the
+    # ONNX path used to decode with the training words alone, ignoring wordfreq's).
+    mixed = dataclasses.replace(cfg, vocabulary="train+wordfreq:2000", lm_order=2)
+    eager_mixed = evaluate(tiny_teacher, test, tmp_path / "em", mixed, measure=False)
+    fp32_mixed = evaluate(
+        onnx_files["fp32"], test, tmp_path / "fm",
+        dataclasses.replace(mixed, lexicon_cuts=str(prepared_parts["train"])), measure=False,
+    )  # fmt: skip
+    assert fp32_mixed["sets"] == eager_mixed["sets"]
+    unigram = dataclasses.replace(mixed, lm_order=1)  # the file's stored "train" unigram, mixed
+    recognizer = OnnxRecognizer(onnx_files["int8-lexicon"], threads=1)
+    stored = recognizer.lexicon.lm.log_probs
+    lm = make_lexicon(unigram, recognizer, onnx_files["int8-lexicon"]).lm.log_probs
+    assert set(stored) < set(lm) and len(lm) > len(stored) + 1000
     # An ONNX file has no run config: without eval.lexicon_cuts or a lexicon inside, say so.
     with pytest.raises(ConfigError, match="names no training manifest"):
         evaluate(onnx_files["int8"], test, tmp_path / "x", cfg, measure=False)
