@@ -726,7 +726,10 @@ class ExportConfig:
     # student lost 0.5 points of dev WER per tensor and none per channel (docs/benchmarks.md).
     quantize_per_channel: bool = True
     verify: bool = True  # run the exported fp32 graph against eager PyTorch before saving
-    verify_tolerance: float = 1e-4  # max abs logit difference accepted by `verify`
+    # Max abs logit (log-prob) difference accepted by `verify`. A graph with wrong weights or ops
+    # is off by far more; fp32 kernels of onnxruntime and PyTorch differ by ~2e-5 typically, and
+    # reached 6.3e-4 on 2 of 1,500 frames of the 31-s check for the recipe's (b) student.
+    verify_tolerance: float = 1e-3
     # A cut manifest whose transcripts' words and word LM are stored in the file, so that
     # `asrkd transcribe` decodes with the lexicon beam search below (as `asrkd evaluate` does
     # with eval.decoder=lexicon); empty: no lexicon, greedy decoding. "train": the model's own
