@@ -52,7 +52,6 @@ NEG_INF = float("-inf")
 
 
 SENTENCE_START = "<s>"  # the context of an utterance's first word (no transcript word has "<")
-LM_ORDERS = (1, 2)
 
 
 @dataclass(frozen=True)
