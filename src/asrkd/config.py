@@ -68,7 +68,7 @@ def _check_vocabulary(prefix: str, spec: str, wordfreq_weight: float, lm_order: 
         )
 
 
-def _vocabulary_tag(spec: str, wordfreq_weight: float, lm_order: int = 1) -> str:
+def _vocabulary_tag(spec: str, wordfreq_weight: float, lm_order: int) -> str:
     """'' for the default "train" unigram, else e.g. '-train+wordfreq50000w0.5-bigram'
     (file-name safe)."""
     order = "-bigram" if lm_order == 2 else ""

@@ -30,10 +30,9 @@ from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.lexicon import (
     LexiconDecoder,
     WordLM,
+    eval_decoder,
     lm_from_manifest,
-    stored_lm,
     training_lm,
-    vocabulary_lm,
 )
 from asrkd.models.conformer import ConformerCTC, ConformerDims
 from asrkd.models.ctc import greedy_decode
@@ -111,27 +110,16 @@ def decode_model_file(
 def make_lexicon_decoder(
     cfg: EvalConfig, model: ModelFile, model_path: str | Path
 ) -> LexiconDecoder | None:
-    """The beam-search decoder cfg asks for (None for greedy). Its words and unigram LM come
-    from cfg.vocabulary, whose "train" part is the transcripts of cfg.lexicon_cuts; else the
-    lexicon an exported file carries; else the model's training manifest. Beam and weights
-    always come from cfg."""
-    if cfg.decoder == "greedy":
-        return None
-    if not cfg.lexicon_cuts and model.lexicon is not None:
-        return LexiconDecoder(
-            model.tokenizer, stored_lm(cfg, model.lexicon, model_path), cfg.beam,
-            cfg.lm_weight, cfg.word_bonus, vocabulary=cfg.vocabulary,
-        )  # fmt: skip
+    """The beam-search decoder cfg asks for (None for greedy), asrkd.lexicon.eval_decoder: the
+    lexicon an exported file carries, else cfg.vocabulary whose "train" part is the transcripts
+    of cfg.lexicon_cuts, else of the model's training manifest (its transcribed speakers)."""
 
     def train_lm() -> WordLM:
         if cfg.lexicon_cuts:
             return lm_from_manifest(cfg.lexicon_cuts, cfg.lm_order)
         return training_lm(model.run_config, model_path, cfg.lm_order)
 
-    lm = vocabulary_lm(cfg.vocabulary, cfg.wordfreq_weight, model.tokenizer, train_lm)
-    return LexiconDecoder(
-        model.tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus, vocabulary=cfg.vocabulary
-    )
+    return eval_decoder(cfg, model.tokenizer, model.lexicon, model_path, train_lm)
 
 
 @torch.inference_mode()

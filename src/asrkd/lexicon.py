@@ -206,6 +206,28 @@ def stored_lm(cfg: EvalConfig, lexicon: LexiconDecoder, model_path: str | Path) 
     )
 
 
+def eval_decoder(
+    cfg: EvalConfig,
+    tokenizer: Tokenizer,
+    stored: LexiconDecoder | None,
+    model_path: str | Path,
+    train_lm: Callable[[], WordLM],
+) -> LexiconDecoder | None:
+    """The decoder cfg asks for (None for greedy), for `asrkd evaluate` on any model file: the
+    lexicon the file carries (`stored`, through stored_lm) unless cfg.lexicon_cuts names other
+    transcripts, else cfg.vocabulary whose "train" part is train_lm() (of order cfg.lm_order).
+    Beam and weights always come from cfg."""
+    if cfg.decoder == "greedy":
+        return None
+    if stored is not None and not cfg.lexicon_cuts:
+        lm = stored_lm(cfg, stored, model_path)
+    else:
+        lm = vocabulary_lm(cfg.vocabulary, cfg.wordfreq_weight, tokenizer, train_lm)
+    return LexiconDecoder(
+        tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus, vocabulary=cfg.vocabulary
+    )
+
+
 @dataclass
 class _Trie:
     """Token-id paths of the vocabulary's words; node 0 is the root."""

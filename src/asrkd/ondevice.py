@@ -26,7 +26,7 @@ from asrkd.config import CheckpointError, EvalConfig, FeatureConfig
 from asrkd.data.audio import features_np, load_mono, resample_mono
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.data.validate import DataError
-from asrkd.lexicon import LexiconDecoder, WordLM, stored_lm, training_manifest, vocabulary_lm
+from asrkd.lexicon import LexiconDecoder, WordLM, eval_decoder, training_manifest
 from asrkd.scoring import Result, write_set, write_summary
 
 log = logging.getLogger(__name__)
@@ -225,24 +225,16 @@ def load_cut_audio(cut: CutAudio, sample_rate: int) -> np.ndarray:
 def make_lexicon(
     cfg: EvalConfig, model: OnnxRecognizer, model_path: str | Path
 ) -> LexiconDecoder | None:
-    """As asrkd.evaluate.make_lexicon_decoder for an exported file: words and LM from
-    cfg.vocabulary, whose "train" part is cfg.lexicon_cuts' transcripts, else the lexicon the
-    file carries (stored_lm); beam and weights from cfg."""
-    if cfg.decoder == "greedy":
-        return None
-    if cfg.lexicon_cuts:
+    """As asrkd.evaluate.make_lexicon_decoder for an exported file (asrkd.lexicon.eval_decoder),
+    reading cfg.lexicon_cuts without lhotse; a file names no training manifest."""
+
+    def train_lm() -> WordLM:
+        if not cfg.lexicon_cuts:  # the same ConfigError as evaluate's
+            training_manifest({}, model_path)
         texts = [c.text for c in read_cut_manifest(cfg.lexicon_cuts)]
-        lm = vocabulary_lm(
-            cfg.vocabulary, cfg.wordfreq_weight, model.tokenizer,
-            lambda: WordLM.from_texts(texts, cfg.lm_order),
-        )  # fmt: skip
-    elif model.lexicon is not None:
-        lm = stored_lm(cfg, model.lexicon, model_path)
-    else:  # an exported file names no training manifest: the same ConfigError as evaluate's
-        training_manifest({}, model_path)
-    return LexiconDecoder(
-        model.tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus, vocabulary=cfg.vocabulary
-    )
+        return WordLM.from_texts(texts, cfg.lm_order)
+
+    return eval_decoder(cfg, model.tokenizer, model.lexicon, model_path, train_lm)
 
 
 def decode_manifest(
