@@ -188,3 +188,31 @@ def test_head_steps_train_only_the_head_then_everything(whisper_parts, tmp_path)
     a = load_file(str(straight / "final.safetensors"))
     b = load_file(str(resumed / "final.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_freeze_keeps_the_named_layers_and_trains_the_rest(whisper_parts, tmp_path) -> None:
+    """train.freeze: the named layers (prefixes of parameter names) never change and get no
+    gradient; the layers above them and the head learn; a name that matches nothing is a
+    ConfigError naming it."""
+    base = [*overrides(whisper_parts, tmp_path / "a", 6), "train.warmup_steps=2"]
+    trainer = Trainer(load_config(None, [*base, "train.freeze=[conv1,conv2,blocks.0]"]))
+    state0 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    frozen = [k for k in state0 if k.startswith(("conv1.", "conv2.", "blocks.0."))]
+    assert frozen and all(
+        not p.requires_grad for n, p in trainer.model.named_parameters() if n in frozen
+    )
+    batches = trainer.batches()
+    for _ in range(3):
+        _, cuts = next(batches)
+        assert trainer.step(trainer._share(cuts)[0]) is not None
+        trainer.state.step += 1
+    after = trainer.model.state_dict()
+    assert all(torch.equal(after[k], state0[k]) for k in frozen)
+    for trained in ("blocks.1.fc1.weight", "ctc_head.weight"):
+        assert not torch.equal(after[trained], state0[trained]), trained
+    with pytest.raises(ConfigError, match="'blocks.9' names no parameter"):
+        Trainer(
+            load_config(
+                None, [*overrides(whisper_parts, tmp_path / "b", 6), "train.freeze=[blocks.9]"]
+            )
+        )

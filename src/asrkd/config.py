@@ -353,6 +353,11 @@ class TrainConfig:
     # plateau: the fresh head first learns to read the copied states (linear probing, then
     # fine-tuning; docs/benchmarks.md). 0 = off.
     head_steps: int = 0
+    # Parameters of the student that never train: names or name prefixes as the model's
+    # state dict spells them (a whisper-tiny-enc4 student: conv1, conv2, blocks.0, ...). With
+    # the lower layers of a copied encoder frozen, no gradient is computed below the first layer
+    # that trains: cheaper steps. Each entry must name at least one parameter.
+    freeze: tuple[str, ...] = ()
     min_lr_ratio: float = 0.05  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 1e-3
@@ -380,6 +385,8 @@ class TrainConfig:
             raise ConfigError("train.encoder_lr_scale must be in (0, 1]")
         if not 0 <= self.head_steps < self.max_steps:
             raise ConfigError("train.head_steps must be in [0, max_steps)")
+        if any(not name or name.startswith(".") or name.endswith(".") for name in self.freeze):
+            raise ConfigError("train.freeze: parameter names or prefixes such as blocks.0")
 
 
 @dataclass(frozen=True)

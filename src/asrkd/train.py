@@ -103,6 +103,23 @@ def body_lr_factor(step: int, tc: TrainConfig) -> float:
     )
 
 
+def frozen_parameters(model: torch.nn.Module, names: tuple[str, ...]) -> set[torch.nn.Parameter]:
+    """The parameters train.freeze names (exact names or prefixes at a "." boundary), set to
+    requires_grad=False; a ConfigError for a name that matches none."""
+    frozen = set()
+    for name in names:
+        hits = [p for n, p in model.named_parameters() if n == name or n.startswith(name + ".")]
+        if not hits:
+            some = ", ".join(sorted({n.rsplit(".", 1)[0] for n, _ in model.named_parameters()})[:8])
+            raise ConfigError(
+                f"train.freeze: {name!r} names no parameter of the student ({some}, ...)"
+            )
+        frozen.update(hits)
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -136,8 +153,11 @@ class Trainer:
         self.distiller.to(self.device)
         if self.teacher_source is not None:
             self.teacher_source.attach(self.distiller.request, self.device, self.train_cuts)
-        # what the optimiser trains: the student and the distiller's projections
-        self.params = list(self.model.parameters()) + list(self.distiller.parameters())
+        # what the optimiser trains: the student but its frozen layers, and the distiller's
+        # projections
+        frozen = frozen_parameters(self.model, cfg.train.freeze)
+        self.params = [p for p in self.model.parameters() if p not in frozen]
+        self.params += list(self.distiller.parameters())
         # fused: one kernel per tensor instead of a dozen small ops (half the optimizer's time
         # on CPU); the same update up to rounding
         head = set(self.model.ctc_head.parameters()) | set(self.distiller.parameters())
