@@ -4,6 +4,7 @@ drops an utterance's last word, prunes with LM look-ahead; wordfreq vocabularies
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -19,9 +20,11 @@ from asrkd.data.text import BLANK, Tokenizer, train_bpe
 from asrkd.evaluate import evaluate
 from asrkd.export import lexicon_metadata
 from asrkd.lexicon import (
+    BOOKS_MASS,
     SENTENCE_START,
     LexiconDecoder,
     WordLM,
+    books_bigram,
     stored_lm,
     training_lm,
     vocabulary_lm,
@@ -192,12 +195,15 @@ def test_wordfreq_vocabulary_and_its_mix_with_the_transcripts() -> None:
     assert general.log_probs["the"] > general.log_probs["house"]
     assert math.isclose(sum(math.exp(v) for v in general.log_probs.values()), 1.0)
     train = WordLM.from_texts(["the zyzzyva sat"])
-    mixed = vocabulary_lm("train+wordfreq:20000", 0.25, tok, lambda: train)
+    mixed = vocabulary_lm("train+wordfreq:20000", 0.25, tok, lambda: train, books=False)
     assert set(mixed.log_probs) == set(general.log_probs) | {"zyzzyva"}
     assert math.isclose(math.exp(mixed.log_probs["zyzzyva"]), 0.75 / 3)
     assert math.isclose(sum(math.exp(v) for v in mixed.log_probs.values()), 1.0)
-    assert vocabulary_lm("wordfreq:20000", 0.5, tok, lambda: 1 / 0).log_probs == general.log_probs
-    assert vocabulary_lm("train", 0.5, tok, lambda: train) is train
+    assert (
+        vocabulary_lm("wordfreq:20000", 0.5, tok, lambda: 1 / 0, books=False).log_probs
+        == general.log_probs
+    )
+    assert vocabulary_lm("train", 0.5, tok, lambda: train, books=False) is train
     cfg = EvalConfig(decoder="lexicon", vocabulary="train+wordfreq:50000")
     assert cfg.tag == "lexicon-b8-lm0.5-wb1-train+wordfreq50000w0.5"
     for bad in ("wordfreq", "wordfreq:0", "train+train", "books:10"):
@@ -227,7 +233,7 @@ def test_real_test_other_oov_rate_with_and_without_wordfreq() -> None:
     train = WordLM.from_texts([" ".join(_transcript_words(Path(root) / "train-clean-5"))])
     rates = {}
     for spec in ("train", "wordfreq:50000", "train+wordfreq:50000"):
-        lm = vocabulary_lm(spec, 0.5, Tokenizer(), lambda: train)
+        lm = vocabulary_lm(spec, 0.5, Tokenizer(), lambda: train, books=False)
         rates[spec] = sum(w not in lm.log_probs for w in test_words) / len(test_words)
     print(f"test-other OOV rate over {len(test_words)} words:", rates)
     assert rates["train"] > 0.1
@@ -311,3 +317,50 @@ def test_lm_order_config_training_lm_of_a_partial_run_and_stored_lexicons(
     )
     unigram = EvalConfig(decoder="lexicon", vocabulary="train+wordfreq:1000")
     assert set(stored_lm(unigram, old, "m.onnx").log_probs) == set(lex.lm.log_probs)
+
+
+def test_books_bigram_from_symspellpy_and_the_transcripts_over_it() -> None:
+    """bigrams=books: Google Books' word pairs (symspellpy's list) over the unigram; train+books:
+    the transcripts' Witten-Bell bigram over the books' one. Both normalised in every context;
+    the books know pairs the transcripts never saw."""
+    tok = Tokenizer()
+    train = WordLM.from_texts(["the united states of america", "the old man"], order=2)
+    vocab = vocabulary_lm("train+wordfreq:3000", 0.5, tok, lambda: train, books=False)
+    books = books_bigram(vocab)
+    assert books.order == 2 and books.log_probs == vocab.log_probs
+    assert len(books.contexts) > 1000 and "states" in books.contexts["united"][1]
+    # each context: BOOKS_MASS spread over the listed pairs, the rest on the unigram
+    backoff, seen = books.contexts["united"]
+    assert math.isclose(sum(seen.values()), BOOKS_MASS) and math.isclose(
+        math.exp(backoff), 1 - BOOKS_MASS
+    )
+    stacked = vocabulary_lm("train+wordfreq:3000", 0.5, tok, lambda: train, books=True)
+    assert stacked == train.mix(wordfreq_lm(3000, tok), 0.5).over(books)
+    for model in (books, stacked):
+        for prev in (SENTENCE_START, "the", "united", "of", "old", "nowhere"):
+            total = sum(math.exp(model.score(prev, w)) for w in model.log_probs)
+            assert math.isclose(total, 1.0), (prev, total)
+    # a pair only the books know is far likelier than its unigram; the transcripts' own pair
+    # ("the old") keeps its Witten-Bell share on top of the books'
+    assert books.score("prime", "minister") > vocab.log_probs["minister"] + 4
+    assert stacked.score("prime", "minister") == books.score("prime", "minister")
+    assert stacked.score("the", "old") > books.score("the", "old")
+    assert WordLM.from_json(json.loads(json.dumps(stacked.to_json()))) == stacked
+    # the config's checks and names
+    cfg = EvalConfig(decoder="lexicon", vocabulary="wordfreq:3000", lm_order=2, bigrams="books")
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-wordfreq3000-bigram-books"
+    with pytest.raises(ConfigError, match="lm_order=2"):
+        EvalConfig(bigrams="books")
+    with pytest.raises(ConfigError, match="expected"):
+        EvalConfig(lm_order=2, bigrams="train+web")
+    with pytest.raises(ConfigError, match="word pairs"):
+        ExportConfig(vocabulary="wordfreq:3000", lm_order=2, bigrams="train+books")
+    # a file stores its bigrams' source, and is refused for another
+    meta = {"tokenizer": json.loads(Tokenizer().to_json()), "config": {}}
+    export = ExportConfig(vocabulary="wordfreq:3000", lm_order=2, bigrams="books")
+    lex = lexicon_from_metadata({"lexicon": lexicon_metadata(export, meta, "m")}, Tokenizer())
+    assert lex.bigrams == "books" and stored_lm(cfg, lex, "m.onnx") == books_bigram(
+        wordfreq_lm(3000, tok)
+    )
+    with pytest.raises(ConfigError, match="bigrams"):
+        stored_lm(dataclasses.replace(cfg, bigrams="train"), lex, "m.onnx")

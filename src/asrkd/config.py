@@ -55,27 +55,64 @@ def parse_vocabulary(spec: str) -> tuple[bool, int]:
     return use_train, n_wordfreq
 
 
-def _check_vocabulary(prefix: str, spec: str, wordfreq_weight: float, lm_order: int) -> None:
+BIGRAM_SOURCES = ("train", "books")  # asrkd.lexicon: the transcripts', the books' word pairs
+
+
+def parse_bigrams(spec: str) -> tuple[str, ...]:
+    """A bigram spec ("train", "books" or "train+books") -> its sources (asrkd.lexicon)."""
+    parts = tuple(spec.split("+"))
+    if not set(parts) <= set(BIGRAM_SOURCES) or len(set(parts)) != len(parts):
+        raise ConfigError(f"bigrams={spec!r}: expected 'train', 'books' or 'train+books'")
+    return parts
+
+
+def transcript_order(lm_order: int, bigrams: str) -> int:
+    """The order of the transcripts' own LM: 2 where the bigram counts their word pairs."""
+    return 2 if lm_order == 2 and "train" in parse_bigrams(bigrams) else 1
+
+
+def _check_vocabulary(
+    prefix: str, spec: str, wordfreq_weight: float, lm_order: int, bigrams: str
+) -> None:
     use_train = parse_vocabulary(spec)[0]
+    sources = parse_bigrams(bigrams)
     if not 0 < wordfreq_weight < 1:
         raise ConfigError(f"{prefix}wordfreq_weight must lie strictly between 0 and 1")
     if lm_order not in (1, 2):
         raise ConfigError(f"{prefix}lm_order={lm_order} is not 1 (unigram) or 2 (bigram)")
-    if lm_order == 2 and not use_train:
+    if lm_order == 1 and bigrams != "train":
+        raise ConfigError(f"{prefix}bigrams={bigrams!r} needs {prefix}lm_order=2 (a bigram)")
+    if lm_order == 2 and "train" in sources and not use_train:
         raise ConfigError(
-            f"{prefix}lm_order=2 counts word pairs in the transcripts: {prefix}vocabulary="
-            f"{spec!r} has none ('train' or 'train+wordfreq:N')"
+            f"{prefix}lm_order=2 with {prefix}bigrams={bigrams!r} counts word pairs in the "
+            "transcripts: "
+            f"{prefix}vocabulary={spec!r} has none ('train' or 'train+wordfreq:N'; or "
+            f"{prefix}bigrams=books)"
         )
 
 
-def _vocabulary_tag(spec: str, wordfreq_weight: float, lm_order: int) -> str:
-    """'' for the default "train" unigram, else e.g. '-train+wordfreq50000w0.5-bigram'
-    (file-name safe)."""
+def _vocabulary_tag(spec: str, wordfreq_weight: float, lm_order: int, bigrams: str) -> str:
+    """'' for the default "train" unigram, else e.g. '-train+wordfreq50000w0.5-bigram' or
+    '...-bigram-train+books' (file-name safe)."""
     order = "-bigram" if lm_order == 2 else ""
+    if bigrams != "train":
+        order += f"-{bigrams}"
     if spec == "train":
         return order
     weight = f"w{wordfreq_weight:g}" if parse_vocabulary(spec)[0] else ""
     return f"-{spec.replace(':', '')}{weight}{order}"
+
+
+# The fields of EvalConfig and ExportConfig that describe a lexicon decoder (same meaning in both)
+LEXICON_FIELDS = (
+    "beam",
+    "lm_weight",
+    "word_bonus",
+    "vocabulary",
+    "wordfreq_weight",
+    "lm_order",
+    "bigrams",
+)
 
 
 def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
@@ -408,21 +445,29 @@ class EvalConfig:
     word_bonus: float = 1.0
     vocabulary: str = "train"
     wordfreq_weight: float = 0.5  # lambda of the "train+wordfreq:N" interpolation
-    # 1: unigram; 2: bigram of the "train" transcripts' word pairs, backing off to the unigram
+    # 1: unigram; 2: bigram, backing off to the unigram
     lm_order: int = 1
+    # the bigram's word pairs: "train", the transcripts'; "books", English books' (242k frequent
+    # pairs from Google Books, shipped by the symspellpy package); "train+books", the
+    # transcripts' interpolated over the books' (asrkd.lexicon)
+    bigrams: str = "train"
 
     def __post_init__(self) -> None:
         _check_choice("eval.decoder", self.decoder, DECODERS)
         if self.beam < 1:
             raise ConfigError("eval.beam must be at least 1")
-        _check_vocabulary("eval.", self.vocabulary, self.wordfreq_weight, self.lm_order)
+        _check_vocabulary(
+            "eval.", self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams
+        )
 
     @property
     def tag(self) -> str:
         """The decoding settings, as they appear in output file names."""
         if self.decoder == "greedy":
             return "greedy"
-        vocabulary = _vocabulary_tag(self.vocabulary, self.wordfreq_weight, self.lm_order)
+        vocabulary = _vocabulary_tag(
+            self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams
+        )
         return f"lexicon-b{self.beam}-lm{self.lm_weight:g}-wb{self.word_bonus:g}{vocabulary}"
 
 
@@ -740,8 +785,8 @@ class ExportConfig:
     # A cut manifest whose transcripts' words and word LM are stored in the file, so that
     # `asrkd transcribe` decodes with the lexicon beam search below (as `asrkd evaluate` does
     # with eval.decoder=lexicon); empty: no lexicon, greedy decoding. "train": the model's own
-    # training manifest, named in its checkpoint. `vocabulary`, `wordfreq_weight` and
-    # `lm_order` as in EvalConfig ("wordfreq:N" alone needs no lexicon_cuts and stores a
+    # training manifest, named in its checkpoint. `vocabulary`, `wordfreq_weight`, `lm_order`
+    # and `bigrams` as in EvalConfig ("wordfreq:N" alone needs no lexicon_cuts and stores a
     # lexicon by itself).
     lexicon_cuts: str = ""
     beam: int = 8
@@ -750,6 +795,7 @@ class ExportConfig:
     vocabulary: str = "train"
     wordfreq_weight: float = 0.5
     lm_order: int = 1
+    bigrams: str = "train"
 
     def __post_init__(self) -> None:
         _check_choice("format", self.format, EXPORT_FORMATS)
@@ -766,7 +812,7 @@ class ExportConfig:
             raise ConfigError("verify_tolerance must be positive")
         if self.beam < 1:
             raise ConfigError("beam must be at least 1")
-        _check_vocabulary("", self.vocabulary, self.wordfreq_weight, self.lm_order)
+        _check_vocabulary("", self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams)
         mixes_train = self.vocabulary != "train" and parse_vocabulary(self.vocabulary)[0]
         if mixes_train and not self.lexicon_cuts:
             raise ConfigError(

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from asrkd.config import Config, DemoConfig, replace, save_config
+from asrkd.config import LEXICON_FIELDS, Config, DemoConfig, replace, save_config
 from asrkd.data.dataset import load_cuts, speaker_of
 
 log = logging.getLogger(__name__)
@@ -341,12 +341,7 @@ def deliver_int8(cfg: DemoConfig, specs: list[RunSpec], out: Path) -> tuple[RunS
     export_cfg = ExportConfig(
         quantize=True,
         lexicon_cuts="train" if cfg.eval.decoder == "lexicon" else "",
-        beam=cfg.eval.beam,
-        lm_weight=cfg.eval.lm_weight,
-        word_bonus=cfg.eval.word_bonus,
-        vocabulary=cfg.eval.vocabulary,
-        wordfreq_weight=cfg.eval.wordfreq_weight,
-        lm_order=cfg.eval.lm_order,
+        **{name: getattr(cfg.eval, name) for name in LEXICON_FIELDS},
     )
     stamp = dst.with_suffix(".inputs.json")
     inputs = {"model": file_sha256(src), "export": to_dict(export_cfg)}

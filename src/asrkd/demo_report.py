@@ -384,8 +384,13 @@ def decoding_text(cfg: DemoConfig, rows: list[dict]) -> str:
     words = "the words of the student's own training transcripts"
     if cfg.eval.vocabulary != "train":
         words = f"the vocabulary `{cfg.eval.vocabulary}` (asrkd.lexicon.vocabulary_lm)"
-    lm = "bigram LM (word pairs of the student's own transcripts, backing off to the unigram)"
-    lm = lm if cfg.eval.lm_order == 2 else "unigram LM"
+    pairs = {
+        "train": "word pairs of the student's own transcripts, backing off to the unigram",
+        "books": "English books' word pairs (Google Books, symspellpy), backing off to the unigram",
+        "train+books": "word pairs of the student's own transcripts over English books' "
+        "(Google Books, symspellpy), over the unigram",
+    }[cfg.eval.bigrams]
+    lm = f"bigram LM ({pairs})" if cfg.eval.lm_order == 2 else "unigram LM"
     return (
         f"a lexicon beam search (beam {cfg.eval.beam}) over {words} with a {lm} "
         f"(weight {cfg.eval.lm_weight:g}, word bonus {cfg.eval.word_bonus:g}; "

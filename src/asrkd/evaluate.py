@@ -114,10 +114,10 @@ def make_lexicon_decoder(
     lexicon an exported file carries, else cfg.vocabulary whose "train" part is the transcripts
     of cfg.lexicon_cuts, else of the model's training manifest (its transcribed speakers)."""
 
-    def train_lm() -> WordLM:
+    def train_lm(order: int) -> WordLM:
         if cfg.lexicon_cuts:
-            return lm_from_manifest(cfg.lexicon_cuts, cfg.lm_order)
-        return training_lm(model.run_config, model_path, cfg.lm_order)
+            return lm_from_manifest(cfg.lexicon_cuts, order)
+        return training_lm(model.run_config, model_path, order)
 
     return eval_decoder(cfg, model.tokenizer, model.lexicon, model_path, train_lm)
 

@@ -28,12 +28,7 @@ from torch import Tensor, nn
 
 from asrkd.config import ExportConfig, FeatureConfig, parse_vocabulary
 from asrkd.data.text import Tokenizer
-from asrkd.lexicon import (
-    WordLM,
-    lm_from_manifest,
-    training_lm,
-    vocabulary_lm,
-)
+from asrkd.lexicon import WordLM, config_lm, lm_from_manifest, training_lm
 from asrkd.models import CTCModel
 from asrkd.models.checkpoint import (
     CheckpointError,
@@ -113,27 +108,28 @@ def onnx_metadata(
 def lexicon_metadata(
     cfg: ExportConfig, meta: dict[str, Any], model_path: str | Path
 ) -> dict[str, Any] | None:
-    """{"log_probs", "contexts", "beam", "lm_weight", "word_bonus", "vocabulary"} (the word LM
-    as WordLM.to_json writes it) from cfg.vocabulary and cfg.lm_order, whose
+    """{"log_probs", "contexts", "beam", "lm_weight", "word_bonus", "vocabulary", "bigrams"}
+    (the word LM as WordLM.to_json writes it) from cfg's lexicon fields (config_lm), whose
     "train" part is cfg.lexicon_cuts' transcripts ("train": the model's own training manifest),
     or None when cfg asks for no lexicon (no lexicon_cuts and no wordfreq words)."""
     uses_wordfreq = parse_vocabulary(cfg.vocabulary)[1] > 0
     if not cfg.lexicon_cuts and not uses_wordfreq:
         return None
 
-    def train_lm() -> WordLM:
+    def train_lm(order: int) -> WordLM:
         if cfg.lexicon_cuts == "train":
-            return training_lm(meta.get("config") or {}, model_path, cfg.lm_order)
-        return lm_from_manifest(cfg.lexicon_cuts, cfg.lm_order)
+            return training_lm(meta.get("config") or {}, model_path, order)
+        return lm_from_manifest(cfg.lexicon_cuts, order)
 
     tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
-    lm = vocabulary_lm(cfg.vocabulary, cfg.wordfreq_weight, tokenizer, train_lm)
+    lm = config_lm(cfg, tokenizer, train_lm)
     return {
         **lm.to_json(),
         "beam": cfg.beam,
         "lm_weight": cfg.lm_weight,
         "word_bonus": cfg.word_bonus,
         "vocabulary": cfg.vocabulary,
+        "bigrams": cfg.bigrams,
     }
 
 

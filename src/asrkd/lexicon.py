@@ -7,11 +7,20 @@ exact for the embedded corpus, whose words are drawn independently; on real text
 useful LM. Words outside the vocabulary cannot be recognised (their share is the OOV rate, which
 `evaluate` reports).
 
-Bigram (`lm_order` 2, in `eval` and `export`): word pairs counted in the "train" transcripts (the
-sentence start counts as the context "<s>"), Witten-Bell interpolated with the unigram of the
-whole vocabulary: P(w | v) = λ_v P_ML(w | v) + (1 - λ_v) P(w), λ_v = c(v) / (c(v) + N1+(v)), with
-N1+(v) the number of different words seen after v; a context never seen falls back to P(w). The
-look-ahead inside a word stays the unigram's (the usual approximation).
+Bigram (`lm_order` 2, in `eval` and `export`), from the word pairs `bigrams` names:
+- "train": word pairs counted in the "train" transcripts (the sentence start counts as the context
+  "<s>"), Witten-Bell interpolated with the unigram of the whole vocabulary:
+  P(w | v) = λ_v P_ML(w | v) + (1 - λ_v) P(w), λ_v = c(v) / (c(v) + N1+(v)), with N1+(v) the number
+  of different words seen after v; a context never seen falls back to P(w).
+- "books": the 242k most frequent English word pairs of Google Books with their counts, as the
+  `symspellpy` package ships them (frequency_bigramdictionary_en_243_342.txt, MIT), kept where
+  both words are in the vocabulary: P(w | v) = m P_list(w | v) + (1 - m) P(w), with P_list the
+  count of (v, w) relative to the listed pairs after v and m = BOOKS_MASS. The list is cut at a
+  count, so Witten-Bell's λ_v (which trusts large counts fully) would leave almost nothing for
+  the pairs it lacks; a fixed share does not (m chosen on dev speakers, docs/benchmarks.md).
+- "train+books": the transcripts' Witten-Bell bigram interpolated over the books' bigram instead
+  of the unigram (WordLM.over): in-domain pairs first, then general English pairs, then P(w).
+The look-ahead inside a word stays the unigram's (the usual approximation).
 
 Vocabulary (`eval.vocabulary`, `export`'s `vocabulary`): "train", the words of a transcript
 manifest (usually the training data's) with their relative frequencies; "wordfreq:N", the N most
@@ -44,7 +53,14 @@ from pathlib import Path
 
 import numpy as np
 
-from asrkd.config import ConfigError, EvalConfig, parse_vocabulary
+from asrkd.config import (
+    ConfigError,
+    EvalConfig,
+    ExportConfig,
+    parse_bigrams,
+    parse_vocabulary,
+    transcript_order,
+)
 from asrkd.data.dataset import cut_text, load_cuts, split_by_speaker
 from asrkd.data.text import WORD_START, BpeTokenizer, Tokenizer, normalize_text, word_counts
 
@@ -52,6 +68,8 @@ NEG_INF = float("-inf")
 
 
 SENTENCE_START = "<s>"  # the context of an utterance's first word (no transcript word has "<")
+BOOKS_PAIRS = "symspellpy/frequency_bigramdictionary_en_243_342.txt"  # in symspellpy's wheel
+BOOKS_MASS = 0.9  # m: the listed pairs' share of P(. | v) (dev: 0.9-0.97 > 0.7 > 0.5)
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,20 @@ class WordLM:
         p = seen.get(word)
         return backoff + unigram if p is None else math.log(p + math.exp(backoff + unigram))
 
+    def over(self, lower: WordLM) -> WordLM:
+        """This LM's bigram interpolated over `lower`'s bigram (same vocabulary) instead of over
+        the unigram: P(w | v) = λ_v P_ML(w | v) + (1 - λ_v) P_lower(w | v) for the contexts this
+        LM has, P_lower elsewhere. Normalised when both are."""
+        contexts = dict(lower.contexts)
+        for prev, (backoff, seen) in self.contexts.items():
+            low_backoff, low_seen = lower.contexts.get(prev, (0.0, {}))
+            rest = math.exp(backoff)
+            merged = {w: rest * p for w, p in low_seen.items()}
+            for w, p in seen.items():
+                merged[w] = merged.get(w, 0.0) + p
+            contexts[prev] = (backoff + low_backoff, dict(sorted(merged.items())))
+        return WordLM(self.log_probs, dict(sorted(contexts.items())))
+
     @classmethod
     def from_counts(cls, counts: Mapping[str, float]) -> WordLM:
         """Relative frequencies of positive counts (or frequencies)."""
@@ -149,16 +181,62 @@ def wordfreq_lm(n_words: int, tokenizer: Tokenizer) -> WordLM:
     return WordLM.from_counts(counts)
 
 
+def books_bigram(unigram: WordLM) -> WordLM:
+    """`unigram` with the bigram contexts of the English books' word pairs that symspellpy ships
+    (BOOKS_PAIRS; module docstring), restricted to the unigram's vocabulary."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        path = Path(distribution("symspellpy").locate_file(BOOKS_PAIRS))
+    except PackageNotFoundError as err:
+        raise ImportError(
+            "bigrams with books need the symspellpy package: pip install 'asrkd[lexicon]'"
+        ) from err
+    pairs: dict[str, dict[str, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            *words, count = line.split()
+            if len(words) != 2:
+                continue
+            prev, word = (normalize_text(w) for w in words)
+            if prev in unigram.log_probs and word in unigram.log_probs:
+                after = pairs.setdefault(prev, {})
+                after[word] = after.get(word, 0.0) + float(count)
+    contexts = {}
+    for prev, after in sorted(pairs.items()):
+        total = sum(after.values())
+        seen = {w: BOOKS_MASS * c / total for w, c in sorted(after.items())}
+        contexts[prev] = (math.log(1 - BOOKS_MASS), seen)
+    return WordLM(unigram.log_probs, contexts)
+
+
 def vocabulary_lm(
-    vocabulary: str, wordfreq_weight: float, tokenizer: Tokenizer, train_lm: Callable[[], WordLM]
+    vocabulary: str,
+    wordfreq_weight: float,
+    tokenizer: Tokenizer,
+    train_lm: Callable[[], WordLM],
+    books: bool,
 ) -> WordLM:
-    """The unigram LM a vocabulary spec names ("train", "wordfreq:N", "train+wordfreq:N");
-    train_lm() gives the transcripts' LM and is only called when the spec uses it."""
+    """The LM a vocabulary spec names ("train", "wordfreq:N", "train+wordfreq:N"): its unigram,
+    and the transcripts' bigram where train_lm() has one (train_lm() gives the transcripts' LM
+    and is only called when the spec uses it); with `books`, the books' bigram under it."""
     use_train, n_wordfreq = parse_vocabulary(vocabulary)
     if not n_wordfreq:
-        return train_lm()
-    general = wordfreq_lm(n_wordfreq, tokenizer)
-    return train_lm().mix(general, wordfreq_weight) if use_train else general
+        lm = train_lm()
+    else:
+        general = wordfreq_lm(n_wordfreq, tokenizer)
+        lm = train_lm().mix(general, wordfreq_weight) if use_train else general
+    return lm.over(books_bigram(lm)) if books else lm
+
+
+def config_lm(cfg: EvalConfig | ExportConfig, tokenizer: Tokenizer, train_lm) -> WordLM:
+    """The word LM cfg's lexicon fields name; train_lm(order) gives the transcripts' LM of
+    that order (2 where the bigram counts their pairs)."""
+    order = transcript_order(cfg.lm_order, cfg.bigrams)
+    books = cfg.lm_order == 2 and "books" in parse_bigrams(cfg.bigrams)
+    return vocabulary_lm(
+        cfg.vocabulary, cfg.wordfreq_weight, tokenizer, lambda: train_lm(order), books
+    )
 
 
 def training_manifest(run_config: dict, model_path: str | Path) -> str:
@@ -195,14 +273,18 @@ def stored_lm(cfg: EvalConfig, lexicon: LexiconDecoder, model_path: str | Path) 
     cfg's wordfreq words (files exported before the export stored its vocabulary whole);
     anything else is a ConfigError rather than a silently different LM."""
     lm = lexicon.lm
-    if lexicon.vocabulary == cfg.vocabulary and lm.order == cfg.lm_order:
+    same_bigram = lm.order == cfg.lm_order and lexicon.bigrams == cfg.bigrams
+    if lexicon.vocabulary == cfg.vocabulary and same_bigram:
         return lm
-    if lexicon.vocabulary == "train" and lm.order == cfg.lm_order:
-        return vocabulary_lm(cfg.vocabulary, cfg.wordfreq_weight, lexicon.tokenizer, lambda: lm)
+    if lexicon.vocabulary == "train" and same_bigram and cfg.bigrams == "train":
+        return vocabulary_lm(
+            cfg.vocabulary, cfg.wordfreq_weight, lexicon.tokenizer, lambda: lm, books=False
+        )
     raise ConfigError(
         f"{model_path} carries a lexicon of vocabulary {lexicon.vocabulary!r}, LM order "
-        f"{lm.order}; eval.vocabulary={cfg.vocabulary!r}, eval.lm_order={cfg.lm_order} asks "
-        "for another: set them to the file's, or give eval.lexicon_cuts"
+        f"{lm.order}, bigrams {lexicon.bigrams!r}; eval.vocabulary={cfg.vocabulary!r}, "
+        f"eval.lm_order={cfg.lm_order}, eval.bigrams={cfg.bigrams!r} asks for another: set "
+        "them to the file's, or give eval.lexicon_cuts"
     )
 
 
@@ -211,20 +293,26 @@ def eval_decoder(
     tokenizer: Tokenizer,
     stored: LexiconDecoder | None,
     model_path: str | Path,
-    train_lm: Callable[[], WordLM],
+    train_lm: Callable[[int], WordLM],
 ) -> LexiconDecoder | None:
     """The decoder cfg asks for (None for greedy), for `asrkd evaluate` on any model file: the
     lexicon the file carries (`stored`, through stored_lm) unless cfg.lexicon_cuts names other
-    transcripts, else cfg.vocabulary whose "train" part is train_lm() (of order cfg.lm_order).
+    transcripts, else cfg's LM (config_lm) whose transcripts' part is train_lm(order).
     Beam and weights always come from cfg."""
     if cfg.decoder == "greedy":
         return None
     if stored is not None and not cfg.lexicon_cuts:
         lm = stored_lm(cfg, stored, model_path)
     else:
-        lm = vocabulary_lm(cfg.vocabulary, cfg.wordfreq_weight, tokenizer, train_lm)
+        lm = config_lm(cfg, tokenizer, train_lm)
     return LexiconDecoder(
-        tokenizer, lm, cfg.beam, cfg.lm_weight, cfg.word_bonus, vocabulary=cfg.vocabulary
+        tokenizer,
+        lm,
+        cfg.beam,
+        cfg.lm_weight,
+        cfg.word_bonus,
+        vocabulary=cfg.vocabulary,
+        bigrams=cfg.bigrams,
     )
 
 
@@ -283,9 +371,11 @@ class LexiconDecoder:
         word_bonus: float = 1.0,
         prune: float = -10.0,
         vocabulary: str = "train",
+        bigrams: str = "train",
     ) -> None:
         self.blank = tokenizer.blank_id
         self.tokenizer, self.vocabulary = tokenizer, vocabulary  # where lm's words came from
+        self.bigrams = bigrams  # where its word pairs came from (lm_order 2)
         self.beam, self.lm_weight, self.word_bonus, self.prune = beam, lm_weight, word_bonus, prune
         self.lm = lm
         self.bpe = isinstance(tokenizer, BpeTokenizer)

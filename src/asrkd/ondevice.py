@@ -83,6 +83,7 @@ def lexicon_from_metadata(meta: dict[str, Any], tokenizer: Tokenizer) -> Lexicon
     return LexiconDecoder(
         tokenizer, WordLM.from_json(lex), lex["beam"], lex["lm_weight"], lex["word_bonus"],
         vocabulary=lex.get("vocabulary", "train"),
+        bigrams=lex.get("bigrams", "train"),
     )  # fmt: skip
 
 
@@ -228,11 +229,11 @@ def make_lexicon(
     """As asrkd.evaluate.make_lexicon_decoder for an exported file (asrkd.lexicon.eval_decoder),
     reading cfg.lexicon_cuts without lhotse; a file names no training manifest."""
 
-    def train_lm() -> WordLM:
+    def train_lm(order: int) -> WordLM:
         if not cfg.lexicon_cuts:  # the same ConfigError as evaluate's
             training_manifest({}, model_path)
         texts = [c.text for c in read_cut_manifest(cfg.lexicon_cuts)]
-        return WordLM.from_texts(texts, cfg.lm_order)
+        return WordLM.from_texts(texts, order)
 
     return eval_decoder(cfg, model.tokenizer, model.lexicon, model_path, train_lm)
 
