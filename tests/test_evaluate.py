@@ -10,8 +10,9 @@ import jiwer
 import pytest
 
 from asrkd.config import EvalConfig
-from asrkd.data.dataset import load_cuts
+from asrkd.data.dataset import cut_text, load_cuts
 from asrkd.evaluate import decode_cuts, error_rates, evaluate, measure_speed, score, write_results
+from asrkd.lexicon import LexiconDecoder, WordLM
 from asrkd.models.checkpoint import load_model
 from asrkd.transcribe import open_model_file
 
@@ -120,3 +121,10 @@ def test_decode_and_evaluate_a_trained_model(
 
     speed = measure_speed(open_model_file(tiny_teacher), cuts, EvalConfig(latency_utterances=3))
     assert speed["latency_utterances"] == 3 and speed["rtf"] > 0
+    # the RTF is the network's and the decoder's the WER is scored with, together
+    assert speed["rtf"] == pytest.approx(speed["network_rtf"] + speed["decoder_rtf"])
+    assert speed["decoder"] == "greedy" and speed["decoder_rtf"] > 0
+    lex_cfg = EvalConfig(latency_utterances=3, decoder="lexicon")
+    lexicon = LexiconDecoder(tok, WordLM.from_texts(cut_text(c) for c in cuts))
+    lex_speed = measure_speed(open_model_file(tiny_teacher), cuts, lex_cfg, lexicon)
+    assert lex_speed["decoder"].startswith("lexicon-b8") and lex_speed["decoder_rtf"] > 0
