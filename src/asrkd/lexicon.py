@@ -205,7 +205,9 @@ def books_bigram(unigram: WordLM) -> WordLM:
     contexts = {}
     for prev, after in sorted(pairs.items()):
         total = sum(after.values())
-        seen = {w: BOOKS_MASS * c / total for w, c in sorted(after.items())}
+        # 6 significant digits: the pairs are most of an exported file's lexicon (JSON), and
+        # their counts are not known better than that
+        seen = {w: float(f"{BOOKS_MASS * c / total:.6g}") for w, c in sorted(after.items())}
         contexts[prev] = (math.log(1 - BOOKS_MASS), seen)
     return WordLM(unigram.log_probs, contexts)
 
