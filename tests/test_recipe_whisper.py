@@ -17,13 +17,18 @@ from tests.helpers import write_librispeech_tree
 
 
 def scaled_variants(head_steps: int) -> list:
-    """The recipe's own variants with their head phase shortened to fit its steps here."""
+    """The recipe's own variants with their head phase shortened to fit its steps here, and
+    only the front end and the first block frozen (the test's student has one block)."""
     recipe = yaml.safe_load(Path("configs/librispeech-whisper.yaml").read_text())
     return [
         [
             name,
             [
-                re.sub(r"^train\.head_steps=\d+$", f"train.head_steps={head_steps}", o)
+                re.sub(
+                    r"^train\.freeze=.*$",
+                    "train.freeze=[conv1,conv2,blocks.0]",
+                    re.sub(r"^train\.head_steps=\d+$", f"train.head_steps={head_steps}", o),
+                )
                 for o in overrides
             ],
         ]
@@ -84,7 +89,9 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
     assert "best distilled student (by dev WER)" in report
     # (b) has its own init-only row, so its KD terms are measured against it
     assert f"the KD terms vs the initialisation alone (partial-{student}-init," in report
-    assert "bigram LM" in report
+    assert "bigram LM (word pairs of the student's own transcripts over English books'" in report
+    # the RTF of a student row is its network and its lexicon decoder
+    assert "its decoder takes" in report and rows[f"full-{student}-init"]["decoder_rtf"] > 0
     # the distilled run heard the untranscribed folder and counted its pseudo-labels
     run = out / "runs" / f"partial-{student}-init-seq"
     summary = json.loads((run / "summary.json").read_text())
