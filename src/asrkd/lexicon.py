@@ -187,11 +187,14 @@ def books_bigram(unigram: WordLM) -> WordLM:
     from importlib.metadata import PackageNotFoundError, distribution
 
     try:
-        path = Path(distribution("symspellpy").locate_file(BOOKS_PAIRS))
+        package = distribution("symspellpy")
     except PackageNotFoundError as err:
         raise ImportError(
             "bigrams with books need the symspellpy package: pip install 'asrkd[lexicon]'"
         ) from err
+    path = Path(package.locate_file(BOOKS_PAIRS))
+    if not path.is_file():
+        raise ImportError(f"symspellpy {package.version} does not ship {BOOKS_PAIRS}")
     pairs: dict[str, dict[str, float]] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
