@@ -5,6 +5,7 @@ drops an utterance's last word, prunes with LM look-ahead; wordfreq vocabularies
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import json
 import math
@@ -158,6 +159,19 @@ def test_evaluate_with_the_lexicon_decoder(
     assert again["sets"] == summary["sets"]
     with pytest.raises(ConfigError, match="eval.decoder"):
         EvalConfig(decoder="wfst")
+
+
+def test_decoding_pauses_the_cyclic_collector_and_restores_it() -> None:
+    tok = Tokenizer()
+    lexicon = LexiconDecoder(tok, WordLM.from_texts(["a cab", "a bad cab"]), beam=4)
+    lp = peaked(tok, "a bad cab")
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            assert lexicon.decode(lp) == "a bad cab"
+            assert gc.isenabled() == enabled
+    finally:
+        gc.enable()
 
 
 def test_the_last_word_is_completed_when_every_beam_ends_inside_a_word() -> None:
