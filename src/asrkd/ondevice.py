@@ -53,6 +53,10 @@ def onnx_session(path: str | Path, threads: int = 0):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1  # one utterance at a time: no parallel branches worth a thread
+    # onnxruntime's threads otherwise spin after every run, on the cores the decoder (Python,
+    # right after the network) needs: int8 student, 2 cores, decoder RTF 0.0038 -> 0.0024 and
+    # network + decoder 0.0086 -> 0.0062 (docs/benchmarks.md)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime's InvalidProtobuf, Fail, ... share no base class
