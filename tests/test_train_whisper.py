@@ -143,6 +143,14 @@ def test_a_run_starts_from_the_whisper_named_by_init_from(whisper_parts, tmp_pat
     assert torch.equal(student.layer_norm.bias, encoder.layer_norm.bias)
 
 
+def take_steps(trainer: Trainer, batches, n: int) -> None:
+    """n optimisation steps of `trainer` on the next batches, each one finite."""
+    for _ in range(n):
+        _, cuts = next(batches)
+        assert trainer.step(trainer._share(cuts)[0]) is not None
+        trainer.state.step += 1
+
+
 def test_head_steps_train_only_the_head_then_everything(whisper_parts, tmp_path) -> None:
     """train.head_steps: the first steps leave every layer but the CTC head exactly as it was;
     after them the body learns too, and a run resumed across the boundary matches one that was
@@ -152,10 +160,7 @@ def test_head_steps_train_only_the_head_then_everything(whisper_parts, tmp_path)
     body0 = {k: v.clone() for k, v in trainer.model.state_dict().items() if "ctc_head" not in k}
     head0 = trainer.model.ctc_head.weight.detach().clone()
     batches = trainer.batches()
-    for _ in range(4):
-        _, cuts = next(batches)
-        assert trainer.step(trainer._share(cuts)[0]) is not None
-        trainer.state.step += 1
+    take_steps(trainer, batches, 4)
     after = trainer.model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in body0.items())
     assert not torch.equal(trainer.model.ctc_head.weight, head0)
@@ -201,11 +206,7 @@ def test_freeze_keeps_the_named_layers_and_trains_the_rest(whisper_parts, tmp_pa
     assert frozen and all(
         not p.requires_grad for n, p in trainer.model.named_parameters() if n in frozen
     )
-    batches = trainer.batches()
-    for _ in range(3):
-        _, cuts = next(batches)
-        assert trainer.step(trainer._share(cuts)[0]) is not None
-        trainer.state.step += 1
+    take_steps(trainer, trainer.batches(), 3)
     after = trainer.model.state_dict()
     assert all(torch.equal(after[k], state0[k]) for k in frozen)
     for trained in ("blocks.1.fc1.weight", "ctc_head.weight"):

@@ -44,6 +44,7 @@ Dimension legend: T' output frames, V vocabulary (tokens, blank included).
 
 from __future__ import annotations
 
+import functools
 import gc
 import heapq
 import math
@@ -182,9 +183,11 @@ def wordfreq_lm(n_words: int, tokenizer: Tokenizer) -> WordLM:
     return WordLM.from_counts(counts)
 
 
-def books_bigram(unigram: WordLM) -> WordLM:
-    """`unigram` with the bigram contexts of the English books' word pairs that symspellpy ships
-    (BOOKS_PAIRS; module docstring), restricted to the unigram's vocabulary."""
+@functools.cache
+def _books_pairs() -> tuple[tuple[str, str, float], ...]:
+    """(previous word, word, count) of the English books' word pairs symspellpy ships
+    (BOOKS_PAIRS), normalised like transcripts; read once per process (every evaluated model
+    and its timing build the same LM)."""
     from importlib.metadata import PackageNotFoundError, distribution
 
     try:
@@ -196,16 +199,23 @@ def books_bigram(unigram: WordLM) -> WordLM:
     path = Path(package.locate_file(BOOKS_PAIRS))
     if not path.is_file():
         raise ImportError(f"symspellpy {package.version} does not ship {BOOKS_PAIRS}")
-    pairs: dict[str, dict[str, float]] = {}
+    pairs = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             *words, count = line.split()
-            if len(words) != 2:
-                continue
-            prev, word = (normalize_text(w) for w in words)
-            if prev in unigram.log_probs and word in unigram.log_probs:
-                after = pairs.setdefault(prev, {})
-                after[word] = after.get(word, 0.0) + float(count)
+            if len(words) == 2:
+                pairs.append((normalize_text(words[0]), normalize_text(words[1]), float(count)))
+    return tuple(pairs)
+
+
+def books_bigram(unigram: WordLM) -> WordLM:
+    """`unigram` with the bigram contexts of the English books' word pairs that symspellpy ships
+    (BOOKS_PAIRS; module docstring), restricted to the unigram's vocabulary."""
+    pairs: dict[str, dict[str, float]] = {}
+    for prev, word, count in _books_pairs():
+        if prev in unigram.log_probs and word in unigram.log_probs:
+            after = pairs.setdefault(prev, {})
+            after[word] = after.get(word, 0.0) + count
     contexts = {}
     for prev, after in sorted(pairs.items()):
         total = sum(after.values())
