@@ -26,6 +26,7 @@ from asrkd.lexicon import (
     LexiconDecoder,
     WordLM,
     books_bigram,
+    eval_decoder,
     stored_lm,
     training_lm,
     vocabulary_lm,
@@ -378,3 +379,34 @@ def test_books_bigram_from_symspellpy_and_the_transcripts_over_it() -> None:
     )
     with pytest.raises(ConfigError, match="bigrams"):
         stored_lm(dataclasses.replace(cfg, bigrams="train"), lex, "m.onnx")
+
+
+def test_token_prune_drops_unlikely_tokens_everywhere_it_is_configured() -> None:
+    """Frame 0 hears a only at log-prob -6, frame 1 hears b: the LM's "ab" (10,000 times as
+    frequent as "b") wins while a is tried (prune -10) and cannot be spelt once it is not (-5).
+    eval and export carry the threshold; an exported file stores it, older files read -10."""
+    p = np.array([[np.exp(-6.0), 1e-6, np.exp(-6.0), 1.0], [1e-6, 1e-6, 1e-6, 1.0]])
+    p[0, 0] = 1.0  # blank takes most of frame 0
+    log_probs = np.log(p / p.sum(1, keepdims=True))
+    lm = WordLM.from_texts(["ab"] * 10_000 + ["b"])
+    kwargs = {"beam": 8, "lm_weight": 1.0, "word_bonus": 0.0}
+    assert LexiconDecoder(TINY, lm, **kwargs).decode(log_probs) == "ab"
+    assert LexiconDecoder(TINY, lm, prune=-5.0, **kwargs).decode(log_probs) == "b"
+
+    cfg = EvalConfig(decoder="lexicon", vocabulary="wordfreq:1000", token_prune=-5.0)
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-wordfreq1000-tp5"
+    assert EvalConfig(decoder="lexicon").tag == "lexicon-b8-lm0.5-wb1"  # -10: names unchanged
+    dec = eval_decoder(cfg, Tokenizer(), None, "m", lambda order: lm)
+    assert dec is not None and dec.prune == -5.0
+    for bad in (0.0, 1.0):
+        with pytest.raises(ConfigError, match="token_prune"):
+            EvalConfig(token_prune=bad)
+        with pytest.raises(ConfigError, match="token_prune"):
+            ExportConfig(token_prune=bad)
+    meta = {"tokenizer": json.loads(Tokenizer().to_json()), "config": {}}
+    export_cfg = ExportConfig(vocabulary="wordfreq:1000", token_prune=-5.0)
+    lex = lexicon_metadata(export_cfg, meta, "m")
+    assert lex is not None and lex["token_prune"] == -5.0
+    assert lexicon_from_metadata({"lexicon": lex}, Tokenizer()).prune == -5.0
+    del lex["token_prune"]
+    assert lexicon_from_metadata({"lexicon": lex}, Tokenizer()).prune == -10.0

@@ -108,7 +108,8 @@ def onnx_metadata(
 def lexicon_metadata(
     cfg: ExportConfig, meta: dict[str, Any], model_path: str | Path
 ) -> dict[str, Any] | None:
-    """{"log_probs", "contexts", "beam", "lm_weight", "word_bonus", "vocabulary", "bigrams"}
+    """{"log_probs", "contexts", "beam", "lm_weight", "word_bonus", "vocabulary", "bigrams",
+    "token_prune"}
     (the word LM as WordLM.to_json writes it) from cfg's lexicon fields (config_lm), whose
     "train" part is cfg.lexicon_cuts' transcripts ("train": the model's own training manifest),
     or None when cfg asks for no lexicon (no lexicon_cuts and no wordfreq words)."""
@@ -130,6 +131,7 @@ def lexicon_metadata(
         "word_bonus": cfg.word_bonus,
         "vocabulary": cfg.vocabulary,
         "bigrams": cfg.bigrams,
+        "token_prune": cfg.token_prune,
     }
 
 

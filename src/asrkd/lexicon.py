@@ -327,6 +327,7 @@ def eval_decoder(
         cfg.beam,
         cfg.lm_weight,
         cfg.word_bonus,
+        prune=cfg.token_prune,
         vocabulary=cfg.vocabulary,
         bigrams=cfg.bigrams,
     )

@@ -86,6 +86,7 @@ def lexicon_from_metadata(meta: dict[str, Any], tokenizer: Tokenizer) -> Lexicon
         return None
     return LexiconDecoder(
         tokenizer, WordLM.from_json(lex), lex["beam"], lex["lm_weight"], lex["word_bonus"],
+        prune=lex.get("token_prune", -10.0),  # files exported before it was stored: -10
         vocabulary=lex.get("vocabulary", "train"),
         bigrams=lex.get("bigrams", "train"),
     )  # fmt: skip
