@@ -111,6 +111,19 @@ def test_metadata_round_trip(tiny_teacher, onnx_files) -> None:
         assert got["features"] == meta["features"]  # a trained model stores its features
         assert got["quantized"] is kind.startswith("int8")
         assert ("lexicon" in got) is kind.endswith("lexicon")
+        assert ("asrkd.lexicon_gz" in props) is kind.endswith("lexicon")  # stored zipped
+    # A file exported before the lexicon was zipped reads the same; a damaged one is named.
+    props = onnx_session(onnx_files["int8-lexicon"], threads=1).get_modelmeta().custom_metadata_map
+    packed = json.loads(props["asrkd.lexicon_gz"])
+    lexicon = read_onnx_metadata(props)["lexicon"]
+    old = {k: v for k, v in props.items() if k != "asrkd.lexicon_gz"}
+    old["asrkd.lexicon"] = json.dumps(lexicon)
+    assert read_onnx_metadata(old)["lexicon"] == lexicon
+    assert len(packed) < len(old["asrkd.lexicon"])
+    for bad in (packed[: len(packed) // 2], "not base64!"):
+        damaged = {**props, "asrkd.lexicon_gz": json.dumps(bad)}
+        with pytest.raises(CheckpointError, match="x.onnx: corrupt asrkd metadata"):
+            read_onnx_metadata(damaged, "x.onnx")
     with pytest.raises(CheckpointError, match="not an asrkd ONNX export"):
         read_onnx_metadata({"producer": "someone else"}, "x.onnx")
     with pytest.raises(CheckpointError, match="no such model file"):

@@ -12,6 +12,7 @@ stored). Dimension legend: T feature frames, F mel bins, T' output frames, V voc
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import logging
@@ -70,13 +71,25 @@ def read_onnx_metadata(props: dict[str, str], path: str | Path = "") -> dict[str
         found = props.get("asrkd.format")
         raise CheckpointError(f"{path}: not an asrkd ONNX export (asrkd.format={found!r})")
     try:
-        return {
+        meta = {
             k[len("asrkd.") :]: json.loads(v)
             for k, v in props.items()
             if k.startswith("asrkd.") and k != "asrkd.format"
         }
-    except json.JSONDecodeError as err:
+        if "lexicon_gz" in meta:  # files exported before it was zipped hold "lexicon" as JSON
+            meta["lexicon"] = unpack_lexicon(meta.pop("lexicon_gz"))
+    except (json.JSONDecodeError, ValueError, OSError, EOFError) as err:
         raise CheckpointError(f"{path}: corrupt asrkd metadata ({err})") from err
+    return meta
+
+
+def pack_lexicon(lexicon: dict[str, Any]) -> str:
+    """A lexicon's JSON, gzipped and base64-encoded for a metadata string (unpack_lexicon)."""
+    return base64.b64encode(gzip.compress(json.dumps(lexicon).encode(), 6)).decode("ascii")
+
+
+def unpack_lexicon(packed: str) -> dict[str, Any]:
+    return json.loads(gzip.decompress(base64.b64decode(packed, validate=True)))
 
 
 def lexicon_from_metadata(meta: dict[str, Any], tokenizer: Tokenizer) -> LexiconDecoder | None:
