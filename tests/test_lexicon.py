@@ -18,6 +18,7 @@ import pytest
 from asrkd.config import ConfigError, EvalConfig, ExportConfig
 from asrkd.data.dataset import cut_text, load_cuts, split_by_speaker
 from asrkd.data.text import BLANK, Tokenizer, train_bpe
+from asrkd.data.validate import DataError
 from asrkd.evaluate import evaluate
 from asrkd.export import lexicon_metadata
 from asrkd.lexicon import (
@@ -25,6 +26,7 @@ from asrkd.lexicon import (
     SENTENCE_START,
     LexiconDecoder,
     WordLM,
+    arpa_lm,
     books_bigram,
     eval_decoder,
     stored_lm,
@@ -410,3 +412,88 @@ def test_token_prune_drops_unlikely_tokens_everywhere_it_is_configured() -> None
     assert lexicon_from_metadata({"lexicon": lex}, Tokenizer()).prune == -5.0
     del lex["token_prune"]
     assert lexicon_from_metadata({"lexicon": lex}, Tokenizer()).prune == -10.0
+
+
+ARPA = """
+\\data\\
+ngram 1=7
+ngram 2=4
+ngram 3=1
+
+\\1-grams:
+-1.0\t</s>
+-99\t<s>\t-0.3
+-2.0\t<unk>
+-0.5\tMAD\t-0.2
+-0.6\tRED\t-0.1
+-1.5\tRAD
+-1.5\tRed
+
+\\2-grams:
+-0.4\t<s> MAD\t0.0
+-0.2\tMAD RAD
+-3.0\tMAD RED
+-0.3\tRED </s>
+
+\\3-grams:
+-0.1\t<s> MAD RAD
+
+\\end\\
+"""
+
+
+def test_an_arpa_file_is_the_lexicon_and_lm(tmp_path: Path, prepared_parts) -> None:
+    """Words normalised (RED and Red summed; </s>, <unk> left out), the unigram from the
+    1-grams, the bigram in back-off form: a listed pair has the file's P(w | v), an unlisted one
+    b(v) P(w); the decoder and an exported file take it; bad files are named."""
+    import gzip
+
+    path = tmp_path / "lm.arpa"
+    path.write_text(ARPA)
+    tok = Tokenizer()
+    uni = arpa_lm(path, 1, tok)
+    assert set(uni.log_probs) == {"mad", "red", "rad"} and uni.order == 1
+    assert math.isclose(uni.log_probs["red"], math.log(10**-0.6 + 10**-1.5))
+    assert math.isclose(uni.log_probs["mad"], math.log(10**-0.5))
+    bi = arpa_lm(path, 2, tok)
+    assert math.isclose(bi.score("mad", "rad"), math.log(10**-0.2), rel_tol=1e-5)
+    assert math.isclose(bi.score(SENTENCE_START, "mad"), math.log(10**-0.4), rel_tol=1e-5)
+    # MAD RED (10^-3) lies below b(mad) P(red): read as unlisted, like an unseen pair
+    assert math.isclose(bi.score("mad", "red"), -0.2 * math.log(10) + uni.log_probs["red"])
+    assert math.isclose(bi.score("red", "mad"), -0.1 * math.log(10) + uni.log_probs["mad"])
+    gz = tmp_path / "lm.arpa.gz"
+    gz.write_bytes(gzip.compress(ARPA.encode()))
+    assert arpa_lm(gz, 2, tok) == bi
+
+    # "mad" then e/a heard alike: the unigram says red, the file's bigram rad
+    lp = peaked(tok, "mad red", p=0.9)
+    e, a = tok.encode("e")[0], tok.encode("a")[0]
+    second = [j for j in range(len(lp)) if lp[j].argmax() == e]
+    lp[second, a] = lp[second, e]
+    weights = {"beam": 8, "lm_weight": 1.0, "word_bonus": 0.0}
+    for order, text in ((1, "mad red"), (2, "mad rad")):
+        cfg = EvalConfig(decoder="lexicon", arpa=str(gz), lm_order=order, **weights)
+        dec = eval_decoder(cfg, tok, None, "m", lambda order: pytest.fail("no transcripts"))
+        assert dec is not None and dec.vocabulary == "arpa:lm.arpa.gz"
+        assert dec.decode(lp) == text
+    assert cfg.tag == "lexicon-b8-lm1-wb0-arpa-lm-bigram"
+
+    # stored in an exported file, read back as the same LM and taken as stored by evaluate
+    meta = {"tokenizer": json.loads(tok.to_json()), "config": {}}
+    lex = lexicon_metadata(ExportConfig(arpa=str(gz), lm_order=2, **weights), meta, "m")
+    assert lex is not None and lex["vocabulary"] == "arpa:lm.arpa.gz"
+    stored = lexicon_from_metadata({"lexicon": lex}, tok)
+    assert stored.lm == bi and stored_lm(cfg, stored, "m.onnx") == bi
+    with pytest.raises(ConfigError, match="arpa:lm.arpa.gz"):
+        stored_lm(EvalConfig(decoder="lexicon", lm_order=2), stored, "m.onnx")
+
+    with pytest.raises(ConfigError, match="leave eval.vocabulary"):
+        EvalConfig(arpa=str(path), vocabulary="wordfreq:1000")
+    with pytest.raises(ConfigError, match=r"bigrams \(.books.\) at .train."):
+        ExportConfig(arpa=str(path), lm_order=2, bigrams="books")
+    with pytest.raises(DataError, match="no such ARPA file"):
+        arpa_lm(tmp_path / "missing.arpa", 1, tok)
+    bad = tmp_path / "bad.arpa"
+    bad.write_text(ARPA.replace("-0.6\tRED\t-0.1", "x RED"))
+    with pytest.raises(DataError, match=r"bad.arpa:12: malformed ARPA line"):
+        arpa_lm(bad, 1, tok)

@@ -113,7 +113,26 @@ LEXICON_FIELDS = (
     "lm_order",
     "bigrams",
     "token_prune",
+    "arpa",
 )
+
+
+def _check_arpa(prefix: str, arpa: str, vocabulary: str, bigrams: str) -> None:
+    if arpa and (vocabulary != "train" or bigrams != "train"):
+        raise ConfigError(
+            f"{prefix}arpa={arpa!r} gives the lexicon's words and LM: leave {prefix}vocabulary "
+            f"({vocabulary!r}) and {prefix}bigrams ({bigrams!r}) at 'train'"
+        )
+
+
+def _arpa_tag(arpa: str) -> str:
+    """'-arpa-NAME' for an ARPA file (NAME: its file name without .arpa / .gz), else ''."""
+    if not arpa:
+        return ""
+    name = Path(arpa).name
+    for suffix in (".gz", ".arpa"):
+        name = name.removesuffix(suffix)
+    return f"-arpa-{name}"
 
 
 def _check_token_prune(prefix: str, value: float) -> None:
@@ -463,9 +482,14 @@ class EvalConfig:
     # a token is tried at a frame only where its log-probability is above this (CTC's peaky
     # outputs: real speech, -5 halves the search's cost of -10 at the same WER)
     token_prune: float = -10.0
+    # a word LM in ARPA format (KenLM's lmplz, SRILM; .arpa or .arpa.gz): its words are the
+    # vocabulary and its 1-grams (and, for lm_order=2, its 2-grams with their back-offs) the LM,
+    # in place of `vocabulary` and `bigrams`; higher orders are read past
+    arpa: str = ""
 
     def __post_init__(self) -> None:
         _check_choice("eval.decoder", self.decoder, DECODERS)
+        _check_arpa("eval.", self.arpa, self.vocabulary, self.bigrams)
         if self.beam < 1:
             raise ConfigError("eval.beam must be at least 1")
         _check_token_prune("eval.", self.token_prune)
@@ -482,9 +506,8 @@ class EvalConfig:
             self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams
         )
         prune = "" if self.token_prune == -10.0 else f"-tp{-self.token_prune:g}"
-        return (
-            f"lexicon-b{self.beam}-lm{self.lm_weight:g}-wb{self.word_bonus:g}{vocabulary}{prune}"
-        )
+        weights = f"lexicon-b{self.beam}-lm{self.lm_weight:g}-wb{self.word_bonus:g}"
+        return f"{weights}{_arpa_tag(self.arpa)}{vocabulary}{prune}"
 
 
 @dataclass(frozen=True)
@@ -813,9 +836,11 @@ class ExportConfig:
     lm_order: int = 1
     bigrams: str = "train"
     token_prune: float = -10.0
+    arpa: str = ""  # an ARPA word LM, as in EvalConfig: its words and LM are stored in the file
 
     def __post_init__(self) -> None:
         _check_choice("format", self.format, EXPORT_FORMATS)
+        _check_arpa("", self.arpa, self.vocabulary, self.bigrams)
         _check_choice("target", self.target, EXPORT_TARGETS)
         # 18: the lowest the torch.export-based exporter targets. 23 turns attention into ONNX
         # Attention, whose onnxruntime 1.32 kernel rejects our broadcast (B, 1, 1, T') key mask.

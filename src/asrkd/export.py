@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from asrkd.config import ExportConfig, FeatureConfig, parse_vocabulary
 from asrkd.data.text import Tokenizer
-from asrkd.lexicon import WordLM, config_lm, lm_from_manifest, training_lm
+from asrkd.lexicon import WordLM, config_lm, lm_from_manifest, training_lm, vocabulary_label
 from asrkd.models import CTCModel
 from asrkd.models.checkpoint import (
     CheckpointError,
@@ -42,8 +42,8 @@ from asrkd.ondevice import (  # noqa: F401  defined there (PyTorch-free), re-exp
     OUTPUT_NAMES,
     lengths_dtype,
     lexicon_from_metadata,
-    pack_lexicon,
     onnx_session,
+    pack_lexicon,
     read_onnx_metadata,
 )
 
@@ -110,12 +110,12 @@ def lexicon_metadata(
     cfg: ExportConfig, meta: dict[str, Any], model_path: str | Path
 ) -> dict[str, Any] | None:
     """{"log_probs", "contexts", "beam", "lm_weight", "word_bonus", "vocabulary", "bigrams",
-    "token_prune"}
-    (the word LM as WordLM.to_json writes it) from cfg's lexicon fields (config_lm), whose
-    "train" part is cfg.lexicon_cuts' transcripts ("train": the model's own training manifest),
-    or None when cfg asks for no lexicon (no lexicon_cuts and no wordfreq words)."""
+    "token_prune"} (the word LM as WordLM.to_json writes it) from cfg's lexicon fields
+    (config_lm), whose "train" part is cfg.lexicon_cuts' transcripts ("train": the model's own
+    training manifest), or None when cfg asks for no lexicon (no lexicon_cuts, no wordfreq
+    words, no ARPA file)."""
     uses_wordfreq = parse_vocabulary(cfg.vocabulary)[1] > 0
-    if not cfg.lexicon_cuts and not uses_wordfreq:
+    if not cfg.lexicon_cuts and not uses_wordfreq and not cfg.arpa:
         return None
 
     def train_lm(order: int) -> WordLM:
@@ -130,7 +130,7 @@ def lexicon_metadata(
         "beam": cfg.beam,
         "lm_weight": cfg.lm_weight,
         "word_bonus": cfg.word_bonus,
-        "vocabulary": cfg.vocabulary,
+        "vocabulary": vocabulary_label(cfg),
         "bigrams": cfg.bigrams,
         "token_prune": cfg.token_prune,
     }

@@ -29,6 +29,14 @@ its frequencies renormalised over the words kept; "train+wordfreq:N", both, by l
 interpolation P(w) = (1 - λ) P_train(w) + λ P_wordfreq(w), λ = `wordfreq_weight`: a word of either
 list keeps a non-zero probability, and the in-domain counts still lift the corpus's own words.
 
+An ARPA file (`arpa`: KenLM's lmplz, SRILM, the LibriSpeech LMs) replaces vocabulary and
+bigrams: its 1-grams are the words and the unigram, its 2-grams the bigram in back-off form
+(arpa_lm), for users who have an LM of their own domain.
+
+Token prune (`token_prune`): at each frame only the tokens above this log-probability extend a
+hypothesis (blank always counts); CTC's peaky outputs make -5 as accurate as -10 at half the
+search's cost on real speech.
+
 LM look-ahead (as in Kaldi's and flashlight's lexicon decoders): a hypothesis inside a word is
 ranked with the best word score below its trie node (the best word it can still become), so a
 half-spelt word competes with complete ones on the same footing instead of escaping the LM until
@@ -46,6 +54,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import gzip
 import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -65,6 +74,7 @@ from asrkd.config import (
 )
 from asrkd.data.dataset import cut_text, load_cuts, split_by_speaker
 from asrkd.data.text import WORD_START, BpeTokenizer, Tokenizer, normalize_text, word_counts
+from asrkd.data.validate import DataError
 
 NEG_INF = float("-inf")
 
@@ -226,6 +236,82 @@ def books_bigram(unigram: WordLM) -> WordLM:
     return WordLM(unigram.log_probs, contexts)
 
 
+def arpa_lm(path: str | Path, order: int, tokenizer: Tokenizer) -> WordLM:
+    """The word LM of an ARPA file (.arpa, or gzipped .arpa.gz), up to `order` (1 or 2): its
+    words normalised like transcripts (normalize_text; words that normalise alike have their
+    probabilities summed and the first one's back-off; <s> is SENTENCE_START; </s>, <unk> and words not spellable with the
+    tokenizer's characters are left out), its 1-gram log10 probabilities as the unigram, and for
+    a bigram its 2-grams under each context's back-off weight b(v): P(w | v) is the listed
+    P_arpa(w | v), else b(v) P(w). A listed pair below b(v) P(w) (rare in pruned models) is read
+    as unlisted. Higher-order sections are read past. A malformed line is a DataError naming
+    the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such ARPA file (eval.arpa / arpa)")
+    chars = {c for sym in tokenizer.symbols[1:] for c in sym} - {" ", WORD_START}
+    ln10 = math.log(10.0)
+    unigram: dict[str, float] = {}  # word -> P(word), summed over spellings
+    backoff: dict[str, float] = {}  # context -> ln b(v)
+    pairs: dict[tuple[str, str], float] = {}  # (v, w) -> P(w | v)
+    names: dict[str, str] = {}  # the file's spelling -> normalised word (or "" when left out)
+
+    def word(raw: str) -> str:
+        if raw not in names:
+            norm = "" if raw in ("</s>", "<unk>", "<UNK>") else normalize_text(raw)
+            ok = raw == SENTENCE_START or (norm and " " not in norm and set(norm) <= chars)
+            names[raw] = (SENTENCE_START if raw == SENTENCE_START else norm) if ok else ""
+        return names[raw]
+
+    section = 0
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line == "\\data\\" or line.startswith("ngram "):
+                continue
+            if line == "\\end\\":
+                break
+            if line.startswith("\\") and line.endswith("-grams:"):
+                section = int(line[1:].split("-")[0]) if line[1:].split("-")[0].isdigit() else 0
+                if section == 0:
+                    raise DataError(f"{path}:{number}: unreadable ARPA section {line!r}")
+                continue
+            if section == 0 or section > order:
+                continue
+            fields = line.split()
+            try:
+                if len(fields) not in (section + 1, section + 2):
+                    raise ValueError(f"{section}-gram line with {len(fields)} fields")
+                log10_p = float(fields[0])
+                bow = float(fields[section + 1]) if len(fields) == section + 2 else 0.0
+            except ValueError as err:
+                raise DataError(f"{path}:{number}: malformed ARPA line ({err})") from err
+            words = [word(w) for w in fields[1 : section + 1]]
+            if section == 1:
+                if words[0]:
+                    backoff.setdefault(words[0], bow * ln10)  # the first spelling's
+                    if words[0] != SENTENCE_START:
+                        p = 10.0**log10_p
+                        unigram[words[0]] = unigram.get(words[0], 0.0) + p
+            elif all(words):
+                key = (words[0], words[1])
+                pairs[key] = pairs.get(key, 0.0) + 10.0**log10_p
+    if not unigram:
+        raise DataError(f"{path}: no 1-gram spellable with the tokenizer's characters")
+    log_probs = {w: math.log(p) for w, p in sorted(unigram.items()) if p > 0}
+    contexts: dict[str, tuple[float, dict[str, float]]] = {}
+    if order == 2:  # every context the file weighs, listed pairs or not
+        contexts = {v: (b, {}) for v, b in sorted(backoff.items()) if b != 0.0}
+    for (prev, w), p in sorted(pairs.items()):
+        if w not in log_probs:
+            continue
+        b = backoff.get(prev, 0.0)
+        rest = p - math.exp(b + log_probs[w])
+        if rest > 0:
+            contexts.setdefault(prev, (b, {}))[1][w] = float(f"{rest:.6g}")
+    return WordLM(log_probs, contexts)
+
+
 def vocabulary_lm(
     vocabulary: str,
     wordfreq_weight: float,
@@ -245,9 +331,17 @@ def vocabulary_lm(
     return lm.over(books_bigram(lm)) if books else lm
 
 
+def vocabulary_label(cfg: EvalConfig | ExportConfig) -> str:
+    """Where cfg's lexicon words come from, as a decoder and an exported file record it: the
+    vocabulary spec, or "arpa:NAME" for an ARPA file."""
+    return f"arpa:{Path(cfg.arpa).name}" if cfg.arpa else cfg.vocabulary
+
+
 def config_lm(cfg: EvalConfig | ExportConfig, tokenizer: Tokenizer, train_lm) -> WordLM:
     """The word LM cfg's lexicon fields name; train_lm(order) gives the transcripts' LM of
     that order (2 where the bigram counts their pairs)."""
+    if cfg.arpa:
+        return arpa_lm(cfg.arpa, cfg.lm_order, tokenizer)
     order = transcript_order(cfg.lm_order, cfg.bigrams)
     books = cfg.lm_order == 2 and "books" in parse_bigrams(cfg.bigrams)
     return vocabulary_lm(
@@ -290,7 +384,7 @@ def stored_lm(cfg: EvalConfig, lexicon: LexiconDecoder, model_path: str | Path) 
     anything else is a ConfigError rather than a silently different LM."""
     lm = lexicon.lm
     same_bigram = lm.order == cfg.lm_order and lexicon.bigrams == cfg.bigrams
-    if lexicon.vocabulary == cfg.vocabulary and same_bigram:
+    if lexicon.vocabulary == vocabulary_label(cfg) and same_bigram:
         return lm
     if lexicon.vocabulary == "train" and same_bigram and cfg.bigrams == "train":
         return vocabulary_lm(
@@ -313,11 +407,11 @@ def eval_decoder(
 ) -> LexiconDecoder | None:
     """The decoder cfg asks for (None for greedy), for `asrkd evaluate` on any model file: the
     lexicon the file carries (`stored`, through stored_lm) unless cfg.lexicon_cuts names other
-    transcripts, else cfg's LM (config_lm) whose transcripts' part is train_lm(order).
+    transcripts or cfg.arpa an LM file, else cfg's LM (config_lm) whose transcripts' part is train_lm(order).
     Beam and weights always come from cfg."""
     if cfg.decoder == "greedy":
         return None
-    if stored is not None and not cfg.lexicon_cuts:
+    if stored is not None and not cfg.lexicon_cuts and not cfg.arpa:
         lm = stored_lm(cfg, stored, model_path)
     else:
         lm = config_lm(cfg, tokenizer, train_lm)
@@ -328,7 +422,7 @@ def eval_decoder(
         cfg.lm_weight,
         cfg.word_bonus,
         prune=cfg.token_prune,
-        vocabulary=cfg.vocabulary,
+        vocabulary=vocabulary_label(cfg),
         bigrams=cfg.bigrams,
     )
 
