@@ -484,7 +484,7 @@ class EvalConfig:
     token_prune: float = -10.0
     # a word LM in ARPA format (KenLM's lmplz, SRILM; .arpa or .arpa.gz): its words are the
     # vocabulary and its 1-grams (and, for lm_order=2, its 2-grams with their back-offs) the LM,
-    # in place of `vocabulary` and `bigrams`; higher orders are read past
+    # in place of `vocabulary` and `bigrams`; higher orders are not read
     arpa: str = ""
 
     def __post_init__(self) -> None:

@@ -243,7 +243,7 @@ def arpa_lm(path: str | Path, order: int, tokenizer: Tokenizer) -> WordLM:
     tokenizer's characters are left out), its 1-gram log10 probabilities as the unigram, and for
     a bigram its 2-grams under each context's back-off weight b(v): P(w | v) is the listed
     P_arpa(w | v), else b(v) P(w). A listed pair below b(v) P(w) (rare in pruned models) is read
-    as unlisted. Higher-order sections are read past. A malformed line is a DataError naming
+    as unlisted. Higher-order sections are not read. A malformed line is a DataError naming
     the file and line."""
     path = Path(path)
     if not path.is_file():
@@ -275,8 +275,10 @@ def arpa_lm(path: str | Path, order: int, tokenizer: Tokenizer) -> WordLM:
                 section = int(line[1:].split("-")[0]) if line[1:].split("-")[0].isdigit() else 0
                 if section == 0:
                     raise DataError(f"{path}:{number}: unreadable ARPA section {line!r}")
+                if section > order:  # sections come in increasing order
+                    break
                 continue
-            if section == 0 or section > order:
+            if section == 0:
                 continue
             fields = line.split()
             try:
