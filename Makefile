@@ -43,7 +43,7 @@ demo: $(STAMP)
 	$(VENV)/bin/asrkd demo configs/demo.yaml
 
 # The real-speech recipe: Whisper tiny.en (shipped in a package, CTranslate2 form) teaches
-# Whisper-encoder CTC students on the shared LibriSpeech subset (docs/recipe-librispeech.md).
+# Whisper-encoder CTC students on the shared LibriSpeech subset (README "Real speech"; figures in docs/benchmarks.md).
 LIBRISPEECH ?= ../shared/data/LibriSpeech
 UNTRANSCRIBED ?= ../shared/data/untranscribed/librispeech-train-clean-100-sample
 demo-librispeech: $(TEST_STAMP)
