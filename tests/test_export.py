@@ -3,6 +3,7 @@ trip, int8 quantisation, and transcription from the .onnx file alone."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import sys
@@ -120,7 +121,10 @@ def test_metadata_round_trip(tiny_teacher, onnx_files) -> None:
     old["asrkd.lexicon"] = json.dumps(lexicon)
     assert read_onnx_metadata(old)["lexicon"] == lexicon
     assert len(packed) < len(old["asrkd.lexicon"])
-    for bad in (packed[: len(packed) // 2], "not base64!"):
+    raw = bytearray(base64.b64decode(packed))
+    raw[len(raw) // 2] ^= 0xFF  # a flipped byte inside the deflate stream
+    flipped = base64.b64encode(bytes(raw)).decode()
+    for bad in (packed[: len(packed) // 2], "not base64!", flipped):
         damaged = {**props, "asrkd.lexicon_gz": json.dumps(bad)}
         with pytest.raises(CheckpointError, match="x.onnx: corrupt asrkd metadata"):
             read_onnx_metadata(damaged, "x.onnx")

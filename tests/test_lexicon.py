@@ -417,7 +417,7 @@ def test_token_prune_drops_unlikely_tokens_everywhere_it_is_configured() -> None
 ARPA = """
 \\data\\
 ngram 1=7
-ngram 2=4
+ngram 2=5
 ngram 3=1
 
 \\1-grams:
@@ -434,6 +434,7 @@ ngram 3=1
 -0.2\tMAD RAD
 -3.0\tMAD RED
 -0.3\tRED </s>
+-0.01\tRed MAD
 
 \\3-grams:
 -0.1\t<s> MAD RAD
@@ -460,6 +461,7 @@ def test_an_arpa_file_is_the_lexicon_and_lm(tmp_path: Path, prepared_parts) -> N
     assert math.isclose(bi.score(SENTENCE_START, "mad"), math.log(10**-0.4), rel_tol=1e-5)
     # MAD RED (10^-3) lies below b(mad) P(red): read as unlisted, like an unseen pair
     assert math.isclose(bi.score("mad", "red"), -0.2 * math.log(10) + uni.log_probs["red"])
+    # "Red MAD" belongs to the second spelling of red: RED's back-off and pairs stand alone
     assert math.isclose(bi.score("red", "mad"), -0.1 * math.log(10) + uni.log_probs["mad"])
     gz = tmp_path / "lm.arpa.gz"
     gz.write_bytes(gzip.compress(ARPA.encode()))
@@ -484,15 +486,30 @@ def test_an_arpa_file_is_the_lexicon_and_lm(tmp_path: Path, prepared_parts) -> N
     assert lex is not None and lex["vocabulary"] == "arpa:lm.arpa.gz"
     stored = lexicon_from_metadata({"lexicon": lex}, tok)
     assert stored.lm == bi and stored_lm(cfg, stored, "m.onnx") == bi
-    with pytest.raises(ConfigError, match="arpa:lm.arpa.gz"):
-        stored_lm(EvalConfig(decoder="lexicon", lm_order=2), stored, "m.onnx")
+    gz.unlink()  # evaluate takes the stored LM: the ARPA file need not be there any more
+    assert eval_decoder(cfg, tok, stored, "m.onnx", lambda order: pytest.fail()).lm == bi
+    with pytest.raises(ConfigError, match="arpa:lm.arpa.gz.*eval.arpa=PATH"):
+        eval_decoder(EvalConfig(decoder="lexicon", lm_order=2), tok, stored, "m.onnx", None)
+    other = EvalConfig(decoder="lexicon", arpa=str(path), lm_order=2, **weights)  # another file
+    assert eval_decoder(other, tok, stored, "m.onnx", None).vocabulary == "arpa:lm.arpa"
 
     with pytest.raises(ConfigError, match="leave eval.vocabulary"):
         EvalConfig(arpa=str(path), vocabulary="wordfreq:1000")
     with pytest.raises(ConfigError, match=r"bigrams \(.books.\) at .train."):
         ExportConfig(arpa=str(path), lm_order=2, bigrams="books")
+    with pytest.raises(ConfigError, match="lexicon_cuts"):
+        ExportConfig(arpa=str(path), lexicon_cuts="train")
     with pytest.raises(DataError, match="no such ARPA file"):
         arpa_lm(tmp_path / "missing.arpa", 1, tok)
+    unigrams_only = tmp_path / "uni.arpa"
+    unigrams_only.write_text(ARPA.split("\\2-grams:")[0])
+    assert arpa_lm(unigrams_only, 1, tok).order == 1
+    with pytest.raises(DataError, match="uni.arpa: lm_order=2 but the file has no 2-grams"):
+        arpa_lm(unigrams_only, 2, tok)
+    for name, data in (("bin.arpa", b"\xff\xfe\x00binary"), ("fake.arpa.gz", ARPA.encode())):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=f"{name}: not a readable ARPA text file"):
+            arpa_lm(tmp_path / name, 1, tok)
     bad = tmp_path / "bad.arpa"
     bad.write_text(ARPA.replace("-0.6\tRED\t-0.1", "x RED"))
     with pytest.raises(DataError, match=r"bad.arpa:12: malformed ARPA line"):

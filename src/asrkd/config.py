@@ -117,11 +117,16 @@ LEXICON_FIELDS = (
 )
 
 
-def _check_arpa(prefix: str, arpa: str, vocabulary: str, bigrams: str) -> None:
+def _check_arpa(prefix: str, arpa: str, vocabulary: str, bigrams: str, cuts: str) -> None:
     if arpa and (vocabulary != "train" or bigrams != "train"):
         raise ConfigError(
             f"{prefix}arpa={arpa!r} gives the lexicon's words and LM: leave {prefix}vocabulary "
             f"({vocabulary!r}) and {prefix}bigrams ({bigrams!r}) at 'train'"
+        )
+    if arpa and cuts:
+        raise ConfigError(
+            f"{prefix}arpa={arpa!r} gives the lexicon's words and LM: {prefix}lexicon_cuts "
+            f"({cuts!r}) would not be used; leave it empty"
         )
 
 
@@ -457,11 +462,12 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     """How `asrkd evaluate` decodes and measures. decoder "greedy" is CTC best path; "lexicon"
-    is a beam search restricted to the words of `vocabulary` with a unigram LM (asrkd.lexicon):
-    "train" takes the transcripts of `lexicon_cuts` (a cut manifest; empty: the lexicon an
-    exported file carries, else the model's own training manifest, named in its checkpoint);
-    "wordfreq:N" the N most frequent English words of the wordfreq package; "train+wordfreq:N"
-    both, mixed with weight `wordfreq_weight` on wordfreq. Greedy results are written beside it."""
+    is a beam search restricted to the words of `vocabulary` with a unigram or bigram LM
+    (`lm_order`, `bigrams`; asrkd.lexicon): "train" takes the transcripts of `lexicon_cuts` (a
+    cut manifest; empty: the lexicon an exported file carries, else the model's own training
+    manifest, named in its checkpoint); "wordfreq:N" the N most frequent English words of the
+    wordfreq package; "train+wordfreq:N" both, mixed with weight `wordfreq_weight` on wordfreq.
+    `arpa`, an ARPA file, replaces vocabulary and bigrams. Greedy results are written beside."""
 
     threads: int = 0
     batch_seconds: float = 60.0  # batch used for the throughput measurement
@@ -489,7 +495,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check_choice("eval.decoder", self.decoder, DECODERS)
-        _check_arpa("eval.", self.arpa, self.vocabulary, self.bigrams)
+        _check_arpa("eval.", self.arpa, self.vocabulary, self.bigrams, self.lexicon_cuts)
         if self.beam < 1:
             raise ConfigError("eval.beam must be at least 1")
         _check_token_prune("eval.", self.token_prune)
@@ -823,10 +829,10 @@ class ExportConfig:
     verify_tolerance: float = 1e-3
     # A cut manifest whose transcripts' words and word LM are stored in the file, so that
     # `asrkd transcribe` decodes with the lexicon beam search below (as `asrkd evaluate` does
-    # with eval.decoder=lexicon); empty: no lexicon, greedy decoding. "train": the model's own
-    # training manifest, named in its checkpoint. `vocabulary`, `wordfreq_weight`, `lm_order`
-    # and `bigrams` as in EvalConfig ("wordfreq:N" alone needs no lexicon_cuts and stores a
-    # lexicon by itself).
+    # with eval.decoder=lexicon); empty: no lexicon (greedy decoding) unless `vocabulary` has
+    # wordfreq words or `arpa` names an LM file, which store one by themselves. "train": the
+    # model's own training manifest, named in its checkpoint. `vocabulary`, `wordfreq_weight`,
+    # `lm_order`, `bigrams`, `token_prune` and `arpa` as in EvalConfig.
     lexicon_cuts: str = ""
     beam: int = 8
     lm_weight: float = 0.5
@@ -840,7 +846,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         _check_choice("format", self.format, EXPORT_FORMATS)
-        _check_arpa("", self.arpa, self.vocabulary, self.bigrams)
+        _check_arpa("", self.arpa, self.vocabulary, self.bigrams, self.lexicon_cuts)
         _check_choice("target", self.target, EXPORT_TARGETS)
         # 18: the lowest the torch.export-based exporter targets. 23 turns attention into ONNX
         # Attention, whose onnxruntime 1.32 kernel rejects our broadcast (B, 1, 1, T') key mask.

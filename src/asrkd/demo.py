@@ -340,11 +340,13 @@ def deliver_int8(cfg: DemoConfig, specs: list[RunSpec], out: Path) -> tuple[RunS
     dst = out / "export" / f"{best.name}-int8.onnx"
     export_cfg = ExportConfig(
         quantize=True,
-        lexicon_cuts="train" if cfg.eval.decoder == "lexicon" else "",
+        lexicon_cuts="train" if cfg.eval.decoder == "lexicon" and not cfg.eval.arpa else "",
         **{name: getattr(cfg.eval, name) for name in LEXICON_FIELDS},
     )
     stamp = dst.with_suffix(".inputs.json")
     inputs = {"model": file_sha256(src), "export": to_dict(export_cfg)}
+    if export_cfg.arpa:  # an edited LM file behind the same path is a new export
+        inputs["arpa"] = file_sha256(export_cfg.arpa)
     if dst.is_file() and stamp_matches(stamp, inputs):
         log.info("reusing %s", dst)
         return best, dst

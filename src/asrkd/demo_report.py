@@ -386,6 +386,14 @@ def decoding_text(cfg: DemoConfig, rows: list[dict]) -> str:
     words = "the words of the student's own training transcripts"
     if cfg.eval.vocabulary != "train":
         words = f"the vocabulary `{cfg.eval.vocabulary}` (asrkd.lexicon.vocabulary_lm)"
+    prune = f", tokens above log-prob {cfg.eval.token_prune:g}"
+    if cfg.eval.arpa:
+        order = "bigram" if cfg.eval.lm_order == 2 else "unigram"
+        return (
+            f"a lexicon beam search (beam {cfg.eval.beam}{prune}) over the words of the ARPA LM "
+            f"`{cfg.eval.arpa}` with its {order} (weight {cfg.eval.lm_weight:g}, word bonus "
+            f"{cfg.eval.word_bonus:g}; the same decoder for every model)"
+        )
     pairs = {
         "train": "word pairs of the student's own transcripts, backing off to the unigram",
         "books": "English books' word pairs (Google Books, symspellpy), backing off to the unigram",
@@ -394,7 +402,7 @@ def decoding_text(cfg: DemoConfig, rows: list[dict]) -> str:
     }[cfg.eval.bigrams]
     lm = f"bigram LM ({pairs})" if cfg.eval.lm_order == 2 else "unigram LM"
     return (
-        f"a lexicon beam search (beam {cfg.eval.beam}) over {words} with a {lm} "
+        f"a lexicon beam search (beam {cfg.eval.beam}{prune}) over {words} with a {lm} "
         f"(weight {cfg.eval.lm_weight:g}, word bonus {cfg.eval.word_bonus:g}; "
         f"{'' if oov is None else f'{oov:.1%} of test words are outside it; '}"
         "the same decoder for every model)"

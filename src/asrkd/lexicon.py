@@ -171,6 +171,17 @@ class WordLM:
         return cls(dict(data["log_probs"]), contexts)
 
 
+def _single_word(raw: str, chars: set[str]) -> str:
+    """`raw` normalised like transcripts if that is one word spelt with `chars`, else ''."""
+    word = normalize_text(raw)
+    return word if word and " " not in word and set(word) <= chars else ""
+
+
+def _letters(tokenizer: Tokenizer) -> set[str]:
+    """The characters the tokenizer's symbols spell words with."""
+    return {c for s in tokenizer.symbols[1:] for c in s} - {" ", WORD_START}
+
+
 def wordfreq_lm(n_words: int, tokenizer: Tokenizer) -> WordLM:
     """The n_words most frequent English words of the `wordfreq` package, normalised like
     transcripts (normalize_text), kept when single words spelt with the tokenizer's characters;
@@ -181,12 +192,11 @@ def wordfreq_lm(n_words: int, tokenizer: Tokenizer) -> WordLM:
         raise ImportError(
             "a vocabulary with wordfreq needs the wordfreq package: pip install 'asrkd[lexicon]'"
         ) from err
-    chars = {c for s in tokenizer.symbols[1:] for c in s} - {" ", WORD_START}
+    chars = _letters(tokenizer)
     freqs = wordfreq.get_frequency_dict("en")
     counts: dict[str, float] = {}
     for raw in wordfreq.top_n_list("en", n_words):
-        word = normalize_text(raw)
-        if word and " " not in word and set(word) <= chars:
+        if word := _single_word(raw, chars):
             counts[word] = counts.get(word, 0.0) + freqs[raw]
     if not counts:
         raise ValueError("no wordfreq word is spellable with this tokenizer")
@@ -237,77 +247,86 @@ def books_bigram(unigram: WordLM) -> WordLM:
 
 
 def arpa_lm(path: str | Path, order: int, tokenizer: Tokenizer) -> WordLM:
-    """The word LM of an ARPA file (.arpa, or gzipped .arpa.gz), up to `order` (1 or 2): its
-    words normalised like transcripts (normalize_text; words that normalise alike have their
-    probabilities summed and the first one's back-off; <s> is SENTENCE_START; </s>, <unk> and words not spellable with the
-    tokenizer's characters are left out), its 1-gram log10 probabilities as the unigram, and for
-    a bigram its 2-grams under each context's back-off weight b(v): P(w | v) is the listed
-    P_arpa(w | v), else b(v) P(w). A listed pair below b(v) P(w) (rare in pruned models) is read
-    as unlisted. Higher-order sections are not read. A malformed line is a DataError naming
-    the file and line."""
+    """The word LM of an ARPA file (.arpa, or gzipped .arpa.gz), up to `order` (1 or 2).
+
+    Words are normalised like transcripts (normalize_text); <s> is SENTENCE_START; </s>, <unk>
+    and words that are not one word spelt with the tokenizer's characters are left out. Spellings
+    that normalise alike ("The", "the") are one word: their 1-gram probabilities are summed, and
+    as a context it keeps the back-off and the 2-grams of its first spelling in the file only
+    (summing the contexts' pairs would give P(. | v) a mass above 1). The unigram is the 1-grams'
+    probabilities; the bigram puts each context's listed 2-grams over its back-off weight b(v):
+    P(w | v) is the listed P_arpa(w | v), else b(v) P(w); a listed pair below b(v) P(w) (rare in
+    pruned models) is read as unlisted. Higher-order sections are not read. A file that cannot
+    be read, a malformed line, or lm_order 2 without 2-grams is a DataError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such ARPA file (eval.arpa / arpa)")
-    chars = {c for sym in tokenizer.symbols[1:] for c in sym} - {" ", WORD_START}
-    ln10 = math.log(10.0)
+    chars, ln10 = _letters(tokenizer), math.log(10.0)
     unigram: dict[str, float] = {}  # word -> P(word), summed over spellings
-    backoff: dict[str, float] = {}  # context -> ln b(v)
+    backoff: dict[str, tuple[float, str]] = {}  # context -> (ln b(v), the spelling it came from)
     pairs: dict[tuple[str, str], float] = {}  # (v, w) -> P(w | v)
     names: dict[str, str] = {}  # the file's spelling -> normalised word (or "" when left out)
 
     def word(raw: str) -> str:
         if raw not in names:
-            norm = "" if raw in ("</s>", "<unk>", "<UNK>") else normalize_text(raw)
-            ok = raw == SENTENCE_START or (norm and " " not in norm and set(norm) <= chars)
-            names[raw] = (SENTENCE_START if raw == SENTENCE_START else norm) if ok else ""
+            left_out = raw in ("</s>", "<unk>", "<UNK>")
+            names[raw] = (
+                raw if raw == SENTENCE_START else "" if left_out else _single_word(raw, chars)
+            )
         return names[raw]
 
-    section = 0
+    section, seen_sections = 0, set()
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line == "\\data\\" or line.startswith("ngram "):
-                continue
-            if line == "\\end\\":
-                break
-            if line.startswith("\\") and line.endswith("-grams:"):
-                section = int(line[1:].split("-")[0]) if line[1:].split("-")[0].isdigit() else 0
-                if section == 0:
-                    raise DataError(f"{path}:{number}: unreadable ARPA section {line!r}")
-                if section > order:  # sections come in increasing order
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                line = line.strip()
+                if not line or line == "\\data\\" or line.startswith("ngram "):
+                    continue
+                if line == "\\end\\":
                     break
-                continue
-            if section == 0:
-                continue
-            fields = line.split()
-            try:
-                if len(fields) not in (section + 1, section + 2):
-                    raise ValueError(f"{section}-gram line with {len(fields)} fields")
-                log10_p = float(fields[0])
-                bow = float(fields[section + 1]) if len(fields) == section + 2 else 0.0
-            except ValueError as err:
-                raise DataError(f"{path}:{number}: malformed ARPA line ({err})") from err
-            words = [word(w) for w in fields[1 : section + 1]]
-            if section == 1:
-                if words[0]:
-                    backoff.setdefault(words[0], bow * ln10)  # the first spelling's
+                if line.startswith("\\") and line.endswith("-grams:"):
+                    n = line[1:].split("-")[0]
+                    if not n.isdigit() or int(n) == 0:
+                        raise DataError(f"{path}:{number}: unreadable ARPA section {line!r}")
+                    section = int(n)
+                    seen_sections.add(section)
+                    if section > order:  # sections come in increasing order
+                        break
+                    continue
+                if section == 0:
+                    continue
+                fields = line.split()
+                try:
+                    if len(fields) not in (section + 1, section + 2):
+                        raise ValueError(f"{section}-gram line with {len(fields)} fields")
+                    log10_p = float(fields[0])
+                    bow = float(fields[section + 1]) if len(fields) == section + 2 else 0.0
+                except ValueError as err:
+                    raise DataError(f"{path}:{number}: malformed ARPA line ({err})") from err
+                raws = fields[1 : section + 1]
+                words = [word(w) for w in raws]
+                if section == 1 and words[0]:
+                    backoff.setdefault(words[0], (bow * ln10, raws[0]))
                     if words[0] != SENTENCE_START:
-                        p = 10.0**log10_p
-                        unigram[words[0]] = unigram.get(words[0], 0.0) + p
-            elif all(words):
-                key = (words[0], words[1])
-                pairs[key] = pairs.get(key, 0.0) + 10.0**log10_p
+                        unigram[words[0]] = unigram.get(words[0], 0.0) + 10.0**log10_p
+                elif section == 2 and all(words) and backoff.get(words[0], (0, ""))[1] == raws[0]:
+                    key = (words[0], words[1])  # target spellings that merge: probabilities add
+                    pairs[key] = pairs.get(key, 0.0) + 10.0**log10_p
+    except (UnicodeDecodeError, OSError, EOFError) as err:  # binary, not gzip, truncated gzip
+        raise DataError(f"{path}: not a readable ARPA text file ({err})") from err
     if not unigram:
         raise DataError(f"{path}: no 1-gram spellable with the tokenizer's characters")
+    if order == 2 and 2 not in seen_sections:
+        raise DataError(f"{path}: lm_order=2 but the file has no 2-grams")
     log_probs = {w: math.log(p) for w, p in sorted(unigram.items()) if p > 0}
     contexts: dict[str, tuple[float, dict[str, float]]] = {}
     if order == 2:  # every context the file weighs, listed pairs or not
-        contexts = {v: (b, {}) for v, b in sorted(backoff.items()) if b != 0.0}
+        contexts = {v: (b, {}) for v, (b, _) in sorted(backoff.items()) if b != 0.0}
     for (prev, w), p in sorted(pairs.items()):
         if w not in log_probs:
             continue
-        b = backoff.get(prev, 0.0)
+        b = backoff[prev][0]
         rest = p - math.exp(b + log_probs[w])
         if rest > 0:
             contexts.setdefault(prev, (b, {}))[1][w] = float(f"{rest:.6g}")
@@ -396,7 +415,8 @@ def stored_lm(cfg: EvalConfig, lexicon: LexiconDecoder, model_path: str | Path) 
         f"{model_path} carries a lexicon of vocabulary {lexicon.vocabulary!r}, LM order "
         f"{lm.order}, bigrams {lexicon.bigrams!r}; eval.vocabulary={cfg.vocabulary!r}, "
         f"eval.lm_order={cfg.lm_order}, eval.bigrams={cfg.bigrams!r} asks for another: set "
-        "them to the file's, or give eval.lexicon_cuts"
+        "them to the file's (eval.arpa=PATH for a vocabulary 'arpa:NAME'), or give "
+        "eval.lexicon_cuts"
     )
 
 
@@ -409,11 +429,12 @@ def eval_decoder(
 ) -> LexiconDecoder | None:
     """The decoder cfg asks for (None for greedy), for `asrkd evaluate` on any model file: the
     lexicon the file carries (`stored`, through stored_lm) unless cfg.lexicon_cuts names other
-    transcripts or cfg.arpa an LM file, else cfg's LM (config_lm) whose transcripts' part is train_lm(order).
-    Beam and weights always come from cfg."""
+    transcripts or cfg.arpa another ARPA file than the stored one's, else cfg's LM (config_lm)
+    whose transcripts' part is train_lm(order). Beam and weights always come from cfg."""
     if cfg.decoder == "greedy":
         return None
-    if stored is not None and not cfg.lexicon_cuts and not cfg.arpa:
+    other_arpa = cfg.arpa and stored is not None and stored.vocabulary != vocabulary_label(cfg)
+    if stored is not None and not cfg.lexicon_cuts and not other_arpa:
         lm = stored_lm(cfg, stored, model_path)
     else:
         lm = config_lm(cfg, tokenizer, train_lm)

@@ -16,6 +16,7 @@ import base64
 import gzip
 import json
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ def read_onnx_metadata(props: dict[str, str], path: str | Path = "") -> dict[str
         }
         if "lexicon_gz" in meta:  # files exported before it was zipped hold "lexicon" as JSON
             meta["lexicon"] = unpack_lexicon(meta.pop("lexicon_gz"))
-    except (json.JSONDecodeError, ValueError, OSError, EOFError) as err:
+    except (json.JSONDecodeError, ValueError, OSError, EOFError, zlib.error) as err:
         raise CheckpointError(f"{path}: corrupt asrkd metadata ({err})") from err
     return meta
 
