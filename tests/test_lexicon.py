@@ -466,6 +466,10 @@ def test_an_arpa_file_is_the_lexicon_and_lm(tmp_path: Path, prepared_parts) -> N
     gz = tmp_path / "lm.arpa.gz"
     gz.write_bytes(gzip.compress(ARPA.encode()))
     assert arpa_lm(gz, 2, tok) == bi
+    assert arpa_lm(path, 2, tok) is bi  # read once while the file stays the same
+    path.write_text(ARPA.replace("-1.5\tRAD", "-1.25\tRAD"))  # size changes with mtime
+    assert math.isclose(arpa_lm(path, 2, tok).log_probs["rad"], math.log(10**-1.25))
+    path.write_text(ARPA)
 
     # "mad" then e/a heard alike: the unigram says red, the file's bigram rad
     lp = peaked(tok, "mad red", p=0.9)

@@ -257,11 +257,20 @@ def arpa_lm(path: str | Path, order: int, tokenizer: Tokenizer) -> WordLM:
     probabilities; the bigram puts each context's listed 2-grams over its back-off weight b(v):
     P(w | v) is the listed P_arpa(w | v), else b(v) P(w); a listed pair below b(v) P(w) (rare in
     pruned models) is read as unlisted. Higher-order sections are not read. A file that cannot
-    be read, a malformed line, or lm_order 2 without 2-grams is a DataError naming the file."""
+    be read, a malformed line, or lm_order 2 without 2-grams is a DataError naming the file.
+    Read once per process while the file stays the same (every evaluated model builds its LM)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such ARPA file (eval.arpa / arpa)")
-    chars, ln10 = _letters(tokenizer), math.log(10.0)
+    stat = path.stat()
+    return _read_arpa(path, stat.st_mtime_ns, stat.st_size, order, frozenset(_letters(tokenizer)))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_arpa(
+    path: Path, mtime_ns: int, size: int, order: int, chars: frozenset[str]
+) -> WordLM:  # mtime and size: a file changed behind the same path is read again
+    ln10 = math.log(10.0)
     unigram: dict[str, float] = {}  # word -> P(word), summed over spellings
     backoff: dict[str, tuple[float, str]] = {}  # context -> (ln b(v), the spelling it came from)
     pairs: dict[tuple[str, str], float] = {}  # (v, w) -> P(w | v)
