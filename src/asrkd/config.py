@@ -140,6 +140,10 @@ def _arpa_tag(arpa: str) -> str:
     return f"-arpa-{name}"
 
 
+# the lexicon search's default token prune: a token is tried at a frame above this log-prob
+TOKEN_PRUNE = -10.0
+
+
 def _check_token_prune(prefix: str, value: float) -> None:
     if not value < 0:
         raise ConfigError(
@@ -487,7 +491,7 @@ class EvalConfig:
     bigrams: str = "train"
     # a token is tried at a frame only where its log-probability is above this (CTC's peaky
     # outputs: real speech, -5 halves the search's cost of -10 at the same WER)
-    token_prune: float = -10.0
+    token_prune: float = TOKEN_PRUNE
     # a word LM in ARPA format (KenLM's lmplz, SRILM; .arpa or .arpa.gz): its words are the
     # vocabulary and its 1-grams (and, for lm_order=2, its 2-grams with their back-offs) the LM,
     # in place of `vocabulary` and `bigrams`; higher orders are not read
@@ -511,7 +515,7 @@ class EvalConfig:
         vocabulary = _vocabulary_tag(
             self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams
         )
-        prune = "" if self.token_prune == -10.0 else f"-tp{-self.token_prune:g}"
+        prune = "" if self.token_prune == TOKEN_PRUNE else f"-tp{-self.token_prune:g}"
         weights = f"lexicon-b{self.beam}-lm{self.lm_weight:g}-wb{self.word_bonus:g}"
         return f"{weights}{_arpa_tag(self.arpa)}{vocabulary}{prune}"
 
@@ -841,7 +845,7 @@ class ExportConfig:
     wordfreq_weight: float = 0.5
     lm_order: int = 1
     bigrams: str = "train"
-    token_prune: float = -10.0
+    token_prune: float = TOKEN_PRUNE
     arpa: str = ""  # an ARPA word LM, as in EvalConfig: its words and LM are stored in the file
 
     def __post_init__(self) -> None:

@@ -65,6 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from asrkd.config import (
+    TOKEN_PRUNE,
     ConfigError,
     EvalConfig,
     ExportConfig,
@@ -284,7 +285,7 @@ def _read_arpa(
             )
         return names[raw]
 
-    section, seen_sections = 0, set()
+    section, has_bigrams = 0, False
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:
@@ -299,7 +300,7 @@ def _read_arpa(
                     if not n.isdigit() or int(n) == 0:
                         raise DataError(f"{path}:{number}: unreadable ARPA section {line!r}")
                     section = int(n)
-                    seen_sections.add(section)
+                    has_bigrams |= section == 2
                     if section > order:  # sections come in increasing order
                         break
                     continue
@@ -326,7 +327,7 @@ def _read_arpa(
         raise DataError(f"{path}: not a readable ARPA text file ({err})") from err
     if not unigram:
         raise DataError(f"{path}: no 1-gram spellable with the tokenizer's characters")
-    if order == 2 and 2 not in seen_sections:
+    if order == 2 and not has_bigrams:
         raise DataError(f"{path}: lm_order=2 but the file has no 2-grams")
     log_probs = {w: math.log(p) for w, p in sorted(unigram.items()) if p > 0}
     contexts: dict[str, tuple[float, dict[str, float]]] = {}
@@ -512,7 +513,7 @@ class LexiconDecoder:
         beam: int = 8,
         lm_weight: float = 0.5,
         word_bonus: float = 1.0,
-        prune: float = -10.0,
+        prune: float = TOKEN_PRUNE,
         vocabulary: str = "train",
         bigrams: str = "train",
     ) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from asrkd.config import CheckpointError, EvalConfig, FeatureConfig
+from asrkd.config import TOKEN_PRUNE, CheckpointError, EvalConfig, FeatureConfig
 from asrkd.data.audio import features_np, load_mono, resample_mono
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.data.validate import DataError
@@ -79,7 +79,7 @@ def read_onnx_metadata(props: dict[str, str], path: str | Path = "") -> dict[str
         }
         if "lexicon_gz" in meta:  # files exported before it was zipped hold "lexicon" as JSON
             meta["lexicon"] = unpack_lexicon(meta.pop("lexicon_gz"))
-    except (json.JSONDecodeError, ValueError, OSError, EOFError, zlib.error) as err:
+    except (ValueError, OSError, EOFError, zlib.error) as err:  # JSON, base64, gzip
         raise CheckpointError(f"{path}: corrupt asrkd metadata ({err})") from err
     return meta
 
@@ -100,7 +100,7 @@ def lexicon_from_metadata(meta: dict[str, Any], tokenizer: Tokenizer) -> Lexicon
         return None
     return LexiconDecoder(
         tokenizer, WordLM.from_json(lex), lex["beam"], lex["lm_weight"], lex["word_bonus"],
-        prune=lex.get("token_prune", -10.0),  # files exported before it was stored: -10
+        prune=lex.get("token_prune", TOKEN_PRUNE),  # files exported before it was stored
         vocabulary=lex.get("vocabulary", "train"),
         bigrams=lex.get("bigrams", "train"),
     )  # fmt: skip
