@@ -128,3 +128,15 @@ def test_decode_and_evaluate_a_trained_model(
     lexicon = LexiconDecoder(tok, WordLM.from_texts(cut_text(c) for c in cuts))
     lex_speed = measure_speed(open_model_file(tiny_teacher), cuts, lex_cfg, lexicon)
     assert lex_speed["decoder"].startswith("lexicon-b8") and lex_speed["decoder_rtf"] > 0
+
+
+def test_memory_probes_fix_mallocs_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe's process gets a fixed mmap threshold (glibc otherwise moves it, and the same
+    model's peak spread 87-134 MB); a value the user set is kept."""
+    from asrkd.evaluate import PROBE_MMAP_THRESHOLD, probe_env
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    env = probe_env()
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(PROBE_MMAP_THRESHOLD)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert probe_env()["MALLOC_MMAP_THRESHOLD_"] == "65536"

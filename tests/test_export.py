@@ -192,6 +192,11 @@ def test_evaluate_scores_onnx_files_like_the_model_file(
     assert int8["bytes_on_disk"] < 0.8 * fp32["bytes_on_disk"]
     assert abs(int8["sets"]["test"]["cer"] - eager["sets"]["test"]["cer"]) <= INT8_CER
     assert int8["speed"]["latency_ms"] > 0 and int8["memory"]["peak_rss_mb"] > 0
+    # the memory probe loads the network, then the decoder the file is scored with, and
+    # transcribes: its peak holds both
+    memory = int8["memory"]
+    assert memory["decoder"] == cfg.tag and memory["network_mb"] > 0
+    assert memory["model_memory_mb"] >= memory["network_mb"] + memory["decoder_mb"] - 0.5
     # eval.vocabulary and eval.lm_order hold for exported files as for .safetensors ones (the
     # ONNX path used to decode with the training words alone, ignoring wordfreq's).
     mixed = dataclasses.replace(cfg, vocabulary="train+wordfreq:2000", lm_order=2)

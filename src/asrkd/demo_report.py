@@ -63,11 +63,13 @@ def evaluate_runs(
 def evaluate_teacher_runtime(cfg: DemoConfig, runtime: str, tests: list[Path], out: Path) -> dict:
     """An external teacher's summary for one runtime, reused while its inputs are unchanged."""
     from asrkd.distill.teachers import file_sha256
+    from asrkd.evaluate import MEMORY_PROBE
     from asrkd.teacher_eval import evaluate_teacher
 
     eval_dir = out / "eval" / f"teacher-{runtime}"
     stamp = {"teacher": cfg.run.teacher.path, "runtime": runtime,
-             "tests": [file_sha256(t) for t in tests], "eval": to_dict(cfg.eval)}  # fmt: skip
+             "tests": [file_sha256(t) for t in tests], "eval": to_dict(cfg.eval),
+             "memory_probe": MEMORY_PROBE}  # fmt: skip
     done = eval_dir / "inputs.json"
     if done.is_file() and json.loads(done.read_text()) == stamp:
         return json.loads((eval_dir / "summary.json").read_text())
@@ -101,6 +103,8 @@ def _row(spec, name: str, summary: dict) -> dict:
         # the teacher runtimes time the whole transcription: no split
         "decoder_rtf": summary["speed"].get("decoder_rtf"),
         "memory_mb": summary["memory"]["model_memory_mb"],
+        # the teacher probes measure the whole transcription: no split
+        "decoder_mb": summary["memory"].get("decoder_mb"),
         "uses_teacher": spec.uses_teacher,
         "dev_wer": summary.get("best_dev_wer"),
     }
@@ -338,7 +342,8 @@ def target_lines(rows: list[dict]) -> list[str]:
                 if memory is None
                 else f". Measured peak decoding memory is {best['memory_mb']:.1f} MB vs "
                 f"{teacher['memory_mb']:.1f} MB ({_pct(memory)}): at these sizes the runtime's "
-                "own buffers, not the weights, set the process's memory."
+                "own buffers and the decoder's tables, not the weights, set the process's "
+                "memory."
             )
         )
     small = [
@@ -451,8 +456,9 @@ def rows_text(cfg: DemoConfig, rows: list[dict]) -> str:
         "`hidden` = + hidden-state KD from its encoder; every student of a situation has the "
         f"same number of steps. Student WER/CER decoded by {decoding_text(cfg, rows)}; greedy "
         f"WER = best path without lexicon or LM. {noisy}MB = fp32 weights (int8 row: the whole "
-        "int8 ONNX file); peak MB = resident memory added by loading the model and decoding "
-        "utterances one at a time in a fresh process; latency and RTF at batch 1 on "
+        "int8 ONNX file); peak MB = resident memory added by loading the model and the decoder "
+        "its WER is scored with and transcribing utterances one at a time in a fresh process "
+        "(the teacher's: loading and transcribing); latency and RTF at batch 1 on "
         f"{cfg.eval.threads or 'all'} threads: a student's is its network on its stored features "
         "(their computation is timed in the next line) and the decoder its WER is scored with "
         "(the lexicon beam search, in Python), the teacher's the whole transcription; "
@@ -461,17 +467,21 @@ def rows_text(cfg: DemoConfig, rows: list[dict]) -> str:
 
 
 def decoder_lines(rows: list[dict]) -> list[str]:
-    """The decoder's part of the student rows' RTF (in the RTF column already)."""
+    """The decoder's part of the student rows' RTF and peak memory (in those columns already)."""
     parts = [r["decoder_rtf"] / r["rtf"] for r in rows if r.get("decoder_rtf") and r["rtf"] > 0]
-    if not parts:
-        return []
-    return [
-        (
+    tables = [r["decoder_mb"] for r in rows if r.get("decoder_mb") is not None]
+    lines = []
+    if parts:
+        lines.append(
             f"Of a student row's RTF, its decoder takes {min(parts):.0%}-{max(parts):.0%} (the "
             "rest is the network)."
-        ),
-        "",
-    ]
+        )
+    if tables and max(tables) >= 1:
+        lines.append(
+            f"Of a student row's peak MB, its decoder's tables (words, LM) take "
+            f"{min(tables):.0f}-{max(tables):.0f} MB (resident growth of building them)."
+        )
+    return [*lines, ""] if lines else []
 
 
 def sherpa_lines(sherpa: dict | None, rows: list[dict]) -> list[str]:
@@ -532,8 +542,8 @@ def write_report(
             "the `-int8` row the whole int8 ONNX file `asrkd export` wrote for the distilled "
             "student with the best dev WER (lexicon included; run by onnxruntime); size = MB "
             "relative to the teacher; memory = peak resident memory added by loading the model and "
-            "decoding utterances one at a time in a fresh process (activations and buffers "
-            "dominate it at these sizes); latency at batch size 1, network and decoder."
+            "its decoder and transcribing utterances one at a time in a fresh process "
+            "(activations, buffers and the decoder's tables dominate it at these sizes); latency at batch size 1, network and decoder."
         ),
         "",
         *table_lines(rows),

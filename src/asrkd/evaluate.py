@@ -13,6 +13,7 @@ beside the greedy files), `evaluate` writes into its output folder::
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -24,12 +25,13 @@ from pathlib import Path
 import torch
 from lhotse import CutSet
 
-from asrkd.config import EvalConfig
+from asrkd.config import EvalConfig, from_dict, to_dict
 from asrkd.data.dataset import collate, cut_text, duration_batches, load_cuts
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.lexicon import (
     LexiconDecoder,
     WordLM,
+    clear_caches,
     eval_decoder,
     lm_from_manifest,
     training_lm,
@@ -139,10 +141,7 @@ def measure_speed(
         t0 = time.perf_counter()
         logits, lengths = model.forward(b.feats, b.feat_lens)
         t1 = time.perf_counter()
-        if lexicon is None:
-            tok.decode(greedy_decode(logits, lengths, tok.blank_id)[0])
-        else:
-            lexicon.decode(logits[0, : int(lengths[0])].float().log_softmax(-1).cpu().numpy())
+        first_text(logits, lengths, tok, lexicon)
         network.append(t1 - t0)
         decoder.append(time.perf_counter() - t1)
     audio = sum(b.audio_seconds for b in singles)
@@ -164,30 +163,56 @@ def measure_speed(
     }
 
 
+def first_text(
+    logits: torch.Tensor, lengths: torch.Tensor, tok: Tokenizer, lexicon: LexiconDecoder | None
+) -> str:
+    """The text of a batch's first utterance: the lexicon beam search, else greedy CTC."""
+    if lexicon is None:
+        return tok.decode(greedy_decode(logits, lengths, tok.blank_id)[0])
+    return lexicon.decode(logits[0, : int(lengths[0])].float().log_softmax(-1).cpu().numpy())
+
+
 def is_onnx_model(model: ModelFile) -> bool:
     return model.format.startswith("onnx")
 
 
-def measure_memory(
-    model_path: str | Path, cuts_path: str | Path, n_utts: int, threads: int
-) -> dict:
-    """Peak resident memory of loading the model and decoding n_utts utterances one at a time,
-    measured in a fresh process so nothing else this process holds is counted."""
+PROBE_MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept from moving
+MEMORY_PROBE = 2  # how memory is measured: a stored figure from another probe is not reused
+
+
+def measure_memory(model_path: str | Path, cuts_path: str | Path, cfg: EvalConfig) -> dict:
+    """Peak resident memory of loading the model and the decoder its WER is scored with, and
+    transcribing cfg.latency_utterances utterances one at a time (as a teacher's is measured),
+    in a fresh process so nothing else this process holds is counted; with the network's and the
+    decoder's shares (the resident growth of loading each)."""
     code = (
         "import json,sys; from asrkd.evaluate import _memory_probe; "
-        "print(json.dumps(_memory_probe(sys.argv[1], sys.argv[2], int(sys.argv[3]), "
-        "int(sys.argv[4]))))"
+        "print(json.dumps(_memory_probe(*sys.argv[1:4])))"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(model_path), str(cuts_path), str(n_utts), str(threads)],
+        [sys.executable, "-c", code, str(model_path), str(cuts_path), json.dumps(to_dict(cfg))],
         capture_output=True,
         text=True,
         check=False,
-        env=dict(os.environ),
+        env=probe_env(),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def probe_env() -> dict[str, str]:
+    """The environment of a memory probe's process: glibc's malloc with a fixed mmap threshold.
+
+    By default glibc raises the threshold each time a large block is freed, so later large
+    buffers (attention over a long utterance) come from the heap, where fragmentation that
+    depends on the two threads' timing keeps them resident: the same model over the same 100
+    utterances peaked anywhere from 87 to 134 MB. With the threshold fixed, blocks above it are
+    mapped and given back when freed, and the peak is the memory actually in use, the same to
+    0.4 MB run after run (docs/benchmarks.md). A threshold the user set is kept."""
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(PROBE_MMAP_THRESHOLD))
+    return env
 
 
 def _status_mb(field: str) -> float:
@@ -199,38 +224,49 @@ def _status_mb(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _memory_probe(model_path: str, cuts_path: str, n_utts: int, threads: int) -> dict:
-    if threads:
-        torch.set_num_threads(threads)
+@torch.inference_mode()
+def _memory_probe(model_path: str, cuts_path: str, cfg_json: str) -> dict:
+    cfg = from_dict(EvalConfig, json.loads(cfg_json))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     tok = Tokenizer()
-    cuts = sorted(load_cuts(cuts_path), key=lambda c: c.id)[:n_utts]
+    cuts = sorted(load_cuts(cuts_path), key=lambda c: c.id)[: cfg.latency_utterances]
     batches = [collate(CutSet.from_cuts([c]), tok) for c in cuts]
-    with torch.inference_mode():
-        # Run a throwaway minimal model first, so torch's one-off kernel and thread-pool set-up
-        # is in the baseline and the figure below scales with the model measured.
-        warm = ConformerCTC(
-            ConformerDims(
-                n_mels=batches[0].feats.shape[-1],
-                d_model=16,
-                n_layers=1,
-                n_heads=2,
-                ff_mult=2,
-                conv_kernel=7,
-            )
+    # Run a throwaway minimal model first, so torch's one-off kernel and thread-pool set-up is
+    # in the baseline and the figure below scales with the model measured.
+    warm = ConformerCTC(
+        ConformerDims(
+            n_mels=batches[0].feats.shape[-1], d_model=16, n_layers=1, n_heads=2, ff_mult=2,
+            conv_kernel=7,
         )
-        for b in batches:
-            warm(b.feats, b.feat_lens)
-        del warm
+    )  # fmt: skip
+    for b in batches:
+        warm(b.feats, b.feat_lens)
+    del warm
     if is_onnx(model_path):
         import onnxruntime  # noqa: F401  the runtime's own code is not the model's memory
     base = _status_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the high-water mark VmHWM to the current RSS
-    model = open_model_file(model_path, threads)
+    model = open_model_file(model_path, cfg.threads, lexicon=False)
+    network = _status_mb("VmRSS")
+    model.lexicon = model.file_lexicon()
+    lexicon = make_lexicon_decoder(cfg, model, model_path)
+    clear_caches()  # what built the decoder, kept for the next one, is not the decoder's
+    gc.collect()
+    decoder = _status_mb("VmRSS")
     for b in batches:
-        model.forward(b.feats, b.feat_lens)
+        logits, lengths = model.forward(b.feats, b.feat_lens)
+        first_text(logits, lengths, model.tokenizer, lexicon)
     peak = _status_mb("VmHWM")
-    return {"peak_rss_mb": peak, "baseline_rss_mb": base, "model_memory_mb": peak - base}
+    return {
+        "peak_rss_mb": peak,
+        "baseline_rss_mb": base,
+        "model_memory_mb": peak - base,
+        "network_mb": network - base,
+        "decoder_mb": decoder - network,
+        "decoder": cfg.tag,
+    }
 
 
 def evaluate(
@@ -290,5 +326,5 @@ def measure_costs(
         lexicon = make_lexicon_decoder(cfg, model, model_path)  # built before the clock starts
         costs["speed"] = measure_speed(model, load_cuts(cuts_path), cfg, lexicon)
     if memory:
-        costs["memory"] = measure_memory(model_path, cuts_path, cfg.latency_utterances, cfg.threads)
+        costs["memory"] = measure_memory(model_path, cuts_path, cfg)
     return costs

@@ -172,6 +172,13 @@ class WordLM:
         return cls(dict(data["log_probs"]), contexts)
 
 
+def clear_caches() -> None:
+    """Forget the English books' pairs and the ARPA files read so far (each is read once per
+    process, for the next decoder built; a decoder built keeps what it uses)."""
+    _books_pairs.cache_clear()
+    _read_arpa.cache_clear()
+
+
 def _single_word(raw: str, chars: set[str]) -> str:
     """`raw` normalised like transcripts if that is one word spelt with `chars`, else ''."""
     word = normalize_text(raw)

@@ -137,17 +137,26 @@ class OnnxRecognizer:
     None, from the file), format ("onnx" or "onnx-int8").
     """
 
-    def __init__(self, model_path: str | Path, threads: int = 0) -> None:
+    def __init__(self, model_path: str | Path, threads: int = 0, lexicon: bool = True) -> None:
+        """lexicon=False leaves the file's lexicon unread (file_lexicon reads it later)."""
+        self.model_path = model_path
         self.session = onnx_session(model_path, threads)
-        props = self.session.get_modelmeta().custom_metadata_map
-        meta = read_onnx_metadata(props, model_path)
+        meta = self._metadata()
         self.tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
         self.features = FeatureConfig(**meta["features"])
         self.dims = meta["dims"]
         self.family = meta.get("family") or "conformer"  # files from before the families
-        self.lexicon = lexicon_from_metadata(meta, self.tokenizer)
         self.format = "onnx-int8" if meta.get("quantized") else "onnx"
         self.lens_dtype = lengths_dtype(self.session)
+        self.lexicon = lexicon_from_metadata(meta, self.tokenizer) if lexicon else None
+
+    def _metadata(self) -> dict[str, Any]:
+        props = self.session.get_modelmeta().custom_metadata_map
+        return read_onnx_metadata(props, self.model_path)
+
+    def file_lexicon(self) -> LexiconDecoder | None:
+        """The lexicon decoder the file carries (None without one)."""
+        return lexicon_from_metadata(self._metadata(), self.tokenizer)
 
     def log_probs(self, samples: np.ndarray) -> np.ndarray:
         """(T', V) log-probabilities of mono samples at features.sample_rate."""

@@ -17,7 +17,6 @@ summed audio. Peak memory is probed in a fresh process, as for students.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -106,14 +105,17 @@ def _folder_bytes(path: str | Path) -> int:
 
 def measure_teacher_memory(path, runtime: str, cuts_path, cfg: EvalConfig) -> dict:
     """Peak resident memory added by loading the teacher and transcribing
-    cfg.latency_utterances utterances one at a time, in a fresh process."""
+    cfg.latency_utterances utterances one at a time, in a fresh process (malloc set as for the
+    students', asrkd.evaluate.probe_env)."""
+    from asrkd.evaluate import probe_env
+
     code = (
         "import json,sys; from asrkd.teacher_eval import _memory_probe; "
         "print(json.dumps(_memory_probe(*sys.argv[1:4], int(sys.argv[4]), int(sys.argv[5]))))"
     )
     args = [str(path), runtime, str(cuts_path), str(cfg.latency_utterances), str(cfg.threads)]
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          check=False, env=dict(os.environ))  # fmt: skip
+                          check=False, env=probe_env())  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"teacher memory probe failed: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

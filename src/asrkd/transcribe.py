@@ -61,6 +61,10 @@ class ModelFile:
         """feats (B, T, F), feat_lens (B,) -> logits (B, T', V), lengths (B,)."""
         raise NotImplementedError
 
+    def file_lexicon(self) -> LexiconDecoder | None:
+        """The lexicon decoder the file carries (only exported files carry one)."""
+        return None
+
     @property
     def n_params(self) -> int:
         """Parameters of the network (the same count for fp32 and int8 files)."""
@@ -105,10 +109,11 @@ class OnnxTranscriber(ModelFile):
     feature settings and any lexicon come from its metadata. threads=0 lets onnxruntime
     decide."""
 
-    def __init__(self, model_path: str | Path, threads: int = 0) -> None:
+    def __init__(self, model_path: str | Path, threads: int = 0, lexicon: bool = True) -> None:
         from asrkd.ondevice import OnnxRecognizer
 
-        onnx = OnnxRecognizer(model_path, threads)  # the file's metadata, read in one place
+        onnx = OnnxRecognizer(model_path, threads, lexicon)  # the file's metadata, read once
+        self._onnx = onnx
         self.session, self.tokenizer, self.features = onnx.session, onnx.tokenizer, onnx.features
         self.lexicon, self.format, self.family = onnx.lexicon, onnx.format, onnx.family
         self.dims = FAMILIES[self.family][0](**onnx.dims)
@@ -121,12 +126,16 @@ class OnnxTranscriber(ModelFile):
 
         return run_onnx(self.session, feats, feat_lens)
 
+    def file_lexicon(self) -> LexiconDecoder | None:
+        return self._onnx.file_lexicon()
 
-def open_model_file(model_path: str | Path, threads: int = 0) -> ModelFile:
+
+def open_model_file(model_path: str | Path, threads: int = 0, lexicon: bool = True) -> ModelFile:
     """OnnxTranscriber for an exported .onnx file, Transcriber for a .safetensors model file.
-    `threads` applies to onnxruntime; PyTorch uses torch.set_num_threads."""
+    `threads` applies to onnxruntime; PyTorch uses torch.set_num_threads. lexicon=False leaves
+    an exported file's lexicon unread (model.file_lexicon() reads it)."""
     if is_onnx(model_path):
-        return OnnxTranscriber(model_path, threads)
+        return OnnxTranscriber(model_path, threads, lexicon)
     return Transcriber(model_path)
 
 
