@@ -86,7 +86,7 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
     # the noisy test set: every student row, and the teacher's first runtime
     assert rows["teacher-faster-whisper-int8"]["noisy_wer"] is not None
     assert rows[f"full-{student}-init"]["noisy_wer"] is not None
-    assert "best distilled student (by dev WER)" in report
+    assert "best distilled student (by dev WER, decoded as test is)" in report
     # (b) has its own init-only row, so its KD terms are measured against it
     assert f"the KD terms vs the initialisation alone (partial-{student}-init," in report
     assert "bigram LM (word pairs of the student's own transcripts over English books'" in report

@@ -10,6 +10,7 @@ strategies) in two situations -> evaluation on unseen test speakers -> report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -314,10 +315,35 @@ def _steps_done(cfg: Config) -> int:
     return 0
 
 
-def deliver_int8(cfg: DemoConfig, specs: list[RunSpec], out: Path) -> tuple[RunSpec, Path] | None:
-    """Export the distilled student with the best dev WER (the one a user would ship) as one
-    int8 ONNX file, with the lexicon when the demo decodes with one; reused while the model and
-    export settings are unchanged. None (and a warning) without the export extra."""
+def dev_wers(cfg: DemoConfig, specs: list[RunSpec], out: Path, dev: Path) -> dict[str, float]:
+    """Each student's dev WER decoded as the test set is (cfg.eval): what the delivered student
+    and each situation's best student are chosen by. With the greedy decoder it is the training
+    run's best dev WER; with the lexicon decoder each student is decoded again (eval-dev/), as
+    greedy and lexicon WER can rank students differently."""
+    from asrkd.demo_report import _in_processes
+    from asrkd.evaluate import evaluate
+
+    students = [s for s in specs if s.scenario != "teacher"]
+    if cfg.eval.decoder == "greedy":
+        return {s.name: _summary(out, s)["best_dev_wer"] for s in students}
+    score_cfg = dataclasses.replace(cfg.eval, threads=1) if cfg.parallel_runs > 1 else cfg.eval
+    jobs = [(out / "runs" / s.name / "model.safetensors", [dev], out / "eval-dev" / s.name,
+             score_cfg, False) for s in students]  # fmt: skip
+    summaries = _in_processes(evaluate, jobs, cfg.parallel_runs)
+    return {s.name: next(iter(r["sets"].values()))["wer"] for s, r in zip(students, summaries)}
+
+
+def _summary(out: Path, spec: RunSpec) -> dict:
+    return json.loads((out / "runs" / spec.name / "summary.json").read_text())
+
+
+def deliver_int8(
+    cfg: DemoConfig, specs: list[RunSpec], out: Path, dev_wer: dict[str, float]
+) -> tuple[RunSpec, Path] | None:
+    """Export the distilled student with the best dev WER (`dev_wer`, from dev_wers: the one a
+    user would ship) as one int8 ONNX file, with the lexicon when the demo decodes with one;
+    reused while the model and export settings are unchanged. None (and a warning) without the
+    export extra."""
     from asrkd.config import ExportConfig, to_dict
     from asrkd.distill.teachers import file_sha256
     from asrkd.export import export_model, require_onnx_exporter
@@ -331,11 +357,7 @@ def deliver_int8(cfg: DemoConfig, specs: list[RunSpec], out: Path) -> tuple[RunS
     if not students:
         return None
 
-    def dev_wer(spec: RunSpec) -> float:
-        summary = json.loads((out / "runs" / spec.name / "summary.json").read_text())
-        return summary["best_dev_wer"]
-
-    best = min(students, key=dev_wer)
+    best = min(students, key=lambda s: dev_wer[s.name])
     src = out / "runs" / best.name / "model.safetensors"
     dst = out / "export" / f"{best.name}-int8.onnx"
     export_cfg = ExportConfig(
@@ -351,8 +373,9 @@ def deliver_int8(cfg: DemoConfig, specs: list[RunSpec], out: Path) -> tuple[RunS
         log.info("reusing %s", dst)
         return best, dst
     log.info(
-        "demo: exporting %s (best dev WER %.1f%%) as int8 ONNX", best.name, 100 * dev_wer(best)
-    )
+        "demo: exporting %s (best dev WER %.1f%%, %s) as int8 ONNX",
+        best.name, 100 * dev_wer[best.name], cfg.eval.decoder,
+    )  # fmt: skip
     dst.parent.mkdir(parents=True, exist_ok=True)
     export_model(src, dst, export_cfg)
     stamp.write_text(json.dumps(inputs, indent=2))
@@ -443,13 +466,16 @@ def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:
         train_in_parallel(configs[sequential:], cfg.parallel_runs)
         timings["students"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    delivered = deliver_int8(cfg, specs, out) if cfg.deliver_int8 else None
+    dev_wer = dev_wers(cfg, specs, out, data["dev"])
+    timings["dev decoding"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    delivered = deliver_int8(cfg, specs, out, dev_wer) if cfg.deliver_int8 else None
     timings["export"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     sherpa = deliver_sherpa(delivered, out, data["test"])
     timings["sherpa-onnx"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    rows = evaluate_runs(specs, out, data, cfg, delivered)
+    rows = evaluate_runs(specs, out, data, cfg, delivered, dev_wer)
     timings["evaluate"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
