@@ -28,6 +28,7 @@ from asrkd.lexicon import (
     WordLM,
     arpa_lm,
     books_bigram,
+    clear_caches,
     eval_decoder,
     stored_lm,
     training_lm,
@@ -228,6 +229,13 @@ def test_wordfreq_vocabulary_and_its_mix_with_the_transcripts() -> None:
             EvalConfig(vocabulary=bad)
     with pytest.raises(ConfigError, match="wordfreq_weight"):
         EvalConfig(wordfreq_weight=1.0)
+    # what built it is cached for the next decoder, and forgotten on request (memory probes)
+    import wordfreq
+
+    assert wordfreq.get_frequency_dict.cache_info().currsize > 0
+    clear_caches()
+    assert wordfreq.get_frequency_dict.cache_info().currsize == 0
+    assert wordfreq_lm(20_000, tok) == general
 
 
 def _transcript_words(part: Path) -> list[str]:

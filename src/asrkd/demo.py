@@ -316,14 +316,14 @@ def _steps_done(cfg: Config) -> int:
 
 
 def dev_wers(cfg: DemoConfig, specs: list[RunSpec], out: Path, dev: Path) -> dict[str, float]:
-    """Each student's dev WER decoded as the test set is (cfg.eval): what the delivered student
-    and each situation's best student are chosen by. With the greedy decoder it is the training
-    run's best dev WER; with the lexicon decoder each student is decoded again (eval-dev/), as
-    greedy and lexicon WER can rank students differently."""
+    """Each student's (baselines aside) dev WER decoded as the test set is (cfg.eval): what the
+    delivered student and each situation's best student are chosen by. With the greedy decoder
+    it is the training run's best dev WER; with the lexicon decoder each student is decoded
+    again (eval-dev/), as greedy and lexicon WER can rank students differently."""
     from asrkd.demo_report import _in_processes
     from asrkd.evaluate import evaluate
 
-    students = [s for s in specs if s.scenario != "teacher"]
+    students = [s for s in specs if s.scenario != "teacher" and s.variant != "none"]
     if cfg.eval.decoder == "greedy":
         return {s.name: _summary(out, s)["best_dev_wer"] for s in students}
     score_cfg = dataclasses.replace(cfg.eval, threads=1) if cfg.parallel_runs > 1 else cfg.eval

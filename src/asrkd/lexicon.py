@@ -57,6 +57,7 @@ import gc
 import gzip
 import heapq
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -173,10 +174,16 @@ class WordLM:
 
 
 def clear_caches() -> None:
-    """Forget the English books' pairs and the ARPA files read so far (each is read once per
-    process, for the next decoder built; a decoder built keeps what it uses)."""
+    """Forget the English books' pairs, the ARPA files and wordfreq's word lists read so far
+    (each is read once per process, for the next decoder built; a decoder built keeps what it
+    uses): ~45 MB after building the real-speech recipe's decoder."""
     _books_pairs.cache_clear()
     _read_arpa.cache_clear()
+    wordfreq = sys.modules.get("wordfreq")
+    for name in ("get_frequency_dict", "get_frequency_list", "top_n_list"):
+        cached = getattr(wordfreq, name, None)
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
 
 
 def _single_word(raw: str, chars: set[str]) -> str:
