@@ -174,6 +174,15 @@ def test_metadata_is_plain_json(onnx_files) -> None:
     assert b"stack_trace" not in onnx_files["fp32"].read_bytes()
 
 
+def test_exported_attention_has_no_nan_guard(onnx_files) -> None:
+    """An additive key mask (attention_bias): a boolean one made the exporter guard each score
+    tensor with IsNaN/Where, which onnxruntime held in memory."""
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(onnx_files["fp32"])).graph.node}
+    assert "Softmax" in ops and "IsNaN" not in ops
+
+
 def test_evaluate_scores_onnx_files_like_the_model_file(
     tiny_teacher, onnx_files, prepared_parts, tmp_path
 ) -> None:

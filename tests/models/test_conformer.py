@@ -13,6 +13,7 @@ from asrkd.models.conformer import (
     ConformerDims,
     Dropout,
     Subsampling,
+    attention_bias,
     attention_with_dropout,
     depthwise,
     pointwise,
@@ -187,9 +188,12 @@ def test_attention_with_dropout_is_sdpa_with_its_weights_dropped() -> None:
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 9, 8) for _ in range(3))
-    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
-    mask[1, ..., 6:] = False
-    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    valid[1, 6:] = False
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
+    mask = attention_bias(valid, q.dtype)
+    # the additive mask gives what the boolean one does, to the bit
+    assert torch.equal(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), reference)
     assert torch.allclose(
         attention_with_dropout(q, k, v, mask, Dropout(0.3).eval()), reference, atol=1e-5
     )

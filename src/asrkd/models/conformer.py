@@ -57,6 +57,19 @@ def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def attention_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, T') bool, True on valid frames -> (B, 1, 1, T') additive attention mask: 0 on the
+    keys to attend to, -inf on padding (padded queries are masked downstream).
+
+    Additive rather than boolean for the exported graph: with a boolean mask the ONNX exporter
+    guards every (B, H, T', T') score tensor against fully masked rows (IsNaN, Where), which
+    onnxruntime keeps in memory (the recipe's int8 student: 212 -> 147 MB over its test
+    utterances, docs/benchmarks.md). Every row has a valid key, so the results are the same
+    to the bit in PyTorch."""
+    zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return zeros.masked_fill(~mask, float("-inf"))[:, None, None, :]
+
+
 def normalize_feats(feats: Tensor, feat_lens: Tensor, eps: float = 1e-5) -> Tensor:
     """Per-utterance mean and variance normalisation of each mel bin over its valid frames;
     padding frames become 0. (B, T, F) -> (B, T, F). Part of the model, so a model file needs
@@ -172,10 +185,10 @@ def attention_with_dropout(
 ) -> Tensor:
     """Scaled dot-product attention (B, H, T', Dh) -> (B, H, T', Dh) with `dropout` on the
     attention weights, as F.scaled_dot_product_attention(..., dropout_p=dropout.p) computes it;
-    attn_mask (B, 1, 1, T') is True for keys to attend to. On CPU torch draws that dropout with
+    attn_mask (B, 1, 1, T') is additive (attention_bias). On CPU torch draws that dropout with
     aten::bernoulli_ (one random float per weight); this takes asrkd's cheaper masks."""
     scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
-    weights = scores.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)
+    weights = (scores + attn_mask).softmax(dim=-1)
     return dropout(weights) @ v
 
 
@@ -193,7 +206,7 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(b, t, 3, self.n_heads, d // self.n_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T', Dh)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        attn_mask = mask[:, None, None, :]  # keys only: padded queries are masked downstream
+        attn_mask = attention_bias(mask, q.dtype)
         if self.training and self.dropout.p > 0.0 and x.device.type == "cpu":
             y = attention_with_dropout(q, k, v, attn_mask, self.dropout)
         else:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asrkd.models.conformer import Dropout, ModelOutput, padding_mask
+from asrkd.models.conformer import Dropout, ModelOutput, attention_bias, padding_mask
 
 MAX_TIMESCALE = 10000  # Whisper's sinusoids(length, channels, max_timescale=10000)
 WHISPER_POSITIONS = 1500  # 30 s of Whisper input: N_FRAMES // 2 = 3000 // 2
@@ -82,7 +82,7 @@ class WhisperAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
 
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        """x (B, T', D), attn_mask (B, 1, 1, T') True on keys to attend to -> (B, T', D)."""
+        """x (B, T', D), attn_mask (B, 1, 1, T') additive (attention_bias) -> (B, T', D)."""
         b, t, d = x.shape
 
         def heads(y: Tensor) -> Tensor:
@@ -147,7 +147,7 @@ class WhisperEncoderCTC(nn.Module):
         the last one after the final LayerNorm (the encoder output, as transformers reports)."""
         lengths = output_lengths(feat_lens)
         x = self.dropout(self.embed(feats, feat_lens))
-        attn_mask = padding_mask(lengths, x.shape[1])[:, None, None, :]  # keys only
+        attn_mask = attention_bias(padding_mask(lengths, x.shape[1]), x.dtype)
         hidden = []
         for block in self.blocks:
             x = block(x, attn_mask)
