@@ -16,7 +16,7 @@ import torch
 from asrkd.config import ConfigError, EvalConfig, ExportConfig, load_config
 from asrkd.data.audio import load_mono
 from asrkd.data.dataset import cut_text, load_cuts
-from asrkd.evaluate import evaluate
+from asrkd.evaluate import evaluate, measure_memory
 from asrkd.export import (
     ExportError,
     export_model,
@@ -206,6 +206,11 @@ def test_evaluate_scores_onnx_files_like_the_model_file(
     memory = int8["memory"]
     assert memory["decoder"] == cfg.tag and memory["network_mb"] > 0
     assert memory["model_memory_mb"] >= memory["network_mb"] + memory["decoder_mb"] - 0.5
+    # greedy on a file with a lexicon (left unread), and a lexicon for a file without one
+    greedy = measure_memory(onnx_files["int8-lexicon"], test[0], EvalConfig(threads=1))
+    assert greedy["decoder"] == "greedy" and greedy["model_memory_mb"] > 0
+    named_memory = measure_memory(onnx_files["fp32"], test[0], named)
+    assert named_memory["decoder"] == named.tag and named_memory["model_memory_mb"] > 0
     # eval.vocabulary and eval.lm_order hold for exported files as for .safetensors ones (the
     # ONNX path used to decode with the training words alone, ignoring wordfreq's).
     mixed = dataclasses.replace(cfg, vocabulary="train+wordfreq:2000", lm_order=2)

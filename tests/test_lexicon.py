@@ -500,6 +500,11 @@ def test_an_arpa_file_is_the_lexicon_and_lm(tmp_path: Path, prepared_parts) -> N
     assert stored.lm == bi and stored_lm(cfg, stored, "m.onnx") == bi
     gz.unlink()  # evaluate takes the stored LM: the ARPA file need not be there any more
     assert eval_decoder(cfg, tok, stored, "m.onnx", lambda order: pytest.fail()).lm == bi
+    # the file's decoder itself where cfg searches as it does (no second trie of its words)
+    same = dataclasses.replace(cfg, token_prune=stored.prune)
+    assert eval_decoder(same, tok, stored, "m.onnx", None) is stored
+    wider = eval_decoder(dataclasses.replace(same, beam=16), tok, stored, "m.onnx", None)
+    assert wider is not stored and wider.beam == 16 and wider.lm is stored.lm
     with pytest.raises(ConfigError, match="arpa:lm.arpa.gz.*eval.arpa=PATH"):
         eval_decoder(EvalConfig(decoder="lexicon", lm_order=2), tok, stored, "m.onnx", None)
     other = EvalConfig(decoder="lexicon", arpa=str(path), lm_order=2, **weights)  # another file

@@ -15,6 +15,7 @@ import optuna
 import pytest
 
 from asrkd.config import ConfigError, SweepConfig, load_config
+from asrkd.evaluate import MEMORY_PROBE
 from asrkd.report import report
 from asrkd.sweep import (
     RESULTS,
@@ -320,6 +321,10 @@ def test_sweep_killed_and_resumed_runs_each_trial_once(sweep_data: dict, tmp_pat
     assert all(r["state"] == "COMPLETE" and r["steps"] == 20 for r in rows)
     assert len(list((out / "trials").iterdir())) == 3
     assert rows[0]["latency_ms"] is not None and all(r["latency_ms"] for r in rows)
+    # one preset, one decoder: measured by the trials that ran before any row said so (two
+    # workers at first), reused by the rest
+    assert len({r["cost_from"] for r in rows}) < len(rows)
+    assert {r["cost_key"] for r in rows} == {f"tiny|greedy|memory-probe-{MEMORY_PROBE}"}
 
     spec = make_spec(base, grid, {}, cfg)
     study = open_study(spec, cfg, out)

@@ -10,7 +10,6 @@ strategies) in two situations -> evaluation on unseen test speakers -> report.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -320,16 +319,15 @@ def dev_wers(cfg: DemoConfig, specs: list[RunSpec], out: Path, dev: Path) -> dic
     delivered student and each situation's best student are chosen by. With the greedy decoder
     it is the training run's best dev WER; with the lexicon decoder each student is decoded
     again (eval-dev/), as greedy and lexicon WER can rank students differently."""
-    from asrkd.demo_report import _in_processes
+    from asrkd.demo_report import in_processes, scoring_config
     from asrkd.evaluate import evaluate
 
     students = [s for s in specs if s.scenario != "teacher" and s.variant != "none"]
     if cfg.eval.decoder == "greedy":
         return {s.name: _summary(out, s)["best_dev_wer"] for s in students}
-    score_cfg = dataclasses.replace(cfg.eval, threads=1) if cfg.parallel_runs > 1 else cfg.eval
     jobs = [(out / "runs" / s.name / "model.safetensors", [dev], out / "eval-dev" / s.name,
-             score_cfg, False) for s in students]  # fmt: skip
-    summaries = _in_processes(evaluate, jobs, cfg.parallel_runs)
+             scoring_config(cfg), False) for s in students]  # fmt: skip
+    summaries = in_processes(evaluate, jobs, cfg.parallel_runs)
     return {s.name: next(iter(r["sets"].values()))["wer"] for s, r in zip(students, summaries)}
 
 
@@ -353,11 +351,9 @@ def deliver_int8(
     except ImportError as err:
         log.warning("demo: no int8 file for the report: %s", err)
         return None
-    students = [s for s in specs if s.scenario != "teacher" and s.variant != "none"]
-    if not students:
+    if not dev_wer:  # no distilled student
         return None
-
-    best = min(students, key=lambda s: dev_wer[s.name])
+    best = next(s for s in specs if s.name == min(dev_wer, key=dev_wer.__getitem__))
     src = out / "runs" / best.name / "model.safetensors"
     dst = out / "export" / f"{best.name}-int8.onnx"
     export_cfg = ExportConfig(

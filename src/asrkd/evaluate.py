@@ -47,7 +47,7 @@ from asrkd.scoring import (  # noqa: F401  error_rates, score: re-exported (trai
     write_set,
     write_summary,
 )
-from asrkd.transcribe import ModelFile, is_onnx, open_model_file
+from asrkd.transcribe import ModelFile, first_text, is_onnx, open_model_file
 
 Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -163,15 +163,6 @@ def measure_speed(
     }
 
 
-def first_text(
-    logits: torch.Tensor, lengths: torch.Tensor, tok: Tokenizer, lexicon: LexiconDecoder | None
-) -> str:
-    """The text of a batch's first utterance: the lexicon beam search, else greedy CTC."""
-    if lexicon is None:
-        return tok.decode(greedy_decode(logits, lengths, tok.blank_id)[0])
-    return lexicon.decode(logits[0, : int(lengths[0])].float().log_softmax(-1).cpu().numpy())
-
-
 def is_onnx_model(model: ModelFile) -> bool:
     return model.format.startswith("onnx")
 
@@ -250,8 +241,10 @@ def _memory_probe(model_path: str, cuts_path: str, cfg_json: str) -> dict:
         fh.write("5")  # reset the high-water mark VmHWM to the current RSS
     model = open_model_file(model_path, cfg.threads, lexicon=False)
     network = _status_mb("VmRSS")
-    model.lexicon = model.file_lexicon()
+    if cfg.decoder != "greedy":
+        model.lexicon = model.file_lexicon()
     lexicon = make_lexicon_decoder(cfg, model, model_path)
+    model.lexicon = None  # kept only where it is the decoder (eval_decoder returns it then)
     clear_caches()  # what built the decoder, kept for the next one, is not the decoder's
     gc.collect()
     decoder = _status_mb("VmRSS")

@@ -460,6 +460,9 @@ def eval_decoder(
     other_arpa = cfg.arpa and stored is not None and stored.vocabulary != vocabulary_label(cfg)
     if stored is not None and not cfg.lexicon_cuts and not other_arpa:
         lm = stored_lm(cfg, stored, model_path)
+        settings = (cfg.beam, cfg.lm_weight, cfg.word_bonus, cfg.token_prune)
+        if lm is stored.lm and settings == stored.settings:
+            return stored  # the file's own decoder: not a second trie of the same words
     else:
         lm = config_lm(cfg, tokenizer, train_lm)
     return LexiconDecoder(
@@ -548,6 +551,11 @@ class LexiconDecoder:
                 self.trie.add(ids, word)
         self.starts_word = {i for s, i in index.items() if s.startswith(WORD_START)}
         self.look, self.best_word = self.trie.look_ahead(self._word_score)
+
+    @property
+    def settings(self) -> tuple[int, float, float, float]:
+        """(beam, lm_weight, word_bonus, prune): with the LM, what the search depends on."""
+        return self.beam, self.lm_weight, self.word_bonus, self.prune
 
     def _word_score(self, word: str) -> float:
         """A word's unigram score: the look-ahead of the words still being spelt."""

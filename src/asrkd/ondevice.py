@@ -65,9 +65,14 @@ def onnx_session(path: str | Path, threads: int = 0):
         raise CheckpointError(f"{path}: unreadable ONNX model ({err})") from err
 
 
-def read_onnx_metadata(props: dict[str, str], path: str | Path = "") -> dict[str, Any]:
-    """Decoded asrkd metadata (dims, tokenizer, features, quantized) of an exported file's
-    metadata_props, e.g. onnxruntime's ``session.get_modelmeta().custom_metadata_map``."""
+def read_onnx_metadata(
+    props: dict[str, str], path: str | Path = "", lexicon: bool = True
+) -> dict[str, Any]:
+    """Decoded asrkd metadata (dims, tokenizer, features, quantized, lexicon) of an exported
+    file's metadata_props, e.g. onnxruntime's ``session.get_modelmeta().custom_metadata_map``;
+    lexicon=False leaves the lexicon (the bulk of it) undecoded and out."""
+    if not lexicon:
+        props = {k: v for k, v in props.items() if k not in ("asrkd.lexicon", "asrkd.lexicon_gz")}
     if props.get("asrkd.format") != ONNX_FORMAT:
         found = props.get("asrkd.format")
         raise CheckpointError(f"{path}: not an asrkd ONNX export (asrkd.format={found!r})")
@@ -141,7 +146,7 @@ class OnnxRecognizer:
         """lexicon=False leaves the file's lexicon unread (file_lexicon reads it later)."""
         self.model_path = model_path
         self.session = onnx_session(model_path, threads)
-        meta = self._metadata()
+        meta = self._metadata(lexicon)
         self.tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
         self.features = FeatureConfig(**meta["features"])
         self.dims = meta["dims"]
@@ -150,9 +155,9 @@ class OnnxRecognizer:
         self.lens_dtype = lengths_dtype(self.session)
         self.lexicon = lexicon_from_metadata(meta, self.tokenizer) if lexicon else None
 
-    def _metadata(self) -> dict[str, Any]:
+    def _metadata(self, lexicon: bool = True) -> dict[str, Any]:
         props = self.session.get_modelmeta().custom_metadata_map
-        return read_onnx_metadata(props, self.model_path)
+        return read_onnx_metadata(props, self.model_path, lexicon)
 
     def file_lexicon(self) -> LexiconDecoder | None:
         """The lexicon decoder the file carries (None without one)."""
@@ -320,7 +325,7 @@ def _torch_figures(model_path, cuts_paths, cfg: EvalConfig, measure: bool) -> di
     from asrkd.evaluate import measure_costs
     from asrkd.transcribe import OnnxTranscriber
 
-    n_params = OnnxTranscriber(model_path, threads=1).n_params
+    n_params = OnnxTranscriber(model_path, threads=1, lexicon=False).n_params
     figures: dict = {"n_params": n_params, "bytes_fp32": 4 * n_params}
     if measure and cuts_paths:
         figures.update(measure_costs(model_path, cuts_paths[0], cfg))

@@ -475,15 +475,17 @@ def _evaluate_run(cfg: Config, run_dir: Path, out_dir: Path, sweep_cfg: SweepCon
     from asrkd.evaluate import evaluate
 
     summary = json.loads((run_dir / "summary.json").read_text())
-    cost = _cost_of(out_dir, cfg.model.preset) if sweep_cfg.measure == "preset" else None
+    cost_key = _cost_key(cfg)
+    cost = _cost_of(out_dir, cost_key) if sweep_cfg.measure == "preset" else None
     measure = sweep_cfg.measure == "all" or (sweep_cfg.measure == "preset" and cost is None)
     sets = [cfg.data.dev_cuts, *cfg.data.test_cuts]
     result = evaluate(run_dir / "model.safetensors", sets, run_dir / "eval", cfg.eval, measure)
     dev = result["sets"][set_name(cfg.data.dev_cuts)]
     test = result["sets"][set_name(cfg.data.test_cuts[0])] if cfg.data.test_cuts else {}
     if measure:
-        cost = {**result["speed"], **result["memory"], "cost_from": run_dir.name}
-    cost = {k: (cost or {}).get(k) for k in (*COST_KEYS, "cost_from")}
+        cost = {**result["speed"], **result["memory"], "cost_from": run_dir.name,
+                "cost_key": cost_key}  # fmt: skip
+    cost = {k: (cost or {}).get(k) for k in (*COST_KEYS, "cost_from", "cost_key")}
     return {
         "dev_wer": dev["wer"],
         "dev_cer": dev["cer"],
@@ -511,10 +513,19 @@ def _best_so_far(run_dir: Path) -> dict:
     }
 
 
-def _cost_of(out_dir: Path, preset: str) -> dict | None:
-    """The latency/memory measured for a model preset by an earlier trial of this sweep."""
+def _cost_key(cfg: Config) -> str:
+    """What a trial's latency and memory depend on: the model preset, the decoder (both are
+    in the RTF and the peak) and how memory is probed."""
+    from asrkd.evaluate import MEMORY_PROBE
+
+    return f"{cfg.model.preset}|{cfg.eval.tag}|memory-probe-{MEMORY_PROBE}"
+
+
+def _cost_of(out_dir: Path, cost_key: str) -> dict | None:
+    """The latency/memory an earlier trial of this sweep measured under the same _cost_key
+    (rows from before the key was stored are measured again)."""
     for row in reversed(read_rows(out_dir / RESULTS)):
-        if row["params"].get("model.preset") == preset and row.get("latency_ms") is not None:
+        if row.get("cost_key") == cost_key and row.get("latency_ms") is not None:
             return row
     return None
 

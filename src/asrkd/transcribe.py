@@ -73,9 +73,7 @@ class ModelFile:
     def __call__(self, samples: np.ndarray) -> str:
         feats = fbank(samples, self.features)
         logits, lengths = self.forward(feats[None], torch.tensor([feats.shape[0]]))
-        if self.lexicon is not None:
-            return self.lexicon.decode(logits[0, : int(lengths[0])].float().log_softmax(-1).numpy())
-        return self.tokenizer.decode(greedy_decode(logits, lengths, self.tokenizer.blank_id)[0])
+        return first_text(logits, lengths, self.tokenizer, self.lexicon)
 
 
 class Transcriber(ModelFile):
@@ -128,6 +126,15 @@ class OnnxTranscriber(ModelFile):
 
     def file_lexicon(self) -> LexiconDecoder | None:
         return self._onnx.file_lexicon()
+
+
+def first_text(
+    logits: torch.Tensor, lengths: torch.Tensor, tok: Tokenizer, lexicon: LexiconDecoder | None
+) -> str:
+    """The text of a batch's first utterance: the lexicon beam search, else greedy CTC."""
+    if lexicon is None:
+        return tok.decode(greedy_decode(logits, lengths, tok.blank_id)[0])
+    return lexicon.decode(logits[0, : int(lengths[0])].float().log_softmax(-1).cpu().numpy())
 
 
 def open_model_file(model_path: str | Path, threads: int = 0, lexicon: bool = True) -> ModelFile:

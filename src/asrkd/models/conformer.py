@@ -59,15 +59,17 @@ def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
 
 def attention_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """(B, T') bool, True on valid frames -> (B, 1, 1, T') additive attention mask: 0 on the
-    keys to attend to, -inf on padding (padded queries are masked downstream).
+    keys to attend to, the dtype's lowest value on padding (padded queries are masked
+    downstream).
 
     Additive rather than boolean for the exported graph: with a boolean mask the ONNX exporter
     guards every (B, H, T', T') score tensor against fully masked rows (IsNaN, Where), which
     onnxruntime keeps in memory (the recipe's int8 student: 212 -> 147 MB over its test
-    utterances, docs/benchmarks.md). Every row has a valid key, so the results are the same
-    to the bit in PyTorch."""
+    utterances, docs/benchmarks.md). Finite rather than -inf, so that an utterance too short to
+    keep a frame (a row without a valid key) gives finite values, never NaN; where a row has a
+    valid key the results are the same to the bit as the boolean mask's in PyTorch."""
     zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-    return zeros.masked_fill(~mask, float("-inf"))[:, None, None, :]
+    return zeros.masked_fill(~mask, torch.finfo(dtype).min)[:, None, None, :]
 
 
 def normalize_feats(feats: Tensor, feat_lens: Tensor, eps: float = 1e-5) -> Tensor:
