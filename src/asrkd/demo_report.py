@@ -31,8 +31,9 @@ def evaluate_runs(
     file (a (RunSpec, path) pair from demo.deliver_int8) if any; one row per model. A row's
     dev WER is dev_wer's (demo.dev_wers: decoded as the test set is) where it has one, else the
     training run's best (greedy)."""
-    dev_wer = dev_wer or {}
     from asrkd.evaluate import measure_costs, write_summary
+
+    dev_wer = dev_wer or {}
 
     tests = [data["test"], *([data["test_noisy"]] if "test_noisy" in data else [])]
     models = [(spec, spec.name, out / "runs" / spec.name / "model.safetensors") for spec in specs]
@@ -109,10 +110,9 @@ def _row(spec, name: str, summary: dict) -> dict:
         "oov_rate": test.get("oov_rate"),
         "latency_ms": summary["speed"]["latency_ms"],
         "rtf": summary["speed"]["rtf"],
-        # the teacher runtimes time the whole transcription: no split
+        # the teacher runtimes time and probe the whole transcription: no decoder split
         "decoder_rtf": summary["speed"].get("decoder_rtf"),
         "memory_mb": summary["memory"]["model_memory_mb"],
-        # the teacher probes measure the whole transcription: no split
         "decoder_mb": summary["memory"].get("decoder_mb"),
         "uses_teacher": spec.uses_teacher,
         "dev_wer": summary.get("dev_wer", summary.get("best_dev_wer")),
