@@ -54,3 +54,11 @@ def test_output_is_in_the_students_units() -> None:
         out = normalize_english(text)
         assert out is None or set(out) <= set("abcdefghijklmnopqrstuvwxyz' ")
         assert out is None or out == " ".join(out.split())
+
+
+def test_a_number_beyond_num2words_is_spelt_digit_by_digit() -> None:
+    # a tiny random Whisper repeats digits for ever; num2words stops at 10^306 (OverflowError)
+    long = "523" * 120
+    spelt = normalize_english(f"I counted {long} sheep.")
+    assert spelt == "i counted " + " ".join(["five two three"] * 120) + " sheep"
+    assert normalize_english("the 123456789012345678901234567890123456789th") is not None

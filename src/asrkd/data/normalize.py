@@ -72,7 +72,10 @@ def _words(number: int | str, to: str = "cardinal") -> str:
         from num2words import num2words
     except ImportError as err:
         raise ImportError("spelling numbers needs num2words: pip install 'asrkd[whisper]'") from err
-    text = num2words(int(number), to=to, lang="en")
+    try:
+        text = num2words(int(number), to=to, lang="en")
+    except OverflowError:  # beyond num2words (10^306 and up: a hallucinating teacher)
+        text = " ".join(num2words(int(d), lang="en") for d in str(number))  # digit by digit
     return " " + text.replace("-", " ").replace(",", "") + " "
 
 
