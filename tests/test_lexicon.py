@@ -97,7 +97,9 @@ def test_full_beam_equals_brute_force(seed: int, texts: list[str], order: int) -
     lm = WordLM.from_texts(texts, order)
     logits = rng.normal(size=(6, TINY.vocab_size)) * 2
     log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
-    dec = LexiconDecoder(TINY, lm, beam=10_000, lm_weight=0.7, word_bonus=0.3, prune=-np.inf)
+    dec = LexiconDecoder(
+        TINY, lm, beam=10_000, lm_weight=0.7, word_bonus=0.3, prune=-np.inf, engine="python"
+    )
     assert dec.decode(log_probs) == brute_force(log_probs, dec)
 
 
@@ -134,7 +136,7 @@ def test_evaluate_with_the_lexicon_decoder(
     tiny_teacher: Path, prepared_parts: dict[str, Path], tmp_path: Path
 ) -> None:
     cfg = EvalConfig(decoder="lexicon", lexicon_cuts=str(prepared_parts["train"]))
-    assert cfg.tag == "lexicon-b8-lm0.5-wb1"
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-fl"
     summary = evaluate(tiny_teacher, [prepared_parts["test"]], tmp_path, cfg, measure=False)
     test = summary["sets"]["test"]
     assert summary["decoding"] == cfg.tag
@@ -167,7 +169,9 @@ def test_evaluate_with_the_lexicon_decoder(
 
 def test_decoding_pauses_the_cyclic_collector_and_restores_it() -> None:
     tok = Tokenizer()
-    lexicon = LexiconDecoder(tok, WordLM.from_texts(["a cab", "a bad cab"]), beam=4)
+    lexicon = LexiconDecoder(
+        tok, WordLM.from_texts(["a cab", "a bad cab"]), beam=4, engine="python"
+    )
     lp = peaked(tok, "a bad cab")
     try:
         for enabled in (True, False):
@@ -197,7 +201,9 @@ def test_look_ahead_keeps_the_likely_word_through_pruning() -> None:
     p = np.array([[1e-6, 1e-6, 0.45, 0.55], [1e-6, 1e-6, 0.55, 0.45]])
     log_probs = np.log(p / p.sum(1, keepdims=True))
     lm = WordLM.from_texts(["ab"] * 20 + ["ba"])
-    dec = LexiconDecoder(TINY, lm, beam=1, lm_weight=1.0, word_bonus=0.0, prune=-np.inf)
+    dec = LexiconDecoder(
+        TINY, lm, beam=1, lm_weight=1.0, word_bonus=0.0, prune=-np.inf, engine="python"
+    )
     assert dec.decode(log_probs) == brute_force(log_probs, dec) == "ab"
     dec.look = [0.0] * len(dec.look)  # the same decoder without look-ahead
     assert dec.decode(log_probs) == "ba"
@@ -223,7 +229,7 @@ def test_wordfreq_vocabulary_and_its_mix_with_the_transcripts() -> None:
     )
     assert vocabulary_lm("train", 0.5, tok, lambda: train, books=False) is train
     cfg = EvalConfig(decoder="lexicon", vocabulary="train+wordfreq:50000")
-    assert cfg.tag == "lexicon-b8-lm0.5-wb1-train+wordfreq50000w0.5"
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-train+wordfreq50000w0.5-fl"
     for bad in ("wordfreq", "wordfreq:0", "train+train", "books:10"):
         with pytest.raises(ConfigError, match="vocabulary"):
             EvalConfig(vocabulary=bad)
@@ -310,9 +316,9 @@ def test_bigram_context_changes_the_decoded_word() -> None:
 def test_lm_order_config_training_lm_of_a_partial_run_and_stored_lexicons(
     prepared_parts: dict[str, Path],
 ) -> None:
-    assert EvalConfig(decoder="lexicon", lm_order=2).tag == "lexicon-b8-lm0.5-wb1-bigram"
+    assert EvalConfig(decoder="lexicon", lm_order=2).tag == "lexicon-b8-lm0.5-wb1-bigram-fl"
     cfg = EvalConfig(decoder="lexicon", vocabulary="train+wordfreq:1000", lm_order=2)
-    assert cfg.tag == "lexicon-b8-lm0.5-wb1-train+wordfreq1000w0.5-bigram"
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-train+wordfreq1000w0.5-bigram-fl"
     with pytest.raises(ConfigError, match="lm_order"):
         EvalConfig(lm_order=3)
     with pytest.raises(ConfigError, match="word pairs"):
@@ -373,7 +379,7 @@ def test_books_bigram_from_symspellpy_and_the_transcripts_over_it() -> None:
     assert WordLM.from_json(json.loads(json.dumps(stacked.to_json()))) == stacked
     # the config's checks and names
     cfg = EvalConfig(decoder="lexicon", vocabulary="wordfreq:3000", lm_order=2, bigrams="books")
-    assert cfg.tag == "lexicon-b8-lm0.5-wb1-wordfreq3000-bigram-books"
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-wordfreq3000-bigram-books-fl"
     with pytest.raises(ConfigError, match="lm_order=2"):
         EvalConfig(bigrams="books")
     with pytest.raises(ConfigError, match="expected"):
@@ -404,8 +410,8 @@ def test_token_prune_drops_unlikely_tokens_everywhere_it_is_configured() -> None
     assert LexiconDecoder(TINY, lm, prune=-5.0, **kwargs).decode(log_probs) == "b"
 
     cfg = EvalConfig(decoder="lexicon", vocabulary="wordfreq:1000", token_prune=-5.0)
-    assert cfg.tag == "lexicon-b8-lm0.5-wb1-wordfreq1000-tp5"
-    assert EvalConfig(decoder="lexicon").tag == "lexicon-b8-lm0.5-wb1"  # -10: names unchanged
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-wordfreq1000-tp5-fl"
+    assert EvalConfig(decoder="lexicon").tag == "lexicon-b8-lm0.5-wb1-fl"  # -10: names unchanged
     dec = eval_decoder(cfg, Tokenizer(), None, "m", lambda order: lm)
     assert dec is not None and dec.prune == -5.0
     for bad in (0.0, 1.0):
@@ -490,7 +496,7 @@ def test_an_arpa_file_is_the_lexicon_and_lm(tmp_path: Path, prepared_parts) -> N
         dec = eval_decoder(cfg, tok, None, "m", lambda order: pytest.fail("no transcripts"))
         assert dec is not None and dec.vocabulary == "arpa:lm.arpa.gz"
         assert dec.decode(lp) == text
-    assert cfg.tag == "lexicon-b8-lm1-wb0-arpa-lm-bigram"
+    assert cfg.tag == "lexicon-b8-lm1-wb0-arpa-lm-bigram-fl"
 
     # stored in an exported file, read back as the same LM and taken as stored by evaluate
     meta = {"tokenizer": json.loads(tok.to_json()), "config": {}}

@@ -142,6 +142,10 @@ def _arpa_tag(arpa: str) -> str:
 
 # the lexicon search's default token prune: a token is tried at a frame above this log-prob
 TOKEN_PRUNE = -10.0
+# who runs the lexicon search: flashlight-text's C++ decoder (asrkd.lexicon_flashlight), or
+# asrkd's Python reference search (BPE tokenizers always use it); the first is the default
+LEXICON_ENGINES = ("flashlight", "python")
+LEXICON_ENGINE = LEXICON_ENGINES[0]
 
 
 def _check_token_prune(prefix: str, value: float) -> None:
@@ -496,9 +500,13 @@ class EvalConfig:
     # vocabulary and its 1-grams (and, for lm_order=2, its 2-grams with their back-offs) the LM,
     # in place of `vocabulary` and `bigrams`; higher orders are not read
     arpa: str = ""
+    # "flashlight" (C++, several times faster, a fraction of the memory) or "python" (the
+    # reference search); BPE tokenizers are searched by the Python engine either way
+    lexicon_engine: str = LEXICON_ENGINE
 
     def __post_init__(self) -> None:
         _check_choice("eval.decoder", self.decoder, DECODERS)
+        _check_choice("eval.lexicon_engine", self.lexicon_engine, LEXICON_ENGINES)
         _check_arpa("eval.", self.arpa, self.vocabulary, self.bigrams, self.lexicon_cuts)
         if self.beam < 1:
             raise ConfigError("eval.beam must be at least 1")
@@ -517,7 +525,8 @@ class EvalConfig:
         )
         prune = "" if self.token_prune == TOKEN_PRUNE else f"-tp{-self.token_prune:g}"
         weights = f"lexicon-b{self.beam}-lm{self.lm_weight:g}-wb{self.word_bonus:g}"
-        return f"{weights}{_arpa_tag(self.arpa)}{vocabulary}{prune}"
+        engine = "-fl" if self.lexicon_engine == "flashlight" else ""  # python: the older names
+        return f"{weights}{_arpa_tag(self.arpa)}{vocabulary}{prune}{engine}"
 
 
 @dataclass(frozen=True)

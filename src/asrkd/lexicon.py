@@ -66,6 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from asrkd.config import (
+    LEXICON_ENGINE,
     TOKEN_PRUNE,
     ConfigError,
     EvalConfig,
@@ -460,7 +461,7 @@ def eval_decoder(
     other_arpa = cfg.arpa and stored is not None and stored.vocabulary != vocabulary_label(cfg)
     if stored is not None and not cfg.lexicon_cuts and not other_arpa:
         lm = stored_lm(cfg, stored, model_path)
-        settings = (cfg.beam, cfg.lm_weight, cfg.word_bonus, cfg.token_prune)
+        settings = (cfg.beam, cfg.lm_weight, cfg.word_bonus, cfg.token_prune, cfg.lexicon_engine)
         if lm is stored.lm and settings == stored.settings:
             return stored  # the file's own decoder: not a second trie of the same words
     else:
@@ -474,6 +475,7 @@ def eval_decoder(
         prune=cfg.token_prune,
         vocabulary=vocabulary_label(cfg),
         bigrams=cfg.bigrams,
+        engine=cfg.lexicon_engine,
     )
 
 
@@ -533,6 +535,7 @@ class LexiconDecoder:
         prune: float = TOKEN_PRUNE,
         vocabulary: str = "train",
         bigrams: str = "train",
+        engine: str = LEXICON_ENGINE,
     ) -> None:
         self.blank = tokenizer.blank_id
         self.tokenizer, self.vocabulary = tokenizer, vocabulary  # where lm's words came from
@@ -544,18 +547,33 @@ class LexiconDecoder:
         self.space = None if self.bpe else index.get(" ")
         if not self.bpe and self.space is None:
             raise ValueError("lexicon decoding needs a word separator (' ') or BPE pieces")
-        self.trie = _Trie()
+        spellings = {}
         for word in lm.log_probs:
             ids = tokenizer.encode(word)
             if ids and tokenizer.decode(ids) == word:  # spellable with these symbols
-                self.trie.add(ids, word)
+                spellings[word] = ids
+        # flashlight searches character tokenizers; BPE pieces always the Python search
+        self.engine_asked = engine
+        self.engine = "python" if self.bpe else engine
+        self._fast = None
+        if self.engine == "flashlight":
+            from asrkd.lexicon_flashlight import FlashlightSearch
+
+            self._fast = FlashlightSearch(
+                tokenizer.symbols, self.blank, spellings, lm, beam, lm_weight, word_bonus, prune
+            )
+            return
+        self.trie = _Trie()
+        for word, ids in spellings.items():
+            self.trie.add(ids, word)
         self.starts_word = {i for s, i in index.items() if s.startswith(WORD_START)}
         self.look, self.best_word = self.trie.look_ahead(self._word_score)
 
     @property
-    def settings(self) -> tuple[int, float, float, float]:
-        """(beam, lm_weight, word_bonus, prune): with the LM, what the search depends on."""
-        return self.beam, self.lm_weight, self.word_bonus, self.prune
+    def settings(self) -> tuple[int, float, float, float, str]:
+        """(beam, lm_weight, word_bonus, prune, engine asked for): with the LM, what the search
+        depends on."""
+        return self.beam, self.lm_weight, self.word_bonus, self.prune, self.engine_asked
 
     def _word_score(self, word: str) -> float:
         """A word's unigram score: the look-ahead of the words still being spelt."""
@@ -600,6 +618,8 @@ class LexiconDecoder:
         thousands of small objects, none in a cycle (reference counting frees them all), and
         each collection they trigger walked the whole heap, the word LM's entries included
         (30 % of the decoder's time alone, twice that in a process holding more)."""
+        if self._fast is not None:
+            return self._fast.decode(log_probs)
         enabled = gc.isenabled()
         gc.disable()
         try:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from asrkd.config import TOKEN_PRUNE, CheckpointError, EvalConfig, FeatureConfig
+from asrkd.config import LEXICON_ENGINE, TOKEN_PRUNE, CheckpointError, EvalConfig, FeatureConfig
 from asrkd.data.audio import features_np, load_mono, resample_mono
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.data.validate import DataError
@@ -98,8 +98,12 @@ def unpack_lexicon(packed: str) -> dict[str, Any]:
     return json.loads(gzip.decompress(base64.b64decode(packed, validate=True)))
 
 
-def lexicon_from_metadata(meta: dict[str, Any], tokenizer: Tokenizer) -> LexiconDecoder | None:
-    """The lexicon decoder an exported file carries (read_onnx_metadata's dict), or None."""
+def lexicon_from_metadata(
+    meta: dict[str, Any], tokenizer: Tokenizer, engine: str = LEXICON_ENGINE
+) -> LexiconDecoder | None:
+    """The lexicon decoder an exported file carries (read_onnx_metadata's dict), or None;
+    searched by `engine` (EvalConfig.lexicon_engine: the file stores what is searched, not
+    who searches)."""
     lex = meta.get("lexicon")
     if not lex:
         return None
@@ -108,6 +112,7 @@ def lexicon_from_metadata(meta: dict[str, Any], tokenizer: Tokenizer) -> Lexicon
         prune=lex.get("token_prune", TOKEN_PRUNE),  # files exported before it was stored
         vocabulary=lex.get("vocabulary", "train"),
         bigrams=lex.get("bigrams", "train"),
+        engine=engine,
     )  # fmt: skip
 
 

@@ -1,0 +1,210 @@
+"""The lexicon search in C++: flashlight-text's LexiconDecoder over a KenLM copy of the word LM.
+
+asrkd.lexicon's Python search is the reference; this engine runs the same search (CTC prefix
+beam search over the vocabulary's words, the word LM's score and word bonus added when a word
+completes, the unigram look-ahead inside words) in flashlight-text, the C++ decoder behind
+torchaudio's `ctc_decoder` and wav2letter. On the real-speech recipe it decodes several times
+faster in a fraction of the memory (docs/benchmarks.md). How asrkd's search maps onto it:
+- Word LM: the WordLM is written as an ARPA file (the bigram's listed pairs as 2-grams, each
+  context's back-off weight as its 1-gram's back-off: the same P(w | v) to float precision) and
+  read by KenLM. KenLM scores in log10: lm_weight is scaled by ln 10 to weigh ln P as asrkd does.
+  asrkd's LM has no end-of-sentence event: </s> gets probability 1 after every context.
+- Lexicon: each word spelt with the tokenizer's characters followed by the space, as the
+  Python search completes a word at its space; the trie is smeared with each word's unigram
+  (the look-ahead). flashlight adds the word bonus when a word completes, not in the look-ahead
+  (a constant shift there, except against hypotheses between words).
+- Token prune: tokens at or below `prune` are -inf at that frame (blank always counts), as the
+  Python search skips them.
+- End of the utterance: as in the Python search, flashlight's hypotheses at the last frame
+  are finished here (flashlight's own end would drop a word still being spelt): inside a word,
+  the letters spelt so far end it if they form a word (its LM score replaces the look-ahead),
+  else the best word they can still become, with the look-ahead's score.
+Character tokenizers only: a BPE tokenizer has no separator token to close words with; the
+Python engine searches those.
+
+Dimension legend: T' output frames, V tokens (blank included).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from asrkd.lexicon import SENTENCE_START, WordLM
+
+LN10 = math.log(10.0)
+UNK = "<unk>"
+END = "</s>"
+LAST_CHAR = chr(0x10FFFF)  # sorts after every character: prefix + it bounds prefix's words
+
+
+def _log10(p: float) -> str:
+    return f"{math.log10(p):.7g}" if p > 0 else "-99"
+
+
+def write_arpa(lm: WordLM, path: str | Path) -> None:
+    """`lm` as an ARPA file KenLM reads: P(w) as 1-grams, each bigram context's back-off weight
+    on its 1-gram, its listed pairs as 2-grams with P(w | v) = seen(w) + b(v) P(w); </s> has
+    probability 1 after every context (asrkd's word LMs do not model the sentence end)."""
+    contexts = lm.contexts
+    lines_2: list[str] = []
+    for prev, (backoff, seen) in contexts.items():
+        if prev != SENTENCE_START and prev not in lm.log_probs:
+            continue  # a context no 1-gram names (KenLM needs one): P(. | prev) is never asked
+        rest = math.exp(backoff)
+        for word, p in seen.items():
+            lines_2.append(f"{_log10(p + rest * math.exp(lm.log_probs[word]))}\t{prev} {word}")
+        lines_2.append(f"0\t{prev} {END}")
+    if SENTENCE_START not in contexts:  # KenLM reads no model without 2-grams (a unigram)
+        lines_2.append(f"0\t{SENTENCE_START} {END}")
+    with open(path, "w", encoding="utf-8") as f:
+        n_1 = len(lm.log_probs) + 3
+        f.write(f"\\data\\\nngram 1={n_1}\n")
+        f.write(f"ngram 2={len(lines_2)}\n")
+        f.write("\n\\1-grams:\n")
+        f.write(f"-99\t{UNK}\n0\t{END}\n")
+        start = contexts.get(SENTENCE_START)
+        f.write(
+            f"-99\t{SENTENCE_START}\t{start[0] / LN10:.7g}\n"
+            if start
+            else f"-99\t{SENTENCE_START}\n"
+        )
+        for word, log_p in lm.log_probs.items():
+            backoff = contexts.get(word)
+            bow = f"\t{backoff[0] / LN10:.7g}" if backoff else ""
+            f.write(f"{log_p / LN10:.7g}\t{word}{bow}\n")
+        f.write("\n\\2-grams:\n")
+        f.write("\n".join(lines_2))
+        f.write("\n")
+        f.write("\n\\end\\\n")
+
+
+@contextmanager
+def _quiet_stderr():
+    """KenLM prints a progress bar to the process's stderr (file descriptor 2) while reading."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _import_flashlight():
+    try:
+        from flashlight.lib.text import decoder, dictionary
+        from flashlight.lib.text.decoder.kenlm import KenLM
+    except ImportError as err:
+        raise ImportError(
+            "eval.lexicon_engine=flashlight needs the flashlight-text package (an asrkd "
+            "dependency): pip install flashlight-text, or set lexicon_engine=python"
+        ) from err
+    return decoder, dictionary, KenLM
+
+
+class FlashlightSearch:
+    """flashlight-text's CTC lexicon beam search over `lm`'s words for a character tokenizer
+    (its symbols include " "), with asrkd's scores (module docstring)."""
+
+    def __init__(
+        self,
+        symbols: list[str],
+        blank: int,
+        spellings: dict[str, list[int]],
+        lm: WordLM,
+        beam: int,
+        lm_weight: float,
+        word_bonus: float,
+        prune: float,
+    ) -> None:
+        fl, fl_dict, kenlm = _import_flashlight()
+        self.blank, self.space, self.prune = blank, symbols.index(" "), prune
+        self.symbols = symbols
+        self.n_tokens = len(symbols)
+        self.words = fl_dict.Dictionary()
+        for word in (*lm.log_probs, UNK):
+            self.words.add_entry(word)
+        with tempfile.TemporaryDirectory(prefix="asrkd-lm-") as folder:
+            arpa = Path(folder) / "lm.arpa"
+            write_arpa(lm, arpa)
+            with _quiet_stderr():
+                self.lm = kenlm(str(arpa), self.words)
+        self.trie = fl.Trie(self.n_tokens, self.space)
+        nothing = self.lm.start(True)  # no context: the unigram, the look-ahead's score
+        unigram = {}
+        for word, ids in spellings.items():
+            index = self.words.get_index(word)
+            unigram[word] = self.lm.score(nothing, index)[1]
+            self.trie.insert([*ids, self.space], index, unigram[word])
+        self.trie.smear(fl.SmearingMode.MAX)
+        # the words in order and their unigrams: those a prefix can become are a slice
+        self.sorted_words = sorted(unigram)
+        self.sorted_scores = np.array([unigram[w] for w in self.sorted_words])
+        self.lm_weight, self.word_bonus = lm_weight * LN10, word_bonus
+        options = fl.LexiconDecoderOptions(
+            beam_size=beam,
+            beam_size_token=self.n_tokens,
+            beam_threshold=1e30,
+            lm_weight=lm_weight * LN10,
+            word_score=word_bonus,
+            unk_score=-math.inf,
+            sil_score=0.0,
+            log_add=True,
+            criterion_type=fl.CriterionType.CTC,
+        )
+        self.decoder = fl.LexiconDecoder(
+            options, self.trie, self.lm, self.space, blank, self.words.get_index(UNK), [], False
+        )
+
+    def emissions(self, log_probs: np.ndarray) -> np.ndarray:
+        """log_probs (T', V) -> (T', V) float32, C order: tokens at or below the prune -inf
+        (blank kept)."""
+        out = np.array(log_probs, dtype=np.float32, order="C")
+        keep = out > self.prune
+        keep[:, self.blank] = True
+        out[~keep] = -np.inf
+        return out
+
+    def decode(self, log_probs: np.ndarray) -> str:
+        """log_probs (T', V): log-softmax outputs of one utterance's valid frames -> text."""
+        if len(log_probs) == 0:
+            return ""
+        emissions = self.emissions(log_probs)
+        self.decoder.decode_begin()
+        self.decoder.decode_step(emissions.ctypes.data, *emissions.shape)
+        finals = [self._final(h) for h in self.decoder.get_all_final_hypothesis()]
+        return " ".join(max(finals, key=lambda f: f[0])[1]) if finals else ""
+
+    def _final(self, hyp) -> tuple[float, list[str]]:
+        """A hypothesis's score and words once the utterance ends (module docstring): between
+        words as it stands; inside a word, that word if its letters spell one (its LM score
+        and bonus in place of the look-ahead), else the best word they can still become (the
+        look-ahead's word, with the look-ahead's score and the bonus)."""
+        words = [self.words.get_entry(i) for i in hyp.words if i >= 0]
+        letters, prev = [], -1
+        for token in hyp.tokens[1:]:  # [0]: the start (the space); then one token per frame
+            if token != prev and token != self.blank:
+                letters = [] if token == self.space else [*letters, token]
+            prev = token
+        if not letters:
+            return hyp.score, words
+        prefix = "".join(self.symbols[i] for i in letters)
+        lo = bisect.bisect_left(self.sorted_words, prefix)
+        hi = bisect.bisect_left(self.sorted_words, prefix + LAST_CHAR, lo)
+        best = lo + int(np.argmax(self.sorted_scores[lo:hi]))
+        look = self.lm_weight * self.sorted_scores[best]  # what the hypothesis carries
+        if self.sorted_words[lo] != prefix:
+            return hyp.score + self.word_bonus, [*words, self.sorted_words[best]]
+        state = self.lm.start(False)
+        for word in words:
+            state = self.lm.score(state, self.words.get_index(word))[0]
+        lm = self.lm_weight * self.lm.score(state, self.words.get_index(prefix))[1]
+        return hyp.score - look + lm + self.word_bonus, [*words, prefix]
