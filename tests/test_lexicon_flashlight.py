@@ -5,6 +5,7 @@ engine is a config choice recorded in the decoding tag."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -113,3 +114,19 @@ def test_the_engine_is_a_config_choice_in_the_tag_and_bpe_searches_in_python() -
         cfg = EvalConfig(decoder="lexicon", lexicon_engine=engine)
         dec = eval_decoder(cfg, tok, stored, "model.onnx", lambda order: lm)
         assert (dec is stored) == (engine == "flashlight") and dec.engine == engine
+
+
+def test_a_decoder_that_decodes_releases_its_python_lm() -> None:
+    tok = Tokenizer()
+    lm = WordLM.from_texts(TEXTS, 2)
+    rng = np.random.default_rng(2)
+    lp = noisy(tok, "the red dog sat", rng, noise=0.0)
+    fl = LexiconDecoder(tok, lm, 8, 0.5, 1.0, prune=-10.0, engine="flashlight")
+    py = LexiconDecoder(tok, lm, 8, 0.5, 1.0, prune=-10.0, engine="python")
+    assert fl.release_lm() is fl and fl.lm is None and py.release_lm().lm is lm
+    assert fl.decode(lp) == py.decode(lp) == "the red dog sat"
+    assert fl.knows("dog") and not fl.knows("do") and py.knows("dog") and not py.knows("do")
+    same = EvalConfig(decoder="lexicon", beam=8, lm_order=2, token_prune=-10.0)
+    assert eval_decoder(same, tok, fl, "model.onnx", lambda order: lm) is fl
+    with pytest.raises(ValueError, match="released its LM"):
+        eval_decoder(dataclasses.replace(same, beam=4), tok, fl, "model.onnx", lambda o: lm)

@@ -121,7 +121,8 @@ def make_lexicon_decoder(
             return lm_from_manifest(cfg.lexicon_cuts, order)
         return training_lm(model.run_config, model_path, order)
 
-    return eval_decoder(cfg, model.tokenizer, model.lexicon, model_path, train_lm)
+    lexicon = eval_decoder(cfg, model.tokenizer, model.lexicon, model_path, train_lm)
+    return lexicon.release_lm() if lexicon is not None else None
 
 
 @torch.inference_mode()

@@ -460,10 +460,17 @@ def eval_decoder(
         return None
     other_arpa = cfg.arpa and stored is not None and stored.vocabulary != vocabulary_label(cfg)
     if stored is not None and not cfg.lexicon_cuts and not other_arpa:
-        lm = stored_lm(cfg, stored, model_path)
         settings = (cfg.beam, cfg.lm_weight, cfg.word_bonus, cfg.token_prune, cfg.lexicon_engine)
-        if lm is stored.lm and settings == stored.settings:
+        same_lm = (stored.vocabulary, stored.lm_order, stored.bigrams) == (
+            vocabulary_label(cfg),
+            cfg.lm_order,
+            cfg.bigrams,
+        )  # stored_lm would return the stored LM
+        if same_lm and settings == stored.settings:
             return stored  # the file's own decoder: not a second trie of the same words
+        if stored.lm is None:
+            raise ValueError(f"{model_path}: the file's decoder released its LM (release_lm)")
+        lm = stored_lm(cfg, stored, model_path)
     else:
         lm = config_lm(cfg, tokenizer, train_lm)
     return LexiconDecoder(
@@ -541,7 +548,7 @@ class LexiconDecoder:
         self.tokenizer, self.vocabulary = tokenizer, vocabulary  # where lm's words came from
         self.bigrams = bigrams  # where its word pairs came from (lm_order 2)
         self.beam, self.lm_weight, self.word_bonus, self.prune = beam, lm_weight, word_bonus, prune
-        self.lm = lm
+        self.lm, self.lm_order = lm, lm.order
         self.bpe = isinstance(tokenizer, BpeTokenizer)
         index = {s: i for i, s in enumerate(tokenizer.symbols)}
         self.space = None if self.bpe else index.get(" ")
@@ -568,6 +575,21 @@ class LexiconDecoder:
             self.trie.add(ids, word)
         self.starts_word = {i for s, i in index.items() if s.startswith(WORD_START)}
         self.look, self.best_word = self.trie.look_ahead(self._word_score)
+
+    def release_lm(self) -> LexiconDecoder:
+        """Drop the word LM's Python tables once this decoder is the one that decodes (the
+        flashlight engine searches its own KenLM copy; ~45-100 MB for the real-speech
+        recipe's LM): `lm` is None afterwards, so eval_decoder can no longer derive another
+        LM from it. The Python engine searches with them: kept there."""
+        if self._fast is not None:
+            self.lm = None
+        return self
+
+    def knows(self, word: str) -> bool:
+        """Whether `word` is in the vocabulary (OOV rates)."""
+        if self._fast is not None:
+            return word in self._fast
+        return word in self.lm.log_probs
 
     @property
     def settings(self) -> tuple[int, float, float, float, str]:

@@ -164,6 +164,10 @@ class FlashlightSearch:
             options, self.trie, self.lm, self.space, blank, self.words.get_index(UNK), [], False
         )
 
+    def __contains__(self, word: str) -> bool:
+        i = bisect.bisect_left(self.sorted_words, word)
+        return i < len(self.sorted_words) and self.sorted_words[i] == word
+
     def emissions(self, log_probs: np.ndarray) -> np.ndarray:
         """log_probs (T', V) -> (T', V) float32, C order: tokens at or below the prune -inf
         (blank kept)."""

@@ -194,6 +194,8 @@ def transcribe_onnx_files(
 ) -> list[tuple[str, str]]:
     """(path, text) for each audio file, with an exported .onnx file."""
     recognizer = OnnxRecognizer(model_path, threads)
+    if recognizer.lexicon is not None:
+        recognizer.lexicon.release_lm()  # it only decodes from here on
     rate = recognizer.features.sample_rate
     return [(str(p), recognizer(load_mono(p, rate))) for p in paths]
 
@@ -273,7 +275,8 @@ def make_lexicon(
         texts = [c.text for c in read_cut_manifest(cfg.lexicon_cuts)]
         return WordLM.from_texts(texts, order)
 
-    return eval_decoder(cfg, model.tokenizer, model.lexicon, model_path, train_lm)
+    lexicon = eval_decoder(cfg, model.tokenizer, model.lexicon, model_path, train_lm)
+    return lexicon.release_lm() if lexicon is not None else None
 
 
 def decode_manifest(

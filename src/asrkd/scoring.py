@@ -16,7 +16,7 @@ Result = tuple[str, str, str]  # cut id, reference, hypothesis
 def oov_rate(results: list[Result], lexicon) -> float:
     """Share of reference words the lexicon cannot spell (they can never be recognised)."""
     words = [w for _, ref, _ in results for w in ref.split()]
-    return sum(w not in lexicon.lm.log_probs for w in words) / max(1, len(words))
+    return sum(not lexicon.knows(w) for w in words) / max(1, len(words))
 
 
 def error_rates(results: list[Result]) -> tuple[float, float]:
