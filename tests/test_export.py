@@ -223,7 +223,9 @@ def test_evaluate_scores_onnx_files_like_the_model_file(
     unigram = dataclasses.replace(mixed, lm_order=1)  # the file's stored "train" unigram, mixed
     recognizer = OnnxRecognizer(onnx_files["int8-lexicon"], threads=1)
     stored = recognizer.lexicon.lm.log_probs
-    lm = make_lexicon(unigram, recognizer, onnx_files["int8-lexicon"]).lm.log_probs
+    mixed_decoder = make_lexicon(unigram, recognizer, onnx_files["int8-lexicon"])
+    assert mixed_decoder.lm is None  # released: it decodes from here on (release_lm)
+    lm = mixed_decoder._fast.sorted_words  # the words the search spells
     assert set(stored) < set(lm) and len(lm) > len(stored) + 1000
     # An ONNX file has no run config: without eval.lexicon_cuts or a lexicon inside, say so.
     with pytest.raises(ConfigError, match="names no training manifest"):
