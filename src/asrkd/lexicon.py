@@ -42,6 +42,10 @@ ranked with the best word score below its trie node (the best word it can still 
 half-spelt word competes with complete ones on the same footing instead of escaping the LM until
 its last letter; once the word completes, the look-ahead is replaced by the word's own score.
 
+Engines (`eval.lexicon_engine`): the search below is asrkd's reference; "flashlight" runs the same
+search in C++ (asrkd.lexicon_flashlight: flashlight-text over a KenLM copy of the LM), for
+character tokenizers.
+
 End of the utterance: a hypothesis inside a word is not dropped. If the letters spelt so far form
 a word, that word ends it; otherwise it is completed to its look-ahead word, the best word it can
 still become, with that word's score: the letters still missing had no frames left to be heard
