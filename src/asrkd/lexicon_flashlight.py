@@ -3,16 +3,19 @@
 asrkd.lexicon's Python search is the reference; this engine runs the same search (CTC prefix
 beam search over the vocabulary's words, the word LM's score and word bonus added when a word
 completes, the unigram look-ahead inside words) in flashlight-text, the C++ decoder behind
-torchaudio's `ctc_decoder` and wav2letter. On the real-speech recipe it decodes several times
-faster in a fraction of the memory (docs/benchmarks.md). How asrkd's search maps onto it:
+torchaudio's `ctc_decoder` and wav2letter. On the real-speech recipe it searches ~5x faster at
+the same dev WER (docs/benchmarks.md). How asrkd's search maps onto it:
 - Word LM: the WordLM is written as an ARPA file (the bigram's listed pairs as 2-grams, each
   context's back-off weight as its 1-gram's back-off: the same P(w | v) to float precision) and
   read by KenLM. KenLM scores in log10: lm_weight is scaled by ln 10 to weigh ln P as asrkd does.
   asrkd's LM has no end-of-sentence event: </s> gets probability 1 after every context.
 - Lexicon: each word spelt with the tokenizer's characters followed by the space, as the
   Python search completes a word at its space; the trie is smeared with each word's unigram
-  (the look-ahead). flashlight adds the word bonus when a word completes, not in the look-ahead
-  (a constant shift there, except against hypotheses between words).
+  plus word_bonus / lm_weight (the look-ahead, bonus included as in the Python search: without
+  it, half-spelt words lost to hypotheses between words and deletions rose, dev WER +0.5).
+- Where they differ: flashlight merges hypotheses that reach the same trie node and LM state
+  (log-adding their scores, keeping the best one's words) where the Python search merges only
+  identical token sequences, and it lets the space repeat between words.
 - Token prune: tokens at or below `prune` are -inf at that frame (blank always counts), as the
   Python search skips them.
 - End of the utterance: as in the Python search, flashlight's hypotheses at the last frame
@@ -138,17 +141,22 @@ class FlashlightSearch:
             with _quiet_stderr():
                 self.lm = kenlm(str(arpa), self.words)
         self.trie = fl.Trie(self.n_tokens, self.space)
-        nothing = self.lm.start(True)  # no context: the unigram, the look-ahead's score
+        # The look-ahead's score of a word: its unigram and, as in the Python search, its bonus
+        # (flashlight weighs trie scores by lm_weight, and takes the look-ahead back out when
+        # the word completes, adding the LM's score and word_score instead).
+        nothing = self.lm.start(True)  # no context: the unigram
+        bonus = word_bonus / (lm_weight * LN10) if lm_weight > 0 else 0.0
         unigram = {}
         for word, ids in spellings.items():
             index = self.words.get_index(word)
             unigram[word] = self.lm.score(nothing, index)[1]
-            self.trie.insert([*ids, self.space], index, unigram[word])
+            self.trie.insert([*ids, self.space], index, unigram[word] + bonus)
         self.trie.smear(fl.SmearingMode.MAX)
         # the words in order and their unigrams: those a prefix can become are a slice
         self.sorted_words = sorted(unigram)
         self.sorted_scores = np.array([unigram[w] for w in self.sorted_words])
         self.lm_weight, self.word_bonus = lm_weight * LN10, word_bonus
+        self.bonus_ahead = word_bonus if lm_weight > 0 else 0.0  # the bonus the look-ahead has
         options = fl.LexiconDecoderOptions(
             beam_size=beam,
             beam_size_token=self.n_tokens,
@@ -204,9 +212,10 @@ class FlashlightSearch:
         lo = bisect.bisect_left(self.sorted_words, prefix)
         hi = bisect.bisect_left(self.sorted_words, prefix + LAST_CHAR, lo)
         best = lo + int(np.argmax(self.sorted_scores[lo:hi]))
-        look = self.lm_weight * self.sorted_scores[best]  # what the hypothesis carries
+        look = self.lm_weight * self.sorted_scores[best] + self.bonus_ahead  # what it carries
         if self.sorted_words[lo] != prefix:
-            return hyp.score + self.word_bonus, [*words, self.sorted_words[best]]
+            extra = self.word_bonus - self.bonus_ahead  # the look-ahead's score is the word's
+            return hyp.score + extra, [*words, self.sorted_words[best]]
         state = self.lm.start(False)
         for word in words:
             state = self.lm.score(state, self.words.get_index(word))[0]
