@@ -112,7 +112,7 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys):
     reductions = runs_report.split("## WER reduction")[1].split("##")[0]
     assert "logit" in reductions and "No distillation run has a baseline" not in reductions
     # a second run reuses every completed stage, also when it trains students in parallel:
-    # no model and no export is written again
+    # no model, no export and no score is written again
     written = {
         p: p.stat().st_mtime_ns for p in [*out.glob("runs/*/*.safetensors"), *out.glob("export/*")]
     }
@@ -120,6 +120,9 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in written} == written
     timings = json.loads((out / "timings.json").read_text())
     assert timings["teacher"] < 5.0 and timings["export"] < 5.0
+    # nor is a student decoded or measured again: the dev WERs and the table are reused
+    assert timings["dev decoding"] < 5.0 and timings["evaluate"] < 5.0
+    assert json.loads((out / "results.json").read_text()) == rows
     # a retrained teacher behind the same path invalidates the distilled students, not baselines
     runs = out / "runs"
     before = {p.parent.name: p.stat().st_mtime for p in runs.glob("*/summary.json")}

@@ -319,16 +319,32 @@ def dev_wers(cfg: DemoConfig, specs: list[RunSpec], out: Path, dev: Path) -> dic
     delivered student and each situation's best student are chosen by. With the greedy decoder
     it is the training run's best dev WER; with the lexicon decoder each student is decoded
     again (eval-dev/), as greedy and lexicon WER can rank students differently."""
+    from asrkd.config import to_dict
     from asrkd.demo_report import in_processes, scoring_config
+    from asrkd.distill.teachers import file_sha256
     from asrkd.evaluate import evaluate
 
     students = [s for s in specs if s.scenario != "teacher" and s.variant != "none"]
     if cfg.eval.decoder == "greedy":
         return {s.name: _summary(out, s)["best_dev_wer"] for s in students}
-    jobs = [(out / "runs" / s.name / "model.safetensors", [dev], out / "eval-dev" / s.name,
-             scoring_config(cfg), False) for s in students]  # fmt: skip
-    summaries = in_processes(evaluate, jobs, cfg.parallel_runs)
-    return {s.name: next(iter(r["sets"].values()))["wer"] for s, r in zip(students, summaries)}
+    # a student's dev WER is reused while its model, the dev set and the decoder are unchanged
+    # (threads aside: they change no WER)
+    decoder = {**to_dict(cfg.eval), "threads": None}
+    wers, todo = {}, []
+    for spec in students:
+        model, folder = out / "runs" / spec.name / "model.safetensors", out / "eval-dev" / spec.name
+        inputs = {"model": file_sha256(model), "dev": file_sha256(dev), "eval": decoder}
+        if stamp_matches(folder / "inputs.json", inputs) and (folder / "summary.json").is_file():
+            summary = json.loads((folder / "summary.json").read_text())
+            wers[spec.name] = next(iter(summary["sets"].values()))["wer"]
+        else:
+            (folder / "inputs.json").unlink(missing_ok=True)
+            todo.append((spec, inputs, (model, [dev], folder, scoring_config(cfg), False)))
+    summaries = in_processes(evaluate, [job for _, _, job in todo], cfg.parallel_runs)
+    for (spec, inputs, job), summary in zip(todo, summaries):
+        wers[spec.name] = next(iter(summary["sets"].values()))["wer"]
+        (job[2] / "inputs.json").write_text(json.dumps(inputs))
+    return {s.name: wers[s.name] for s in students}
 
 
 def _summary(out: Path, spec: RunSpec) -> dict:
@@ -429,6 +445,38 @@ def deliver_sherpa(delivered: tuple[RunSpec, Path] | None, out: Path, test: Path
     return row
 
 
+def evaluation_inputs(
+    cfg: DemoConfig,
+    specs: list[RunSpec],
+    out: Path,
+    data: dict[str, Path],
+    delivered: tuple[RunSpec, Path] | None,
+    dev_wer: dict[str, float],
+) -> dict:
+    """What the demo's table is measured from: every model file and test set (by content), the
+    evaluation and teacher settings, the dev WERs that choose rows, and how memory is probed."""
+    from asrkd.config import to_dict
+    from asrkd.distill.teachers import file_sha256
+    from asrkd.evaluate import MEMORY_PROBE
+
+    models = {s.name: out / "runs" / s.name / "model.safetensors" for s in specs}
+    if cfg.external_teacher:
+        models.pop(specs[0].name)
+    if delivered is not None:
+        models["delivered"] = delivered[1]
+    tests = {k: file_sha256(v) for k, v in data.items() if k in ("test", "test_noisy")}
+    return {
+        "models": {name: file_sha256(path) for name, path in models.items()},
+        "tests": tests,
+        "eval": to_dict(cfg.eval),
+        "teacher": [cfg.run.teacher.path, list(cfg.teacher_runtimes)]
+        if cfg.external_teacher
+        else None,
+        "dev_wer": dev_wer,
+        "memory_probe": MEMORY_PROBE,
+    }
+
+
 def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:
     """Run every stage, print the table, return the report path."""
     from asrkd.demo_report import evaluate_runs, feature_timing, print_table, write_report
@@ -471,7 +519,17 @@ def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:
     sherpa = deliver_sherpa(delivered, out, data["test"])
     timings["sherpa-onnx"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    rows = evaluate_runs(specs, out, data, cfg, delivered, dev_wer)
+    # the table is reused whole while everything it was measured from is unchanged; else every
+    # row is measured again, so that its speed ratios come from one run
+    inputs = evaluation_inputs(cfg, specs, out, data, delivered, dev_wer)
+    stamp, results = out / "eval" / "inputs.json", out / "results.json"
+    if stamp_matches(stamp, inputs) and results.is_file():
+        log.info("reusing %s (delete %s to measure again)", results, stamp)
+        rows = json.loads(results.read_text())
+    else:
+        stamp.unlink(missing_ok=True)
+        rows = evaluate_runs(specs, out, data, cfg, delivered, dev_wer)
+        stamp.write_text(json.dumps(inputs, indent=2))
     timings["evaluate"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
