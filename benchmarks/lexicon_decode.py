@@ -8,8 +8,15 @@ that both give the same transcripts.
         [--rounds 3] [--beam 32] [--vocabulary train+wordfreq:50000]
 
 The network runs once per model (one thread); only the beam search is timed, medians of
---rounds alternating rounds. Decoder settings: EvalConfig's (beam 8, LM weight 0.5, word bonus
-1, vocabulary "train": the model's own training manifest) unless --beam / --vocabulary say else.
+--rounds alternating rounds. Decoder settings: EvalConfig's (vocabulary "train": the model's
+own training manifest) unless --config (a demo YAML's `eval:` part or an EvalConfig YAML),
+--set eval-key=value, --beam or --vocabulary say else.
+
+--engines flashlight python compares the search engines (eval.lexicon_engine) on the same
+log-probabilities instead, with each one's WER and error counts over the cuts' transcripts:
+
+    .venv/bin/python benchmarks/lexicon_decode.py --models MODEL --cuts DEV_CUTS \
+        --config configs/librispeech-whisper.yaml --engines flashlight python
 """
 
 from __future__ import annotations
@@ -19,12 +26,15 @@ import importlib.util
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
+import yaml
 
-from asrkd.config import EvalConfig
+from asrkd.config import EvalConfig, apply_overrides, from_dict
 from asrkd.data.dataset import load_cuts
 from asrkd.evaluate import _outputs, make_lexicon_decoder
+from asrkd.scoring import score
 from asrkd.transcribe import open_model_file
 
 
@@ -42,12 +52,25 @@ def main() -> None:
     ap.add_argument("--cuts", required=True)
     ap.add_argument("--reference", default="", help="another lexicon.py to compare with")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--beam", type=int, default=EvalConfig.beam)
-    ap.add_argument("--vocabulary", default=EvalConfig.vocabulary)
+    ap.add_argument("--config", default="", help="YAML: a demo config's eval part, or EvalConfig")
+    ap.add_argument("--set", action="append", default=[], help="eval key=value")
+    ap.add_argument("--beam", type=int, default=None)
+    ap.add_argument("--vocabulary", default=None)
+    ap.add_argument("--engines", nargs="*", default=[], help="e.g. flashlight python")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = EvalConfig(decoder="lexicon", beam=args.beam, vocabulary=args.vocabulary)
+    data = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    data = dict(data.get("eval", data))
+    apply_overrides(data, ["decoder=lexicon", *args.set])
+    data.pop("lexicon_cuts", None)  # a demo fills it in; here the model's own manifest
+    cfg = from_dict(EvalConfig, data)
+    if args.beam is not None or args.vocabulary is not None:
+        cfg = from_dict(EvalConfig, {**data, "beam": args.beam or cfg.beam,
+                                     "vocabulary": args.vocabulary or cfg.vocabulary})  # fmt: skip
     cuts = load_cuts(args.cuts)
+    if args.engines:
+        compare_engines(args, cfg, cuts)
+        return
     reference = load_reference(args.reference) if args.reference else None
     print("\n| model | utterances | frames | asrkd s | reference s | speed-up | same text |")
     print("|---|---|---|---|---|---|---|")
@@ -79,6 +102,42 @@ def main() -> None:
             f"| {path} | {len(rows)} | {sum(len(r) for r in rows)} | {med['asrkd']:.2f} "
             f"| {ref_s} | {gain} | {same} |"
         )
+
+
+def compare_engines(args, cfg: EvalConfig, cuts) -> None:
+    """Each engine's search time (median of --rounds, one thread) and WER on the same
+    log-probabilities, one table row per model and engine."""
+    from dataclasses import replace
+
+    print(f"\n{cfg}\n")
+    print("| model | engine | utterances | frames | search s | speed vs first | WER | S | D | I |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for path in args.models:
+        model = open_model_file(path, 1)
+        rows, refs = [], []
+        with torch.inference_mode():
+            for group, texts, logits, lengths in _outputs(
+                model.forward, cuts, model.tokenizer, 60.0
+            ):
+                log_probs = logits.float().log_softmax(-1).numpy()
+                rows += [log_probs[i, :n] for i, n in enumerate(lengths.tolist())]
+                refs += [(c.id, r) for c, r in zip(group, texts)]
+        first = None
+        for engine in args.engines:
+            decoder = make_lexicon_decoder(replace(cfg, lexicon_engine=engine), model, path)
+            times = []
+            for _ in range(args.rounds):
+                t0 = time.perf_counter()
+                hyps = [decoder.decode(r) for r in rows]
+                times.append(time.perf_counter() - t0)
+            med = statistics.median(times)
+            first = first or med
+            s = score([(i, r, h) for (i, r), h in zip(refs, hyps)])
+            print(
+                f"| {path} | {engine} | {len(rows)} | {sum(len(r) for r in rows)} | {med:.2f} "
+                f"| {first / med:.2f}x | {100 * s['wer']:.2f} % | {s['substitutions']} "
+                f"| {s['deletions']} | {s['insertions']} |"
+            )
 
 
 if __name__ == "__main__":
