@@ -208,19 +208,21 @@ def test_transformers_greedy_equals_faster_whisper(tiny_en) -> None:
 
 @pytest.mark.librispeech
 def test_tiny_en_transcripts_reach_its_wer(tiny_en) -> None:
-    """~1 min on 2 threads: faster-whisper int8 greedy, normalised; 14.9 % measured."""
+    """faster-whisper int8 greedy, normalised, on the first 40 test-other utterances (292 s of
+    audio, ~30 s on 2 threads): 15.8 % measured (14.6 % on all 100, 84 s; the test held 100
+    until the suite outgrew its 10 minutes)."""
     import jiwer
 
     torch.set_num_threads(2)
     teacher = WhisperTeacher(tiny_en, compute_type="int8")
-    utts = librispeech_test_other(100)
+    utts = librispeech_test_other(40)
     audio = [(x, 16000) for _, x, _ in utts]
     out = teacher(
         torch.zeros(len(utts)), torch.ones(len(utts)), TeacherRequest(transcripts=True), audio=audio
     )
     assert all(t is not None for t in out.transcripts)
     wer = jiwer.wer([r for _, _, r in utts], out.transcripts)
-    print(f"tiny.en test-other[:100] WER {wer:.4f}")
+    print(f"tiny.en test-other[:40] WER {wer:.4f}")
     assert wer < 0.20
 
 
