@@ -136,7 +136,7 @@ def test_evaluate_with_the_lexicon_decoder(
     tiny_teacher: Path, prepared_parts: dict[str, Path], tmp_path: Path
 ) -> None:
     cfg = EvalConfig(decoder="lexicon", lexicon_cuts=str(prepared_parts["train"]))
-    assert cfg.tag == "lexicon-b8-lm0.5-wb1-fl"
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1"
     summary = evaluate(tiny_teacher, [prepared_parts["test"]], tmp_path, cfg, measure=False)
     test = summary["sets"]["test"]
     assert summary["decoding"] == cfg.tag
@@ -229,7 +229,7 @@ def test_wordfreq_vocabulary_and_its_mix_with_the_transcripts() -> None:
     )
     assert vocabulary_lm("train", 0.5, tok, lambda: train, books=False) is train
     cfg = EvalConfig(decoder="lexicon", vocabulary="train+wordfreq:50000")
-    assert cfg.tag == "lexicon-b8-lm0.5-wb1-train+wordfreq50000w0.5-fl"
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-train+wordfreq50000w0.5"
     for bad in ("wordfreq", "wordfreq:0", "train+train", "books:10"):
         with pytest.raises(ConfigError, match="vocabulary"):
             EvalConfig(vocabulary=bad)
@@ -316,9 +316,9 @@ def test_bigram_context_changes_the_decoded_word() -> None:
 def test_lm_order_config_training_lm_of_a_partial_run_and_stored_lexicons(
     prepared_parts: dict[str, Path],
 ) -> None:
-    assert EvalConfig(decoder="lexicon", lm_order=2).tag == "lexicon-b8-lm0.5-wb1-bigram-fl"
+    assert EvalConfig(decoder="lexicon", lm_order=2).tag == "lexicon-b8-lm0.5-wb1-bigram"
     cfg = EvalConfig(decoder="lexicon", vocabulary="train+wordfreq:1000", lm_order=2)
-    assert cfg.tag == "lexicon-b8-lm0.5-wb1-train+wordfreq1000w0.5-bigram-fl"
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-train+wordfreq1000w0.5-bigram"
     with pytest.raises(ConfigError, match="lm_order"):
         EvalConfig(lm_order=3)
     with pytest.raises(ConfigError, match="word pairs"):
@@ -379,7 +379,7 @@ def test_books_bigram_from_symspellpy_and_the_transcripts_over_it() -> None:
     assert WordLM.from_json(json.loads(json.dumps(stacked.to_json()))) == stacked
     # the config's checks and names
     cfg = EvalConfig(decoder="lexicon", vocabulary="wordfreq:3000", lm_order=2, bigrams="books")
-    assert cfg.tag == "lexicon-b8-lm0.5-wb1-wordfreq3000-bigram-books-fl"
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-wordfreq3000-bigram-books"
     with pytest.raises(ConfigError, match="lm_order=2"):
         EvalConfig(bigrams="books")
     with pytest.raises(ConfigError, match="expected"):
@@ -410,8 +410,8 @@ def test_token_prune_drops_unlikely_tokens_everywhere_it_is_configured() -> None
     assert LexiconDecoder(TINY, lm, prune=-5.0, **kwargs).decode(log_probs) == "b"
 
     cfg = EvalConfig(decoder="lexicon", vocabulary="wordfreq:1000", token_prune=-5.0)
-    assert cfg.tag == "lexicon-b8-lm0.5-wb1-wordfreq1000-tp5-fl"
-    assert EvalConfig(decoder="lexicon").tag == "lexicon-b8-lm0.5-wb1-fl"  # -10: names unchanged
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-wordfreq1000-tp5"
+    assert EvalConfig(decoder="lexicon").tag == "lexicon-b8-lm0.5-wb1"  # -10: names unchanged
     dec = eval_decoder(cfg, Tokenizer(), None, "m", lambda order: lm)
     assert dec is not None and dec.prune == -5.0
     for bad in (0.0, 1.0):
@@ -496,7 +496,7 @@ def test_an_arpa_file_is_the_lexicon_and_lm(tmp_path: Path, prepared_parts) -> N
         dec = eval_decoder(cfg, tok, None, "m", lambda order: pytest.fail("no transcripts"))
         assert dec is not None and dec.vocabulary == "arpa:lm.arpa.gz"
         assert dec.decode(lp) == text
-    assert cfg.tag == "lexicon-b8-lm1-wb0-arpa-lm-bigram-fl"
+    assert cfg.tag == "lexicon-b8-lm1-wb0-arpa-lm-bigram"
 
     # stored in an exported file, read back as the same LM and taken as stored by evaluate
     meta = {"tokenizer": json.loads(tok.to_json()), "config": {}}
