@@ -232,8 +232,12 @@ def train_or_reuse(run_cfg: Config) -> Path:
     from asrkd.config import load_config, to_dict
     from asrkd.train import train
 
-    def settings(c: Config) -> dict:  # what the result depends on: not threads nor progress
-        return to_dict(replace(c, ["train.threads=0", "train.progress=false"]))
+    def settings(c: Config) -> dict:
+        """What the trained model depends on: not threads nor progress, nor the eval section
+        (training selects checkpoints by greedy dev WER; a decoder setting retrains nothing)."""
+        d = to_dict(replace(c, ["train.threads=0", "train.progress=false"]))
+        d.pop("eval", None)
+        return d
 
     out = Path(run_cfg.train.out_dir)
     saved, stamp = out / "config.yaml", out / "inputs.json"
