@@ -61,12 +61,10 @@ def main() -> None:
     torch.set_num_threads(1)
     data = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     data = dict(data.get("eval", data))
-    apply_overrides(data, ["decoder=lexicon", *args.set])
+    shortcuts = [f"{k}={v}" for k, v in (("beam", args.beam), ("vocabulary", args.vocabulary)) if v]
+    apply_overrides(data, ["decoder=lexicon", *args.set, *shortcuts])
     data.pop("lexicon_cuts", None)  # a demo fills it in; here the model's own manifest
     cfg = from_dict(EvalConfig, data)
-    if args.beam is not None or args.vocabulary is not None:
-        cfg = from_dict(EvalConfig, {**data, "beam": args.beam or cfg.beam,
-                                     "vocabulary": args.vocabulary or cfg.vocabulary})  # fmt: skip
     cuts = load_cuts(args.cuts)
     if args.engines:
         compare_engines(args, cfg, cuts)

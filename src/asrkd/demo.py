@@ -331,22 +331,25 @@ def dev_wers(cfg: DemoConfig, specs: list[RunSpec], out: Path, dev: Path) -> dic
     students = [s for s in specs if s.scenario != "teacher" and s.variant != "none"]
     if cfg.eval.decoder == "greedy":
         return {s.name: _summary(out, s)["best_dev_wer"] for s in students}
+
     # a student's dev WER is reused while its model, the dev set and the decoder are unchanged
     # (threads aside: they change no WER)
-    decoder = {**to_dict(cfg.eval), "threads": None}
+    def wer(summary: dict) -> float:
+        return next(iter(summary["sets"].values()))["wer"]
+
+    decoder, dev_sha = {**to_dict(cfg.eval), "threads": None}, file_sha256(dev)
     wers, todo = {}, []
     for spec in students:
         model, folder = out / "runs" / spec.name / "model.safetensors", out / "eval-dev" / spec.name
-        inputs = {"model": file_sha256(model), "dev": file_sha256(dev), "eval": decoder}
+        inputs = {"model": file_sha256(model), "dev": dev_sha, "eval": decoder}
         if stamp_matches(folder / "inputs.json", inputs) and (folder / "summary.json").is_file():
-            summary = json.loads((folder / "summary.json").read_text())
-            wers[spec.name] = next(iter(summary["sets"].values()))["wer"]
+            wers[spec.name] = wer(json.loads((folder / "summary.json").read_text()))
         else:
             (folder / "inputs.json").unlink(missing_ok=True)
             todo.append((spec, inputs, (model, [dev], folder, scoring_config(cfg), False)))
     summaries = in_processes(evaluate, [job for _, _, job in todo], cfg.parallel_runs)
     for (spec, inputs, job), summary in zip(todo, summaries):
-        wers[spec.name] = next(iter(summary["sets"].values()))["wer"]
+        wers[spec.name] = wer(summary)
         (job[2] / "inputs.json").write_text(json.dumps(inputs))
     return {s.name: wers[s.name] for s in students}
 
