@@ -234,6 +234,13 @@ def write_tiny_whisper(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
     )
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config).eval()
+    with torch.no_grad():  # a random decoder repeats a word to the last of its 448 positions:
+        # give <|endoftext|> an embedding (tied to the output layer; as the pad token its row is
+        # zero) and make it swamp the residual stream from position 8 on, so that transcripts end
+        # after a few words, as a trained model's do, and searches stay short in both runtimes
+        eot_row = config.init_std * torch.randn(config.d_model)  # as the other rows
+        model.model.decoder.embed_tokens.weight[eot] = eot_row
+        model.model.decoder.embed_positions.weight[8:] = 100 * eot_row / eot_row.norm()
     model.generation_config = GenerationConfig(
         decoder_start_token_id=sot,
         eos_token_id=eot,

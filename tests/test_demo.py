@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from asrkd.cli import main
 from asrkd.config import DemoConfig, load_config
-from asrkd.demo import plan_runs
+from asrkd.demo import plan_runs, prepare_data, run_config, train_in_parallel, train_or_reuse
 from asrkd.distill.teachers import file_sha256
 
 
@@ -143,19 +144,26 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys):
 
 def test_students_trained_in_parallel_match_sequential_ones(tmp_path, capsys):
     """Two students at a time in their own processes: same configs (bar threads), same
-    results as one after the other, and a failing run stops the demo with its own error."""
+    results as one after the other, and a failing run stops the demo with its own error.
+    (The demo's own wiring of parallel_runs is run in test_scaled_down_demo_end_to_end.)"""
     seq, par = tmp_path / "seq", tmp_path / "par"
     base = [*tiny_demo_overrides(seq), "variants=[[logit, [distill.strategy=logit]]]"]
-    assert main(["demo", "configs/demo.yaml", *[a for o in base for a in ("--set", o)]]) == 0
-    sets = [*base, f"out_dir={par}", "parallel_runs=2"]
-    assert main(["demo", "configs/demo.yaml", *[a for o in sets for a in ("--set", o)]]) == 0
+    cfg = load_config("configs/demo.yaml", base, DemoConfig)
+    data = prepare_data(cfg, seq, None)
+    specs = plan_runs(cfg)
+    for spec in specs:
+        train_or_reuse(run_config(cfg, spec, data, seq))
+    # the same students from the same teacher (a copy: run_config points at out/runs/teacher)
+    shutil.copytree(seq / "runs" / "teacher", par / "runs" / "teacher")
+    train_in_parallel([run_config(cfg, spec, data, par) for spec in specs[1:]], 2)
     for name in ("full-tiny-half-none", "full-tiny-half-logit", "partial-tiny-half-logit"):
         a = json.loads((seq / "runs" / name / "summary.json").read_text())
         b = json.loads((par / "runs" / name / "summary.json").read_text())
         assert a["steps"] == b["steps"] and a["best_dev_wer"] == pytest.approx(b["best_dev_wer"])
         assert load_config(par / "runs" / name / "config.yaml").train.threads == 1
     missing = tmp_path / "missing.json"
-    bad = [*sets, f"variants=[[logit, [distill.strategy=logit, model.tokenizer={missing}]]]"]
+    bad = [*base, "parallel_runs=2"]
+    bad.append(f"variants=[[logit, [distill.strategy=logit, model.tokenizer={missing}]]]")
     capsys.readouterr()
     assert main(["demo", "configs/demo.yaml", *[a for o in bad for a in ("--set", o)]]) == 2
     assert f"model.tokenizer='{missing}'" in capsys.readouterr().err
