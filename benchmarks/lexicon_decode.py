@@ -17,12 +17,18 @@ log-probabilities instead, with each one's WER and error counts over the cuts' t
 
     .venv/bin/python benchmarks/lexicon_decode.py --models MODEL --cuts DEV_CUTS \
         --config configs/librispeech-whisper.yaml --engines flashlight python
+
+and with --grid key=v1,v2 (repeatable) every combination of decoder settings on the same
+log-probabilities (tuning on dev: the network runs once per model):
+
+    ... --engines flashlight --grid beam=32,64 --grid lm_weight=0.5,0.7,1.0
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import statistics
 import sys
 import time
@@ -57,6 +63,12 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=None)
     ap.add_argument("--vocabulary", default=None)
     ap.add_argument("--engines", nargs="*", default=[], help="e.g. flashlight python")
+    ap.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        help="with --engines: eval key=v1,v2,... (repeatable); every combination is decoded",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
@@ -67,7 +79,17 @@ def main() -> None:
     cfg = from_dict(EvalConfig, data)
     cuts = load_cuts(args.cuts)
     if args.engines:
-        compare_engines(args, cfg, cuts)
+        keys = [g.split("=", 1)[0] for g in args.grid]
+        values = [g.split("=", 1)[1].split(",") for g in args.grid]
+        settings = [
+            (", ".join(f"{k}={v}" for k, v in zip(keys, combo)), [*zip(keys, combo)])
+            for combo in itertools.product(*values)
+        ]
+        configs = [
+            (label, from_dict(EvalConfig, apply_overrides(dict(data), [f"{k}={v}" for k, v in kv])))
+            for label, kv in settings
+        ]
+        compare_engines(args, configs, cuts)
         return
     reference = load_reference(args.reference) if args.reference else None
     print("\n| model | utterances | frames | asrkd s | reference s | speed-up | same text |")
@@ -102,14 +124,17 @@ def main() -> None:
         )
 
 
-def compare_engines(args, cfg: EvalConfig, cuts) -> None:
+def compare_engines(args, configs: list[tuple[str, EvalConfig]], cuts) -> None:
     """Each engine's search time (median of --rounds, one thread) and WER on the same
-    log-probabilities, one table row per model and engine."""
+    log-probabilities, one table row per model, engine and setting of --grid."""
     from dataclasses import replace
 
-    print(f"\n{cfg}\n")
-    print("| model | engine | utterances | frames | search s | speed vs first | WER | S | D | I |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n{configs[0][1]}\n")
+    print(
+        "| model | engine | setting | utterances | frames | search s | speed vs first | WER "
+        "| S | D | I |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for path in args.models:
         model = open_model_file(path, 1)
         rows, refs = [], []
@@ -121,7 +146,7 @@ def compare_engines(args, cfg: EvalConfig, cuts) -> None:
                 rows += [log_probs[i, :n] for i, n in enumerate(lengths.tolist())]
                 refs += [(c.id, r) for c, r in zip(group, texts)]
         first = None
-        for engine in args.engines:
+        for engine, (label, cfg) in itertools.product(args.engines, configs):
             decoder = make_lexicon_decoder(replace(cfg, lexicon_engine=engine), model, path)
             times = []
             for _ in range(args.rounds):
@@ -132,7 +157,7 @@ def compare_engines(args, cfg: EvalConfig, cuts) -> None:
             first = first or med
             s = score([(i, r, h) for (i, r), h in zip(refs, hyps)])
             print(
-                f"| {path} | {engine} | {len(rows)} | {sum(len(r) for r in rows)} | {med:.2f} "
+                f"| {path} | {engine} | {label or '–'} | {len(rows)} | {sum(len(r) for r in rows)} | {med:.2f} "
                 f"| {first / med:.2f}x | {100 * s['wer']:.2f} % | {s['substitutions']} "
                 f"| {s['deletions']} | {s['insertions']} |"
             )
