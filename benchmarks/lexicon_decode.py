@@ -79,16 +79,11 @@ def main() -> None:
     cfg = from_dict(EvalConfig, data)
     cuts = load_cuts(args.cuts)
     if args.engines:
-        keys = [g.split("=", 1)[0] for g in args.grid]
-        values = [g.split("=", 1)[1].split(",") for g in args.grid]
-        settings = [
-            (", ".join(f"{k}={v}" for k, v in zip(keys, combo)), [*zip(keys, combo)])
-            for combo in itertools.product(*values)
-        ]
-        configs = [
-            (label, from_dict(EvalConfig, apply_overrides(dict(data), [f"{k}={v}" for k, v in kv])))
-            for label, kv in settings
-        ]
+        axes = [[f"{key}={v}" for v in values.split(",")] for key, _, values in
+                (g.partition("=") for g in args.grid)]  # fmt: skip
+        combos = [list(c) for c in itertools.product(*axes)]  # [[]] without --grid
+        configs = [(", ".join(c), from_dict(EvalConfig, apply_overrides(dict(data), c)))
+                   for c in combos]  # fmt: skip
         compare_engines(args, configs, cuts)
         return
     reference = load_reference(args.reference) if args.reference else None
@@ -156,8 +151,9 @@ def compare_engines(args, configs: list[tuple[str, EvalConfig]], cuts) -> None:
             med = statistics.median(times)
             first = first or med
             s = score([(i, r, h) for (i, r), h in zip(refs, hyps)])
+            frames = sum(len(r) for r in rows)
             print(
-                f"| {path} | {engine} | {label or '–'} | {len(rows)} | {sum(len(r) for r in rows)} | {med:.2f} "
+                f"| {path} | {engine} | {label or '–'} | {len(rows)} | {frames} | {med:.2f} "
                 f"| {first / med:.2f}x | {100 * s['wer']:.2f} % | {s['substitutions']} "
                 f"| {s['deletions']} | {s['insertions']} |"
             )
