@@ -227,6 +227,22 @@ def test_tiny_en_transcripts_reach_its_wer(tiny_en) -> None:
 
 
 @pytest.mark.librispeech
+def test_batched_transcripts_equal_one_by_one(tiny_en) -> None:
+    """The teacher cache decodes utterances CT2_BATCH at a time: every text is the one
+    faster-whisper writes for the utterance alone, a > 30-s utterance (read window by window)
+    and silence included, in the order given."""
+    torch.set_num_threads(2)
+    teacher = WhisperTeacher(tiny_en, compute_type="int8")
+    clips = [x for _, x, _ in librispeech_test_other(10)]
+    clips.insert(3, np.concatenate(clips[:4]))  # past 30 s
+    clips.append(np.zeros(16000, dtype=np.float32))
+    assert len(clips[3]) > 30 * 16000
+    one_by_one = [teacher.transcribe(x) for x in clips]
+    assert teacher.transcribe_many(clips) == one_by_one
+    assert all(one_by_one[:-1])
+
+
+@pytest.mark.librispeech
 def test_unpadded_states_stay_close_to_the_30s_windows(tiny_en) -> None:
     """Whisper saw 30-s windows; the unpadded utterance changes what attention can see. Relative
     L2 difference per frame of the last layer (tiny.en), measured on these 3 utterances:
