@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from asrkd.cli import main
-from asrkd.config import DemoConfig, load_config
+from asrkd.config import DemoConfig, load_config, replace
 from asrkd.demo import plan_runs, prepare_data, run_config, train_in_parallel, train_or_reuse
 from asrkd.distill.teachers import file_sha256
 
@@ -144,7 +144,8 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys):
 
 def test_students_trained_in_parallel_match_sequential_ones(tmp_path, capsys):
     """Two students at a time in their own processes: same configs (bar threads), same
-    results as one after the other, and a failing run stops the demo with its own error.
+    results as one after the other; an error inside a worker stops the runs with its own
+    message, and a bad run config stops the demo before any worker starts.
     (The demo's own wiring of parallel_runs is run in test_scaled_down_demo_end_to_end.)"""
     seq, par = tmp_path / "seq", tmp_path / "par"
     base = [*tiny_demo_overrides(seq), "variants=[[logit, [distill.strategy=logit]]]"]
@@ -161,6 +162,14 @@ def test_students_trained_in_parallel_match_sequential_ones(tmp_path, capsys):
         b = json.loads((par / "runs" / name / "summary.json").read_text())
         assert a["steps"] == b["steps"] and a["best_dev_wer"] == pytest.approx(b["best_dev_wer"])
         assert load_config(par / "runs" / name / "config.yaml").train.threads == 1
+    # an error inside a worker (a manifest broken after the configs were checked) stops the
+    # runs with the worker's own message, naming the file
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(b"not a manifest")
+    none_run = run_config(cfg, specs[1], data, tmp_path / "err")
+    assert none_run.distill.strategy == "none"
+    with pytest.raises(Exception, match="broken.jsonl.gz"):
+        train_in_parallel([replace(none_run, [f"data.train_cuts={broken}"])], 2)
     missing = tmp_path / "missing.json"
     bad = [*base, "parallel_runs=2"]
     bad.append(f"variants=[[logit, [distill.strategy=logit, model.tokenizer={missing}]]]")
