@@ -116,6 +116,35 @@ def test_prepare_train_evaluate_through_the_cli(tmp_path, capsys):
     assert str(flac) in capsys.readouterr().out
 
 
+def test_the_model_kept_can_be_the_mean_of_the_last_checkpoints(small_corpus, tmp_path):
+    """train.average_last=2: model.safetensors holds the mean of the last two checkpoints'
+    weights (the final step's included), scored on dev once more; the final weights stay in
+    final.safetensors. More than keep_checkpoints is refused."""
+    from asrkd.config import ConfigError
+    from asrkd.models.checkpoint import read_checkpoint
+
+    extra = ["train.checkpoint_every=4", "train.eval_every=4", "train.keep_checkpoints=3"]
+    run = train(load_config(None, tiny_overrides(small_corpus, tmp_path / "run", 10, *extra,
+                                                   "train.average_last=2")))  # fmt: skip
+    ckpts = sorted((run / "checkpoints").glob("step-*.safetensors"))
+    assert [c.name for c in ckpts] == [f"step-{n:07d}.safetensors" for n in (4, 8, 10)]
+    (a, _), (b, _) = read_checkpoint(ckpts[1]), read_checkpoint(ckpts[2])
+    kept, _ = read_checkpoint(run / "model.safetensors")
+    final, _ = read_checkpoint(run / "final.safetensors")
+    moved = [k for k in kept if not torch.equal(a[k], b[k])]
+    assert moved  # the two checkpoints differ, so the mean is neither
+    for key in kept:
+        torch.testing.assert_close(kept[key], (a[key] + b[key]) / 2)
+        assert torch.equal(final[key], b[key])
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["averaged"] == [8, 10] == summary["averaged_steps"]
+    assert summary["best_dev_wer"] == rows[-1]["dev_wer"] and summary["best_step"] == 10
+    with pytest.raises(ConfigError, match="average_last"):
+        load_config(None, tiny_overrides(small_corpus, tmp_path / "r2", 10, *extra,
+                                          "train.average_last=4"))  # fmt: skip
+
+
 def test_train_refuses_to_overwrite_a_run(small_corpus, tmp_path):
     cfg = load_config(None, tiny_overrides(small_corpus, tmp_path / "run", 5))
     train(cfg)

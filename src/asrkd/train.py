@@ -45,7 +45,7 @@ from asrkd.distributed import (
 )
 from asrkd.evaluate import decode_cuts, error_rates
 from asrkd.models import CTCModel, build_model
-from asrkd.models.checkpoint import save_checkpoint
+from asrkd.models.checkpoint import read_checkpoint, save_checkpoint
 from asrkd.runtime import (
     TrainingError,
     build_tokenizer,
@@ -437,11 +437,39 @@ class Trainer:
         for stale in old[: -self.cfg.train.keep_checkpoints]:
             stale.unlink()
 
+    def _average_checkpoints(self) -> list[int]:
+        """train.average_last: the model becomes the mean of the last K checkpoints' weights,
+        is scored on dev (a metrics row with "averaged") and saved as model.safetensors; the
+        steps averaged."""
+        st, k = self.state, self.cfg.train.average_last
+        paths = sorted((self.out / "checkpoints").glob("step-*.safetensors"))[-k:]
+        if len(paths) < k:
+            log.warning("train.average_last=%d: only %d checkpoints to average", k, len(paths))
+        states = [read_checkpoint(p)[0] for p in paths]
+        mean = {}
+        for key, value in self.model.state_dict().items():
+            stacked = torch.stack([s[f"model.{key}"].to(torch.float64) for s in states])
+            mean[key] = stacked.mean(0).to(value.dtype) if value.is_floating_point() else value
+        self.model.load_state_dict(mean)
+        steps = [int(p.stem.removeprefix("step-")) for p in paths]
+        results = decode_cuts(
+            self.model, self.dev_cuts, self.tokenizer, self.cfg.data.max_batch_seconds, self.device
+        )
+        wer, cer = error_rates(results)
+        row = {"step": st.step, "dev_wer": wer, "dev_cer": cer, "averaged": steps}
+        st.history.append(row)
+        self._log(row)
+        st.best_dev_wer, st.best_step = wer, st.step
+        self.save_model(self.out / "model.safetensors")
+        return steps
+
     def _finish(self) -> dict:
         st = self.state
         if not self.world.is_main:
             return {}
         self.save_model(self.out / "final.safetensors")
+        final_dev_wer = st.history[-1]["dev_wer"] if st.history else None
+        averaged = self._average_checkpoints() if self.cfg.train.average_last else None
         if not (self.out / "model.safetensors").exists():
             self.save_model(self.out / "model.safetensors")
         summary = {
@@ -449,7 +477,8 @@ class Trainer:
             "epochs": st.epoch,
             "best_dev_wer": st.best_dev_wer,
             "best_step": st.best_step,
-            "final_dev_wer": st.history[-1]["dev_wer"] if st.history else None,
+            "averaged_steps": averaged,  # the checkpoints model.safetensors is the mean of
+            "final_dev_wer": final_dev_wer,
             "bad_steps": st.bad_steps,
             "train_seconds": st.train_seconds,
             "audio_seconds": st.audio_seconds,
