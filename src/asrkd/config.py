@@ -450,7 +450,7 @@ class TrainConfig:
     # K > 0 = the mean of the weights of the last K checkpoints, the final step's included
     # (icefall's --avg; keep_checkpoints must keep them), scored on dev once. In the real-speech
     # recipe a single checkpoint's dev WER moved by up to ~1 point between checkpoints 100 steps
-    # apart; means of the last 2-6 were all as good as step 1,500 or better (docs/benchmarks.md).
+    # apart; means of the last 2-6 beat the final step's in 9 of 10 cases (docs/benchmarks.md).
     average_last: int = 0
     threads: int = 0  # 0 = torch's default; per process when processes > 1
     # Data-parallel processes on this machine, each on its share of every batch (asrkd.distributed;

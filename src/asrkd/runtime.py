@@ -283,14 +283,20 @@ def build_teacher_caches(cfg: Config) -> None:
 _STEP_RE = re.compile(r"step-(\d+)\.safetensors$")
 
 
+def checkpoint_step(path: Path) -> int:
+    """The training step of a checkpoint file named step-NNNNNNN.safetensors."""
+    return int(_STEP_RE.search(path.name).group(1))
+
+
+def checkpoints_in(directory: Path) -> list[Path]:
+    """The checkpoint files of a run's checkpoints/ folder, oldest step first."""
+    found = (p for p in directory.glob("step-*.safetensors") if _STEP_RE.search(p.name))
+    return sorted(found, key=checkpoint_step)
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
     """The newest readable checkpoint; an unreadable newest one is reported and skipped."""
-    found = sorted(
-        (p for p in directory.glob("step-*.safetensors") if _STEP_RE.search(p.name)),
-        key=lambda p: int(_STEP_RE.search(p.name).group(1)),
-        reverse=True,
-    )
-    for path in found:
+    for path in reversed(checkpoints_in(directory)):
         try:
             read_checkpoint(path)
             return path

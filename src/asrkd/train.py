@@ -49,7 +49,9 @@ from asrkd.models.checkpoint import read_checkpoint, save_checkpoint
 from asrkd.runtime import (
     TrainingError,
     build_tokenizer,
+    checkpoint_step,
     checkpoint_tensors,
+    checkpoints_in,
     latest_checkpoint,
     load_training_data,
     prepare_teacher,
@@ -399,15 +401,22 @@ class Trainer:
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 
-    def _evaluate(self, on_eval: Callable[[int, dict], None] | None) -> None:
+    def _score_dev(self, **extra) -> dict:
+        """Greedy dev WER/CER of the model as it is now, logged and kept in the history."""
         st = self.state
         results = decode_cuts(
             self.model, self.dev_cuts, self.tokenizer, self.cfg.data.max_batch_seconds, self.device
         )
         wer, cer = error_rates(results)
-        row = {"step": st.step, "dev_wer": wer, "dev_cer": cer}
+        row = {"step": st.step, "dev_wer": wer, "dev_cer": cer, **extra}
         st.history.append(row)
         self._log(row)
+        return row
+
+    def _evaluate(self, on_eval: Callable[[int, dict], None] | None) -> None:
+        st = self.state
+        row = self._score_dev()
+        wer = row["dev_wer"]
         if wer < st.best_dev_wer:
             st.best_dev_wer, st.best_step = wer, st.step
             self.save_model(self.out / "model.safetensors")
@@ -433,8 +442,7 @@ class Trainer:
             train_state={**st.__dict__, **meta},
             features=self.features,
         )
-        old = sorted((self.out / "checkpoints").glob("step-*.safetensors"))
-        for stale in old[: -self.cfg.train.keep_checkpoints]:
+        for stale in checkpoints_in(self.out / "checkpoints")[: -self.cfg.train.keep_checkpoints]:
             stale.unlink()
 
     def _average_checkpoints(self) -> list[int]:
@@ -442,7 +450,7 @@ class Trainer:
         is scored on dev (a metrics row with "averaged") and saved as model.safetensors; the
         steps averaged."""
         st, k = self.state, self.cfg.train.average_last
-        paths = sorted((self.out / "checkpoints").glob("step-*.safetensors"))[-k:]
+        paths = checkpoints_in(self.out / "checkpoints")[-k:]
         if len(paths) < k:
             log.warning("train.average_last=%d: only %d checkpoints to average", k, len(paths))
         states = [read_checkpoint(p)[0] for p in paths]
@@ -451,15 +459,8 @@ class Trainer:
             stacked = torch.stack([s[f"model.{key}"].to(torch.float64) for s in states])
             mean[key] = stacked.mean(0).to(value.dtype) if value.is_floating_point() else value
         self.model.load_state_dict(mean)
-        steps = [int(p.stem.removeprefix("step-")) for p in paths]
-        results = decode_cuts(
-            self.model, self.dev_cuts, self.tokenizer, self.cfg.data.max_batch_seconds, self.device
-        )
-        wer, cer = error_rates(results)
-        row = {"step": st.step, "dev_wer": wer, "dev_cer": cer, "averaged": steps}
-        st.history.append(row)
-        self._log(row)
-        st.best_dev_wer, st.best_step = wer, st.step
+        steps = [checkpoint_step(p) for p in paths]
+        st.best_dev_wer, st.best_step = self._score_dev(averaged=steps)["dev_wer"], st.step
         self.save_model(self.out / "model.safetensors")
         return steps
 

@@ -8,9 +8,9 @@ It hears audio, so it runs once per manifest into the teacher cache (`needs_audi
   activity detection; an utterance past 30 s is read in consecutive 30-s windows. A CTranslate2
   folder is decoded by faster-whisper at `teacher.compute_type` (utterances of up to 30 s
   CT2_BATCH at a time, each in its own window: the text faster-whisper gives it alone),
-  anything else by transformers' `generate` (fp32), one utterance at a time. The text is spelled into the student's units by
-  `asrkd.data.normalize.normalize_english`; a transcript it cannot map is stored as None: logged
-  by cut id, counted, and left out of the teacher term.
+  anything else by transformers' `generate` (fp32), one utterance at a time. The text is
+  spelled into the student's units by `asrkd.data.normalize.normalize_english`; a transcript
+  it cannot map is stored as None: logged by cut id, counted, and left out of the teacher term.
 - hidden states (`distill.strategy=hidden`) of any encoder layer, always from the fp32 PyTorch
   model (CTranslate2's int8 encoder gets some frames badly wrong), computed on the UNPADDED
   utterance at 50 frames per second. **Layer i is the output of encoder block i (0-based)**;
