@@ -306,10 +306,16 @@ class DataConfig:
     freq_mask_width: int = 15
     n_time_masks: int = 2
     time_mask_fraction: float = 0.05
+    # tempo perturbation on the features: each batch is stretched in time by one factor drawn
+    # uniformly from [lo, hi] (1.1 = 10 % faster, fewer frames; pitch kept); (1, 1) is off
+    tempo_range: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.max_batch_seconds <= 0:
             raise ConfigError("data.max_batch_seconds must be positive")
+        tempo = self.tempo_range
+        if len(tempo) != 2 or not 0.5 <= tempo[0] <= tempo[1] <= 2.0:
+            raise ConfigError("data.tempo_range must be [lo, hi] with 0.5 <= lo <= hi <= 2")
         if not 0.0 < self.labelled_fraction <= 1.0:
             raise ConfigError("data.labelled_fraction must be in (0, 1]")
 

@@ -29,8 +29,17 @@ import torch
 from tqdm import tqdm
 
 from asrkd.config import Config, ConfigError, TrainConfig, save_config, to_dict
-from asrkd.data.dataset import Batch, collate, feature_config_of, make_sampler, spec_augment
+from asrkd.data.dataset import (
+    Batch,
+    collate,
+    feature_config_of,
+    make_sampler,
+    resample_frames,
+    spec_augment,
+    tempo_stretch,
+)
 from asrkd.distill.strategies import Distiller
+from asrkd.distill.teachers import TeacherOutput
 from asrkd.distributed import (
     SINGLE,
     World,
@@ -295,13 +304,20 @@ class Trainer:
         """(weighted total, unweighted terms) of the model on `batch`."""
         self.model.train()
         self.distiller.train()
-        feats = batch.feats
+        feats, feat_lens = batch.feats, batch.feat_lens
         teacher_out = None
         if self.teacher_source is not None:
             teacher_out = self.teacher_source(batch)  # clean features
+        lo, hi = self.cfg.data.tempo_range
+        factor = 1.0
+        if (lo, hi) != (1.0, 1.0):
+            factor = lo + (hi - lo) * float(torch.rand((), generator=self.aug_gen))
+            feats, feat_lens = tempo_stretch(feats, feat_lens, factor)
         if self.cfg.data.spec_augment:
-            feats = spec_augment(feats, batch.feat_lens, self.cfg.data, self.aug_gen)
-        out = self.model(feats.to(self.device), batch.feat_lens.to(self.device))
+            feats = spec_augment(feats, feat_lens, self.cfg.data, self.aug_gen)
+        out = self.model(feats.to(self.device), feat_lens.to(self.device))
+        if factor != 1.0 and teacher_out is not None:
+            teacher_out = _retime(teacher_out, out.lengths)
         return self.distiller(out, teacher_out, batch.to(self.device))
 
     def _sum_over_processes(self, finite: bool, total, terms: dict, weight: float):
@@ -492,6 +508,21 @@ class Trainer:
             summary.update(self.teacher_source.pseudo_labels.summary())
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+def _retime(teacher: TeacherOutput, lengths: torch.Tensor) -> TeacherOutput:
+    """The teacher's frame-level outputs stretched like the student's input (data.tempo_range):
+    each utterance's valid frames resampled to the student's output `lengths` (B,). Without
+    teacher lengths (hidden states alone) they are left to the strategy's whole-batch alignment,
+    which one factor per batch keeps close."""
+    if teacher.lengths is None:
+        return teacher
+    old = teacher.lengths.to(lengths.device)
+    logits = teacher.logits
+    if logits is not None:
+        logits = resample_frames(logits, old, lengths)
+    hidden = {k: resample_frames(h, old, lengths) for k, h in teacher.hidden.items()}
+    return dataclasses.replace(teacher, logits=logits, lengths=lengths, hidden=hidden)
 
 
 def _number(x: torch.Tensor | float) -> float:

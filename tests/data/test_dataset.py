@@ -95,6 +95,47 @@ def spec_augment_(feats: torch.Tensor, lens: torch.Tensor, seed: int) -> torch.T
     return spec_augment(feats, lens, AUG, torch.Generator().manual_seed(seed))
 
 
+def test_tempo_stretch_changes_lengths_keeps_each_frame_and_padding() -> None:
+    from asrkd.data.dataset import tempo_stretch
+
+    feats, lens = padded_feats()
+    slow, slow_lens = tempo_stretch(feats, lens, 0.9)
+    fast, fast_lens = tempo_stretch(feats, lens, 1.1)
+    assert slow_lens.tolist() == [333, 133, 46] and fast_lens.tolist() == [273, 109, 37]
+    assert slow.shape == (3, 333, 80) and fast.shape == (3, 273, 80)
+    for out, new in ((slow, slow_lens), (fast, fast_lens)):
+        for i, (n, m) in enumerate(zip(lens.tolist(), new.tolist())):
+            assert torch.all(out[i, m:] == 0)
+            # ends kept; every frame lies between two neighbouring input frames
+            torch.testing.assert_close(out[i, 0], feats[i, 0])
+            torch.testing.assert_close(out[i, m - 1], feats[i, n - 1])
+            pos = torch.arange(m) * (n - 1) / (m - 1)
+            left, frac = pos.floor().long(), (pos - pos.floor())[:, None]
+            right = torch.clamp(left + 1, max=n - 1)
+            expected = feats[i, left] * (1 - frac) + feats[i, right] * frac
+            torch.testing.assert_close(out[i, :m], expected, rtol=1e-4, atol=1e-4)
+    same, same_lens = tempo_stretch(feats, lens, 1.0)
+    assert torch.equal(same, feats) and torch.equal(same_lens, lens)
+
+
+def test_resample_frames_handles_one_frame_and_empty_rows() -> None:
+    from asrkd.data.dataset import resample_frames
+
+    x = torch.arange(12.0).reshape(2, 3, 2)
+    out = resample_frames(x, torch.tensor([1, 0]), torch.tensor([3, 0]))
+    assert out.shape == (2, 3, 2)
+    assert torch.equal(out[0], x[0, :1].expand(3, 2)) and torch.all(out[1] == 0)
+
+
+def test_tempo_range_is_validated() -> None:
+    from asrkd.config import ConfigError
+
+    DataConfig(tempo_range=(0.9, 1.1))
+    for bad in ((1.1, 0.9), (0.3, 1.0), (1.0, 2.5), (1.0,)):
+        with pytest.raises(ConfigError, match="tempo_range"):
+            DataConfig(tempo_range=bad)
+
+
 def test_split_by_speaker_is_deterministic_and_disjoint(prepared_parts: dict[str, Path]) -> None:
     cuts = load_cuts(prepared_parts["train"])
     labelled, unlabelled = split_by_speaker(cuts, 0.5, seed=0)

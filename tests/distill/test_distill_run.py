@@ -103,6 +103,35 @@ def test_logit_and_hidden_online_without_cache(prepared_parts, tiny_teacher, tmp
     assert not (tmp_path / "cache").exists()  # the teacher ran online
 
 
+def test_tempo_perturbation_with_frame_level_kd(prepared_parts, tiny_teacher, tmp_path) -> None:
+    """data.tempo_range stretches the student's input; the cached teacher logits and hidden
+    states are stretched alike, so frame-level KD still lines up and trains."""
+    out, _, _ = distil(
+        prepared_parts,
+        tiny_teacher,
+        tmp_path,
+        ["distill.strategy=logit+hidden", "distill.weight=0.5", "data.tempo_range=[0.8,1.2]"],
+    )
+    assert_run_ok(out, "logit+hidden", ("ctc", "kd_logit", "kd_hidden"))
+
+
+def test_retime_stretches_teacher_frames_to_the_students_lengths() -> None:
+    import torch
+
+    from asrkd.distill.teachers import TeacherOutput
+    from asrkd.train import _retime
+
+    logits = torch.randn(2, 10, 5)
+    hidden = {3: torch.randn(2, 10, 4)}
+    out = _retime(TeacherOutput(logits, torch.tensor([10, 6]), hidden, None), torch.tensor([12, 5]))
+    assert out.logits.shape == (2, 12, 5) and out.hidden[3].shape == (2, 12, 4)
+    assert out.lengths.tolist() == [12, 5]
+    for x, y in ((logits, out.logits), (hidden[3], out.hidden[3])):
+        torch.testing.assert_close(y[0, [0, -1]], x[0, [0, 9]])  # ends stay in place
+        torch.testing.assert_close(y[1, [0, 4]], x[1, [0, 5]])
+        assert torch.all(y[1, 5:] == 0)
+
+
 def test_student_initialised_as_its_teacher_has_no_logit_kd_loss(
     prepared_parts, tiny_teacher, tmp_path
 ) -> None:

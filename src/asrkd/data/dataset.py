@@ -176,6 +176,38 @@ def spec_augment(feats: Tensor, feat_lens: Tensor, cfg: DataConfig, gen: torch.G
     return out
 
 
+def resample_frames(x: Tensor, lens: Tensor, new_lens: Tensor) -> Tensor:
+    """Each utterance's valid frames stretched to its new length by linear interpolation.
+
+    x (B, T, D), lens (B,), new_lens (B,) -> (B, max(new_lens), D), zero-padded. The first and
+    last valid frames stay where they are (align_corners), so a stretch of the input and the same
+    stretch of frame-level targets line up.
+    """
+    import torch.nn.functional as F
+
+    out = x.new_zeros(x.shape[0], max(1, int(new_lens.max())), x.shape[2])
+    for i, (n, m) in enumerate(zip(lens.tolist(), new_lens.tolist())):
+        if n == m:
+            out[i, :m] = x[i, :n]
+        elif n > 0 and m > 0:
+            y = F.interpolate(x[i, :n].T[None].float(), size=m, mode="linear", align_corners=True)
+            out[i, :m] = y[0].T.to(x.dtype)
+    return out
+
+
+def tempo_stretch(feats: Tensor, feat_lens: Tensor, factor: float) -> tuple[Tensor, Tensor]:
+    """Tempo perturbation on features: (B, T, F), (B,) -> the batch `factor` times faster.
+
+    Every utterance's n frames become round(n / factor) (at least 1), interpolated along time: the
+    spectral shape of each frame, i.e. the pitch, is kept (sox's `tempo`, not `speed`).
+    """
+    import torch
+
+    new_lens = torch.clamp(torch.round(feat_lens.double() / factor).long(), min=1)
+    new_lens = torch.where(feat_lens > 0, new_lens, feat_lens)
+    return resample_frames(feats, feat_lens, new_lens), new_lens
+
+
 def feature_config_of(cuts: CutSet) -> FeatureConfig:
     """The feature settings the cuts were prepared with (stored in every model file, so
     `transcribe` computes the same features from raw audio)."""
