@@ -92,6 +92,7 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
     assert "bigram LM (word pairs of the student's own transcripts over English books'" in report
     # the RTF of a student row is its network and its lexicon decoder
     assert "its decoder takes" in report and rows[f"full-{student}-init"]["decoder_rtf"] > 0
+    assert "the lexicon beam search, flashlight-text's C++ search)" in report  # the recipe's
     # the distilled run heard the untranscribed folder and counted its pseudo-labels
     run = out / "runs" / f"partial-{student}-init-seq"
     summary = json.loads((run / "summary.json").read_text())

@@ -477,9 +477,17 @@ def rows_text(cfg: DemoConfig, rows: list[dict]) -> str:
         "(the teacher's: loading and transcribing); latency and RTF at batch 1 on "
         f"{cfg.eval.threads or 'all'} threads: a student's is its network on its stored features "
         "(their computation is timed in the next line) and the decoder its WER is scored with "
-        "(the lexicon beam search, in Python), the teacher's the whole transcription; "
+        f"({search_text(cfg)}), the teacher's the whole transcription; "
         "speed vs teacher = the fastest teacher row's RTF over the row's."
     )
+
+
+def search_text(cfg: DemoConfig) -> str:
+    """How the students' text is searched, for the rows' explanation."""
+    if cfg.eval.decoder == "greedy":
+        return "greedy CTC, no search"
+    engine = {"flashlight": "flashlight-text's C++ search", "python": "asrkd's Python search"}
+    return f"the lexicon beam search, {engine[cfg.eval.lexicon_engine]}"
 
 
 def decoder_lines(rows: list[dict]) -> list[str]:
