@@ -13,6 +13,7 @@ import jiwer
 import pytest
 import torch
 
+from asrkd.cli import main as cli_main
 from asrkd.config import ConfigError, EvalConfig, ExportConfig, load_config
 from asrkd.data.audio import load_mono
 from asrkd.data.dataset import cut_text, load_cuts
@@ -25,9 +26,16 @@ from asrkd.export import (
     run_onnx,
     verify_export,
 )
+from asrkd.lexicon import LexiconDecoder
 from asrkd.models import build_model
 from asrkd.models.checkpoint import CheckpointError, load_model, read_checkpoint
-from asrkd.ondevice import OnnxRecognizer, make_lexicon
+from asrkd.ondevice import (
+    LEXICON_ARPA_KEY,
+    OnnxRecognizer,
+    lexicon_from_metadata,
+    make_lexicon,
+    transcribe_onnx_files,
+)
 from asrkd.transcribe import OnnxTranscriber, fbank, transcribe_files
 
 pytest.importorskip("onnxscript", reason="export tests need the export extra: asrkd[export]")
@@ -120,7 +128,6 @@ def test_metadata_round_trip(tiny_teacher, onnx_files) -> None:
     old = {k: v for k, v in props.items() if k != "asrkd.lexicon_gz"}
     old["asrkd.lexicon"] = json.dumps(lexicon)
     assert read_onnx_metadata(old)["lexicon"] == lexicon
-    assert len(packed) < len(old["asrkd.lexicon"])
     raw = bytearray(base64.b64decode(packed))
     raw[len(raw) // 2] ^= 0xFF  # a flipped byte inside the deflate stream
     flipped = base64.b64encode(bytes(raw)).decode()
@@ -231,6 +238,50 @@ def test_evaluate_scores_onnx_files_like_the_model_file(
     # An ONNX file has no run config: without eval.lexicon_cuts or a lexicon inside, say so.
     with pytest.raises(ConfigError, match="names no training manifest"):
         evaluate(onnx_files["int8"], test, tmp_path / "x", cfg, measure=False)
+
+
+def test_the_file_carries_its_lm_as_arpa_text(onnx_files, test_audio, tmp_path, capsys) -> None:
+    """The lexicon's LM travels as zipped ARPA text: the C++ search reads it without building
+    the LM's Python tables and spells what a search over those tables spells; files of the
+    earlier layout (the tables as JSON) still decode; a damaged LM is named."""
+    path = onnx_files["int8-lexicon"]
+    props = onnx_session(path, threads=1).get_modelmeta().custom_metadata_map
+    meta = read_onnx_metadata(props, path)
+    assert "log_probs" not in meta["lexicon"] and meta["lexicon"]["lm_order"] == 1
+    assert LEXICON_ARPA_KEY in props  # beside the settings' JSON, as base64 text
+    fast = OnnxRecognizer(path, threads=1, engine="flashlight")
+    assert fast.lexicon._lm is None  # KenLM read the ARPA text; no Python tables
+    slow = OnnxRecognizer(path, threads=1)  # the Python search reads the tables from it
+    tables = slow.lexicon.lm
+    assert tables is not None and set(tables.log_probs) == set(fast.lexicon.lm.log_probs)
+    lex = fast.lexicon
+    settings = (lex.beam, lex.lm_weight, lex.word_bonus, lex.prune)
+    from_tables = LexiconDecoder(fast.tokenizer, tables, *settings, engine="flashlight")
+    # the earlier layout: the LM's tables as JSON beside the settings, no ARPA text
+    settings_only = {k: v for k, v in meta["lexicon"].items() if k != "arpa_gz"}
+    old_meta = {**meta, "lexicon": {**settings_only, **tables.to_json()}}
+    old_layout = lexicon_from_metadata(old_meta, fast.tokenizer)
+    for audio in test_audio:
+        log_probs = fast.log_probs(load_mono(audio, fast.features.sample_rate))
+        assert lex.decode(log_probs) == from_tables.decode(log_probs)
+        assert slow.lexicon.decode(log_probs) == old_layout.decode(log_probs)
+    # `asrkd transcribe --lexicon-engine flashlight` searches the file's LM in C++
+    assert (
+        cli_main(["transcribe", str(path), *test_audio[:2], "--lexicon-engine", "flashlight"]) == 0
+    )
+    printed = capsys.readouterr().out.strip().splitlines()
+    expected = transcribe_onnx_files(path, test_audio[:2], engine="flashlight")
+    assert printed == [f"{p}\t{t}" for p, t in expected]
+    # damaged or missing ARPA text: an error naming the file
+    packed = props[LEXICON_ARPA_KEY]
+    assert meta["lexicon"]["arpa_gz"] == packed
+    for bad in (packed[: len(packed) // 2], "not base64!"):
+        damaged = {**meta, "lexicon": {**settings_only, "arpa_gz": bad}}
+        with pytest.raises(CheckpointError, match="x.onnx: corrupt lexicon LM"):
+            lexicon_from_metadata(damaged, fast.tokenizer, "flashlight", "x.onnx")
+    missing = {**meta, "lexicon": settings_only}
+    with pytest.raises(CheckpointError, match="x.onnx: its lexicon has no word LM"):
+        lexicon_from_metadata(missing, fast.tokenizer, "python", "x.onnx")
 
 
 def test_a_lexicon_inside_the_file_decodes_transcriptions(

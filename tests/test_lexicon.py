@@ -24,6 +24,7 @@ from asrkd.export import lexicon_metadata
 from asrkd.lexicon import (
     BOOKS_MASS,
     SENTENCE_START,
+    ArpaSource,
     LexiconDecoder,
     WordLM,
     arpa_lm,
@@ -274,7 +275,8 @@ def test_real_test_other_oov_rate_with_and_without_wordfreq() -> None:
 def test_export_stores_a_wordfreq_lexicon_without_transcripts() -> None:
     meta = {"tokenizer": json.loads(Tokenizer().to_json())}
     lex = lexicon_metadata(ExportConfig(vocabulary="wordfreq:2000"), meta, "model.safetensors")
-    assert lex["vocabulary"] == "wordfreq:2000" and "the" in lex["log_probs"]
+    assert lex["vocabulary"] == "wordfreq:2000" and lex["lm_order"] == 1
+    assert "the" in ArpaSource(lex["arpa_gz"], 1).read_lm(Tokenizer()).log_probs
     assert lexicon_metadata(ExportConfig(), meta, "model.safetensors") is None
     with pytest.raises(ConfigError, match="lexicon_cuts"):
         ExportConfig(vocabulary="train+wordfreq:2000")
@@ -390,11 +392,24 @@ def test_books_bigram_from_symspellpy_and_the_transcripts_over_it() -> None:
     meta = {"tokenizer": json.loads(Tokenizer().to_json()), "config": {}}
     export = ExportConfig(vocabulary="wordfreq:3000", lm_order=2, bigrams="books")
     lex = lexicon_from_metadata({"lexicon": lexicon_metadata(export, meta, "m")}, Tokenizer())
-    assert lex.bigrams == "books" and stored_lm(cfg, lex, "m.onnx") == books_bigram(
-        wordfreq_lm(3000, tok)
-    )
+    assert lex.bigrams == "books"
+    assert_same_lm(stored_lm(cfg, lex, "m.onnx"), books_bigram(wordfreq_lm(3000, tok)))
     with pytest.raises(ConfigError, match="bigrams"):
         stored_lm(dataclasses.replace(cfg, bigrams="train"), lex, "m.onnx")
+
+
+def assert_same_lm(got: WordLM, expected: WordLM) -> None:
+    """The same LM to the 7 significant digits of an ARPA file (how a file carries it)."""
+    assert got.log_probs.keys() == expected.log_probs.keys()
+    assert got.contexts.keys() == expected.contexts.keys()
+    for w, lp in expected.log_probs.items():
+        assert math.isclose(got.log_probs[w], lp, rel_tol=1e-6, abs_tol=1e-6), w
+    for v, (backoff, seen) in expected.contexts.items():
+        assert math.isclose(got.contexts[v][0], backoff, rel_tol=1e-6, abs_tol=1e-6), v
+        for w in [*seen, *list(expected.log_probs)[:20]]:  # listed pairs, and unlisted ones
+            assert math.isclose(
+                math.exp(got.score(v, w)), math.exp(expected.score(v, w)), rel_tol=1e-5
+            ), (v, w)
 
 
 def test_token_prune_drops_unlikely_tokens_everywhere_it_is_configured() -> None:
@@ -503,9 +518,10 @@ def test_an_arpa_file_is_the_lexicon_and_lm(tmp_path: Path, prepared_parts) -> N
     lex = lexicon_metadata(ExportConfig(arpa=str(gz), lm_order=2, **weights), meta, "m")
     assert lex is not None and lex["vocabulary"] == "arpa:lm.arpa.gz"
     stored = lexicon_from_metadata({"lexicon": lex}, tok)
-    assert stored.lm == bi and stored_lm(cfg, stored, "m.onnx") == bi
+    assert_same_lm(stored.lm, bi)  # to the 7 digits of the ARPA text the file carries
+    assert stored_lm(cfg, stored, "m.onnx") is stored.lm
     gz.unlink()  # evaluate takes the stored LM: the ARPA file need not be there any more
-    assert eval_decoder(cfg, tok, stored, "m.onnx", lambda order: pytest.fail()).lm == bi
+    assert eval_decoder(cfg, tok, stored, "m.onnx", lambda order: pytest.fail()).lm is stored.lm
     # the file's decoder itself where cfg searches as it does (no second trie of its words)
     same = dataclasses.replace(cfg, token_prune=stored.prune)
     assert eval_decoder(same, tok, stored, "m.onnx", None) is stored

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 from asrkd.config import (
+    LEXICON_ENGINE,
+    LEXICON_ENGINES,
     CheckpointError,
     Config,
     ConfigError,
@@ -114,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transcribe", help="transcribe audio files with a model")
     p.add_argument("model")
     p.add_argument("audio", nargs="+")
+    p.add_argument(
+        "--lexicon-engine",
+        choices=LEXICON_ENGINES,
+        help="who searches an exported file's lexicon (default: eval.lexicon_engine's default)",
+    )
 
     p = sub.add_parser("export", help="export a model file to ONNX for on-device inference")
     p.add_argument("model", help="model file (.safetensors)")
@@ -209,10 +216,15 @@ def cmd_transcribe(args) -> None:
     from asrkd.ondevice import is_onnx
 
     if is_onnx(args.model):  # without importing torch or lhotse
-        from asrkd.ondevice import transcribe_onnx_files as transcribe_files
+        from asrkd.ondevice import transcribe_onnx_files
+
+        engine = args.lexicon_engine or LEXICON_ENGINE
+        texts = transcribe_onnx_files(args.model, args.audio, engine=engine)
     else:
         from asrkd.transcribe import transcribe_files
-    for path, text in transcribe_files(args.model, args.audio):
+
+        texts = transcribe_files(args.model, args.audio)
+    for path, text in texts:
         print(f"{path}\t{text}")
 
 

@@ -367,7 +367,7 @@ def deliver_int8(
     export extra."""
     from asrkd.config import ExportConfig, to_dict
     from asrkd.distill.teachers import file_sha256
-    from asrkd.export import export_model, require_onnx_exporter
+    from asrkd.export import LEXICON_LAYOUT, export_model, require_onnx_exporter
 
     try:
         require_onnx_exporter()
@@ -385,7 +385,7 @@ def deliver_int8(
         **{name: getattr(cfg.eval, name) for name in LEXICON_FIELDS},
     )
     stamp = dst.with_suffix(".inputs.json")
-    inputs = {"model": file_sha256(src), "export": to_dict(export_cfg)}
+    inputs = {"model": file_sha256(src), "export": to_dict(export_cfg), "layout": LEXICON_LAYOUT}
     if export_cfg.arpa:  # an edited LM file behind the same path is a new export
         inputs["arpa"] = file_sha256(export_cfg.arpa)
     if dst.is_file() and stamp_matches(stamp, inputs):

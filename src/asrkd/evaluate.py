@@ -243,7 +243,7 @@ def _memory_probe(model_path: str, cuts_path: str, cfg_json: str) -> dict:
     model = open_model_file(model_path, cfg.threads, lexicon=False)
     network = _status_mb("VmRSS")
     if cfg.decoder != "greedy":
-        model.lexicon = model.file_lexicon()
+        model.lexicon = model.file_lexicon(cfg.lexicon_engine)
     lexicon = make_lexicon_decoder(cfg, model, model_path)
     model.lexicon = None  # kept only where it is the decoder (eval_decoder returns it then)
     clear_caches()  # what built the decoder, kept for the next one, is not the decoder's
@@ -279,7 +279,7 @@ def evaluate(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
-    model = open_model_file(model_path, cfg.threads)
+    model = open_model_file(model_path, cfg.threads, engine=cfg.lexicon_engine)
     summary: dict = {
         "model": str(model_path),
         "format": model.format,
@@ -316,7 +316,7 @@ def measure_costs(
         torch.set_num_threads(cfg.threads)
     costs = {}
     if speed:
-        model = model or open_model_file(model_path, cfg.threads)
+        model = model or open_model_file(model_path, cfg.threads, engine=cfg.lexicon_engine)
         lexicon = make_lexicon_decoder(cfg, model, model_path)  # built before the clock starts
         costs["speed"] = measure_speed(model, load_cuts(cuts_path), cfg, lexicon)
     if memory:

@@ -28,7 +28,14 @@ from torch import Tensor, nn
 
 from asrkd.config import ExportConfig, FeatureConfig, parse_vocabulary
 from asrkd.data.text import Tokenizer
-from asrkd.lexicon import WordLM, config_lm, lm_from_manifest, training_lm, vocabulary_label
+from asrkd.lexicon import (
+    ArpaSource,
+    WordLM,
+    config_lm,
+    lm_from_manifest,
+    training_lm,
+    vocabulary_label,
+)
 from asrkd.models import CTCModel
 from asrkd.models.checkpoint import (
     CheckpointError,
@@ -38,6 +45,7 @@ from asrkd.models.checkpoint import (
 )
 from asrkd.ondevice import (  # noqa: F401  defined there (PyTorch-free), re-exported
     INPUT_NAMES,
+    LEXICON_ARPA_KEY,
     ONNX_FORMAT,
     OUTPUT_NAMES,
     lengths_dtype,
@@ -87,6 +95,11 @@ def require_onnx_exporter() -> None:
         raise ImportError(f"asrkd export needs {', '.join(missing)}: pip install 'asrkd[export]'")
 
 
+# How a file carries its lexicon: settings as JSON, the LM as ARPA text (asrkd.lexicon.ArpaSource);
+# a recipe's delivered file is exported again when it changes
+LEXICON_LAYOUT = "settings-json+arpa-gz"
+
+
 def onnx_metadata(
     meta: dict[str, Any], quantized: bool, lexicon: dict[str, Any] | None = None
 ) -> dict[str, str]:
@@ -101,16 +114,20 @@ def onnx_metadata(
         "asrkd.features": json.dumps(dataclasses.asdict(features)),
         "asrkd.quantized": json.dumps(quantized),
     }
-    if lexicon is not None:  # gzip + base64: the books' bigram is 8.2 MB as JSON, 3.2 MB so
-        props["asrkd.lexicon_gz"] = json.dumps(pack_lexicon(lexicon))
+    if lexicon is not None:  # the settings as zipped JSON; the LM as zipped ARPA text, apart
+        settings = {k: v for k, v in lexicon.items() if k != "arpa_gz"}
+        props["asrkd.lexicon_gz"] = json.dumps(pack_lexicon(settings))
+        props[LEXICON_ARPA_KEY] = lexicon["arpa_gz"]
     return props
 
 
 def lexicon_metadata(
     cfg: ExportConfig, meta: dict[str, Any], model_path: str | Path
 ) -> dict[str, Any] | None:
-    """{"log_probs", "contexts", "beam", "lm_weight", "word_bonus", "vocabulary", "bigrams",
-    "token_prune"} (the word LM as WordLM.to_json writes it) from cfg's lexicon fields
+    """{"arpa_gz", "lm_order", "beam", "lm_weight", "word_bonus", "vocabulary", "bigrams",
+    "token_prune"} (the word LM as ArpaSource packs it: ARPA text, gzip, base64; 3.1 MB for
+    the real-speech recipe's LM, whose tables as JSON took 3.4 MB packed and ~100 MB of Python
+    objects to read back) from cfg's lexicon fields
     (config_lm), whose "train" part is cfg.lexicon_cuts' transcripts ("train": the model's own
     training manifest), or None when cfg asks for no lexicon (no lexicon_cuts, no wordfreq
     words, no ARPA file)."""
@@ -126,7 +143,8 @@ def lexicon_metadata(
     tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
     lm = config_lm(cfg, tokenizer, train_lm)
     return {
-        **lm.to_json(),
+        "arpa_gz": ArpaSource.from_lm(lm).packed,
+        "lm_order": lm.order,
         "beam": cfg.beam,
         "lm_weight": cfg.lm_weight,
         "word_bonus": cfg.word_bonus,

@@ -56,13 +56,18 @@ Dimension legend: T' output frames, V vocabulary (tokens, blank included).
 
 from __future__ import annotations
 
+import base64
 import functools
 import gc
 import gzip
 import heapq
+import io
 import math
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -533,13 +538,48 @@ class _Hyp:
     score: float  # lm + the look-ahead of node: what the beam is ranked by
 
 
+@dataclass(frozen=True)
+class ArpaSource:
+    """A word LM as the ARPA text write_arpa writes, gzipped and base64-encoded: how an exported
+    file carries its decoder's LM (the format KenLM, flashlight and sherpa-onnx read): 6.9 MB
+    of text, 3.1 MB packed, for the real-speech recipe's 50k words and their word pairs, whose
+    Python tables take ~100 MB. `order`: the LM's (1 or 2)."""
+
+    packed: str
+    order: int
+
+    @classmethod
+    def from_lm(cls, lm: WordLM) -> ArpaSource:
+        from asrkd.lexicon_flashlight import lm_arpa_file
+
+        with lm_arpa_file(lm) as path:
+            packed = base64.b64encode(gzip.compress(path.read_bytes(), 6)).decode("ascii")
+        return cls(packed, lm.order)
+
+    @contextmanager
+    def file(self):
+        """The ARPA text in a temporary file, removed on exit (unzipped a block at a time)."""
+        with tempfile.TemporaryDirectory(prefix="asrkd-arpa-") as folder:
+            path = Path(folder) / "lm.arpa"
+            raw = io.BytesIO(base64.b64decode(self.packed, validate=True))
+            with gzip.GzipFile(fileobj=raw) as src, open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            yield path
+
+    def read_lm(self, tokenizer: Tokenizer) -> WordLM:
+        """The LM's Python tables (arpa_lm: P to the file's 7 significant digits), not cached."""
+        with self.file() as path:
+            chars = frozenset(_letters(tokenizer))
+            return _read_arpa.__wrapped__(path, 0, 0, self.order, chars)
+
+
 class LexiconDecoder:
     """CTC prefix beam search restricted to the words of `lm`, for char or BPE tokenizers."""
 
     def __init__(
         self,
         tokenizer: Tokenizer,
-        lm: WordLM,
+        lm: WordLM | None,
         beam: int = 8,
         lm_weight: float = 0.5,
         word_bonus: float = 1.0,
@@ -547,38 +587,73 @@ class LexiconDecoder:
         vocabulary: str = "train",
         bigrams: str = "train",
         engine: str = LEXICON_ENGINE,
+        arpa: ArpaSource | None = None,
     ) -> None:
+        """lm: the word LM; or None and `arpa`, the LM as an ARPA file that write_arpa wrote
+        (an exported file's): the C++ search reads it straight, without the LM's Python tables,
+        which are read from it only when asked for (`lm`); the Python search reads them now."""
         self.blank = tokenizer.blank_id
         self.tokenizer, self.vocabulary = tokenizer, vocabulary  # where lm's words came from
         self.bigrams = bigrams  # where its word pairs came from (lm_order 2)
         self.beam, self.lm_weight, self.word_bonus, self.prune = beam, lm_weight, word_bonus, prune
-        self.lm, self.lm_order = lm, lm.order
         self.bpe = isinstance(tokenizer, BpeTokenizer)
+        # flashlight searches character tokenizers; BPE pieces always the Python search
+        self.engine_asked = engine
+        self.engine = "python" if self.bpe else engine
+        if lm is None and arpa is None:
+            raise ValueError("a lexicon decoder needs a word LM or an ARPA file")
+        self._lm, self._arpa = lm, arpa
+        if lm is None and self.engine != "flashlight":
+            self._lm = arpa.read_lm(tokenizer)
+        self.lm_order = self._lm.order if self._lm is not None else arpa.order
         index = {s: i for i, s in enumerate(tokenizer.symbols)}
         self.space = None if self.bpe else index.get(" ")
         if not self.bpe and self.space is None:
             raise ValueError("lexicon decoding needs a word separator (' ') or BPE pieces")
-        spellings = {}
-        for word in lm.log_probs:
-            ids = tokenizer.encode(word)
-            if ids and tokenizer.decode(ids) == word:  # spellable with these symbols
-                spellings[word] = ids
-        # flashlight searches character tokenizers; BPE pieces always the Python search
-        self.engine_asked = engine
-        self.engine = "python" if self.bpe else engine
         self._fast = None
         if self.engine == "flashlight":
-            from asrkd.lexicon_flashlight import FlashlightSearch
-
-            self._fast = FlashlightSearch(
-                tokenizer.symbols, self.blank, spellings, lm, beam, lm_weight, word_bonus, prune
-            )
+            self._fast = self._flashlight_search()
             return
+        spellings = self._spellings(self._lm.log_probs)
         self.trie = _Trie()
         for word, ids in spellings.items():
             self.trie.add(ids, word)
         self.starts_word = {i for s, i in index.items() if s.startswith(WORD_START)}
         self.look, self.best_word = self.trie.look_ahead(self._word_score)
+
+    def _spellings(self, words: Iterable[str]) -> dict[str, list[int]]:
+        """Token ids of the words spellable with the tokenizer's symbols."""
+        spellings = {}
+        for word in words:
+            ids = self.tokenizer.encode(word)
+            if ids and self.tokenizer.decode(ids) == word:
+                spellings[word] = ids
+        return spellings
+
+    def _flashlight_search(self):
+        from asrkd.lexicon_flashlight import FlashlightSearch, arpa_words, lm_arpa_file
+
+        settings = (self.beam, self.lm_weight, self.word_bonus, self.prune)
+        symbols = self.tokenizer.symbols
+        if self._lm is None:
+            with self._arpa.file() as path:
+                words = arpa_words(path)
+                return FlashlightSearch(
+                    symbols, self.blank, self._spellings(words), words, path, *settings
+                )
+        words = self._lm.log_probs
+        with lm_arpa_file(self._lm) as path:
+            return FlashlightSearch(
+                symbols, self.blank, self._spellings(words), words, path, *settings
+            )
+
+    @property
+    def lm(self) -> WordLM | None:
+        """The word LM's Python tables (read from the ARPA file on first use where the decoder
+        was built from one); None once released."""
+        if self._lm is None and self._arpa is not None:
+            self._lm = self._arpa.read_lm(self.tokenizer)
+        return self._lm
 
     def release_lm(self) -> LexiconDecoder:
         """Drop the word LM's Python tables once this decoder is the one that decodes (the
@@ -586,7 +661,7 @@ class LexiconDecoder:
         recipe's LM): `lm` is None afterwards, so eval_decoder can no longer derive another
         LM from it. The Python engine searches with them: kept there."""
         if self._fast is not None:
-            self.lm = None
+            self._lm, self._arpa = None, None
         return self
 
     def knows(self, word: str) -> bool:
@@ -603,12 +678,12 @@ class LexiconDecoder:
 
     def _word_score(self, word: str) -> float:
         """A word's unigram score: the look-ahead of the words still being spelt."""
-        return self.lm_weight * self.lm.log_probs[word] + self.word_bonus
+        return self.lm_weight * self._lm.log_probs[word] + self.word_bonus
 
     def _next_score(self, words: tuple[str, ...], word: str) -> float:
         """The score of `word` completed after `words` (the bigram's, with contexts)."""
         prev = words[-1] if words else SENTENCE_START
-        return self.lm_weight * self.lm.score(prev, word) + self.word_bonus
+        return self.lm_weight * self._lm.score(prev, word) + self.word_bonus
 
     def _extend(self, hyp: _Hyp, token: int) -> _Hyp | None:
         """The hypothesis after emitting `token`, or None where the lexicon forbids it."""

@@ -34,6 +34,7 @@ import bisect
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -113,6 +114,32 @@ def _import_flashlight():
     return decoder, dictionary, KenLM
 
 
+def arpa_words(path: str | Path) -> list[str]:
+    """The words of an ARPA file written by write_arpa, in its 1-gram order, without <unk>, </s>
+    and <s> (the WordLM's log_probs keys), read line by line up to the 2-grams."""
+    words, in_1grams = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("\\"):
+                if in_1grams:
+                    break
+                in_1grams = line.strip() == "\\1-grams:"
+                continue
+            fields = line.split()
+            if in_1grams and len(fields) >= 2 and fields[1] not in (UNK, END, SENTENCE_START):
+                words.append(fields[1])
+    return words
+
+
+@contextmanager
+def lm_arpa_file(lm: WordLM):
+    """A temporary ARPA file of `lm` (write_arpa), removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="asrkd-lm-") as folder:
+        arpa = Path(folder) / "lm.arpa"
+        write_arpa(lm, arpa)
+        yield arpa
+
+
 class FlashlightSearch:
     """flashlight-text's CTC lexicon beam search over `lm`'s words for a character tokenizer
     (its symbols include " "), with asrkd's scores (module docstring)."""
@@ -122,24 +149,24 @@ class FlashlightSearch:
         symbols: list[str],
         blank: int,
         spellings: dict[str, list[int]],
-        lm: WordLM,
+        words: Iterable[str],
+        arpa: str | Path,
         beam: int,
         lm_weight: float,
         word_bonus: float,
         prune: float,
     ) -> None:
+        """words: the LM's vocabulary in its 1-gram order; arpa: the file KenLM reads it from,
+        as write_arpa writes a WordLM (read here, not kept)."""
         fl, fl_dict, kenlm = _import_flashlight()
         self.blank, self.space, self.prune = blank, symbols.index(" "), prune
         self.symbols = symbols
         self.n_tokens = len(symbols)
         self.words = fl_dict.Dictionary()
-        for word in (*lm.log_probs, UNK):
+        for word in (*words, UNK):
             self.words.add_entry(word)
-        with tempfile.TemporaryDirectory(prefix="asrkd-lm-") as folder:
-            arpa = Path(folder) / "lm.arpa"
-            write_arpa(lm, arpa)
-            with _quiet_stderr():
-                self.lm = kenlm(str(arpa), self.words)
+        with _quiet_stderr():
+            self.lm = kenlm(str(arpa), self.words)
         self.trie = fl.Trie(self.n_tokens, self.space)
         # The look-ahead's score of a word: its unigram and, as in the Python search, its bonus
         # (flashlight weighs trie scores by lm_weight, and takes the look-ahead back out when

@@ -28,12 +28,13 @@ from asrkd.config import LEXICON_ENGINE, TOKEN_PRUNE, CheckpointError, EvalConfi
 from asrkd.data.audio import features_np, load_mono, resample_mono
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.data.validate import DataError
-from asrkd.lexicon import LexiconDecoder, WordLM, eval_decoder, training_manifest
+from asrkd.lexicon import ArpaSource, LexiconDecoder, WordLM, eval_decoder, training_manifest
 from asrkd.scoring import Result, write_set, write_summary
 
 log = logging.getLogger(__name__)
 
 ONNX_FORMAT = "asrkd-onnx/1"
+LEXICON_ARPA_KEY = "asrkd.lexicon_arpa_gz"  # the lexicon decoder's LM (lexicon.ArpaSource)
 INPUT_NAMES = ("feats", "feat_lens")
 OUTPUT_NAMES = ("logits", "lengths")
 
@@ -59,6 +60,11 @@ def onnx_session(path: str | Path, threads: int = 0):
     # right after the network) needs: int8 student, 2 cores, decoder RTF 0.0038 -> 0.0024 and
     # network + decoder 0.0086 -> 0.0062 (docs/benchmarks.md)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No memory arena: it keeps the largest activations of any utterance resident after the
+    # run (the int8 real-speech student over 100 test-other utterances: peak 247 -> 208 MB,
+    # network RTF within the noise of 5 alternating rounds; docs/benchmarks.md)
+    opts.enable_cpu_mem_arena = False
+    opts.enable_mem_pattern = False
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime's InvalidProtobuf, Fail, ... share no base class
@@ -72,7 +78,8 @@ def read_onnx_metadata(
     file's metadata_props, e.g. onnxruntime's ``session.get_modelmeta().custom_metadata_map``;
     lexicon=False leaves the lexicon (the bulk of it) undecoded and out."""
     if not lexicon:
-        props = {k: v for k, v in props.items() if k not in ("asrkd.lexicon", "asrkd.lexicon_gz")}
+        left_out = ("asrkd.lexicon", "asrkd.lexicon_gz", LEXICON_ARPA_KEY)
+        props = {k: v for k, v in props.items() if k not in left_out}
     if props.get("asrkd.format") != ONNX_FORMAT:
         found = props.get("asrkd.format")
         raise CheckpointError(f"{path}: not an asrkd ONNX export (asrkd.format={found!r})")
@@ -80,10 +87,12 @@ def read_onnx_metadata(
         meta = {
             k[len("asrkd.") :]: json.loads(v)
             for k, v in props.items()
-            if k.startswith("asrkd.") and k != "asrkd.format"
+            if k.startswith("asrkd.") and k not in ("asrkd.format", LEXICON_ARPA_KEY)
         }
         if "lexicon_gz" in meta:  # files exported before it was zipped hold "lexicon" as JSON
             meta["lexicon"] = unpack_lexicon(meta.pop("lexicon_gz"))
+        if LEXICON_ARPA_KEY in props and meta.get("lexicon"):  # base64 text, not JSON: kept
+            meta["lexicon"]["arpa_gz"] = props[LEXICON_ARPA_KEY]  # packed until searched
     except (ValueError, OSError, EOFError, zlib.error) as err:  # JSON, base64, gzip
         raise CheckpointError(f"{path}: corrupt asrkd metadata ({err})") from err
     return meta
@@ -99,7 +108,7 @@ def unpack_lexicon(packed: str) -> dict[str, Any]:
 
 
 def lexicon_from_metadata(
-    meta: dict[str, Any], tokenizer: Tokenizer, engine: str = LEXICON_ENGINE
+    meta: dict[str, Any], tokenizer: Tokenizer, engine: str = LEXICON_ENGINE, path: str | Path = ""
 ) -> LexiconDecoder | None:
     """The lexicon decoder an exported file carries (read_onnx_metadata's dict), or None;
     searched by `engine` (EvalConfig.lexicon_engine: the file stores what is searched, not
@@ -107,13 +116,26 @@ def lexicon_from_metadata(
     lex = meta.get("lexicon")
     if not lex:
         return None
-    return LexiconDecoder(
-        tokenizer, WordLM.from_json(lex), lex["beam"], lex["lm_weight"], lex["word_bonus"],
-        prune=lex.get("token_prune", TOKEN_PRUNE),  # files exported before it was stored
-        vocabulary=lex.get("vocabulary", "train"),
-        bigrams=lex.get("bigrams", "train"),
-        engine=engine,
-    )  # fmt: skip
+    lm, arpa = None, None
+    if "log_probs" in lex:  # files exported before 2026-12-06 hold the LM's tables as JSON
+        lm = WordLM.from_json(lex)
+    elif lex.get("arpa_gz"):
+        arpa = ArpaSource(lex["arpa_gz"], int(lex["lm_order"]))
+    else:
+        raise CheckpointError(f"{path}: its lexicon has no word LM ({LEXICON_ARPA_KEY} missing)")
+    try:
+        return LexiconDecoder(
+            tokenizer, lm, lex["beam"], lex["lm_weight"], lex["word_bonus"],
+            prune=lex.get("token_prune", TOKEN_PRUNE),  # files exported before it was stored
+            vocabulary=lex.get("vocabulary", "train"),
+            bigrams=lex.get("bigrams", "train"),
+            engine=engine,
+            arpa=arpa,
+        )  # fmt: skip
+    except (ValueError, OSError, EOFError, RuntimeError, zlib.error, DataError) as err:
+        if arpa is None:
+            raise
+        raise CheckpointError(f"{path}: corrupt lexicon LM in {LEXICON_ARPA_KEY} ({err})") from err
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -147,8 +169,15 @@ class OnnxRecognizer:
     None, from the file), format ("onnx" or "onnx-int8").
     """
 
-    def __init__(self, model_path: str | Path, threads: int = 0, lexicon: bool = True) -> None:
-        """lexicon=False leaves the file's lexicon unread (file_lexicon reads it later)."""
+    def __init__(
+        self,
+        model_path: str | Path,
+        threads: int = 0,
+        lexicon: bool = True,
+        engine: str = LEXICON_ENGINE,
+    ) -> None:
+        """lexicon=False leaves the file's lexicon unread (file_lexicon reads it later); engine:
+        who searches it (EvalConfig.lexicon_engine)."""
         self.model_path = model_path
         self.session = onnx_session(model_path, threads)
         meta = self._metadata(lexicon)
@@ -158,15 +187,17 @@ class OnnxRecognizer:
         self.family = meta.get("family") or "conformer"  # files from before the families
         self.format = "onnx-int8" if meta.get("quantized") else "onnx"
         self.lens_dtype = lengths_dtype(self.session)
-        self.lexicon = lexicon_from_metadata(meta, self.tokenizer) if lexicon else None
+        self.lexicon = (
+            lexicon_from_metadata(meta, self.tokenizer, engine, model_path) if lexicon else None
+        )
 
     def _metadata(self, lexicon: bool = True) -> dict[str, Any]:
         props = self.session.get_modelmeta().custom_metadata_map
         return read_onnx_metadata(props, self.model_path, lexicon)
 
-    def file_lexicon(self) -> LexiconDecoder | None:
-        """The lexicon decoder the file carries (None without one)."""
-        return lexicon_from_metadata(self._metadata(), self.tokenizer)
+    def file_lexicon(self, engine: str = LEXICON_ENGINE) -> LexiconDecoder | None:
+        """The lexicon decoder the file carries (None without one), searched by `engine`."""
+        return lexicon_from_metadata(self._metadata(), self.tokenizer, engine, self.model_path)
 
     def log_probs(self, samples: np.ndarray) -> np.ndarray:
         """(T', V) log-probabilities of mono samples at features.sample_rate."""
@@ -190,10 +221,11 @@ class OnnxRecognizer:
 
 
 def transcribe_onnx_files(
-    model_path: str | Path, paths: list[str | Path], threads: int = 0
+    model_path: str | Path, paths: list[str | Path], threads: int = 0, engine: str = LEXICON_ENGINE
 ) -> list[tuple[str, str]]:
-    """(path, text) for each audio file, with an exported .onnx file."""
-    recognizer = OnnxRecognizer(model_path, threads)
+    """(path, text) for each audio file, with an exported .onnx file (its lexicon, if it carries
+    one, searched by `engine`)."""
+    recognizer = OnnxRecognizer(model_path, threads, engine=engine)
     if recognizer.lexicon is not None:
         recognizer.lexicon.release_lm()  # it only decodes from here on
     rate = recognizer.features.sample_rate
@@ -304,7 +336,7 @@ def evaluate_onnx(
     as asrkd.evaluate.evaluate. Latency and memory are measured by asrkd.evaluate when PyTorch
     is installed (its probes collate stored features) and skipped otherwise."""
     out_dir = Path(out_dir)
-    model = OnnxRecognizer(model_path, cfg.threads)
+    model = OnnxRecognizer(model_path, cfg.threads, engine=cfg.lexicon_engine)
     summary: dict = {
         "model": str(model_path),
         "format": model.format,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asrkd.config import FeatureConfig
+from asrkd.config import LEXICON_ENGINE, FeatureConfig
 from asrkd.data.audio import fbank_extractor, load_mono
 from asrkd.data.text import Tokenizer
 from asrkd.lexicon import LexiconDecoder
@@ -61,8 +61,9 @@ class ModelFile:
         """feats (B, T, F), feat_lens (B,) -> logits (B, T', V), lengths (B,)."""
         raise NotImplementedError
 
-    def file_lexicon(self) -> LexiconDecoder | None:
-        """The lexicon decoder the file carries (only exported files carry one)."""
+    def file_lexicon(self, engine: str = LEXICON_ENGINE) -> LexiconDecoder | None:
+        """The lexicon decoder the file carries (only exported files carry one), searched by
+        `engine` (EvalConfig.lexicon_engine)."""
         return None
 
     @property
@@ -107,10 +108,16 @@ class OnnxTranscriber(ModelFile):
     feature settings and any lexicon come from its metadata. threads=0 lets onnxruntime
     decide."""
 
-    def __init__(self, model_path: str | Path, threads: int = 0, lexicon: bool = True) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        threads: int = 0,
+        lexicon: bool = True,
+        engine: str = LEXICON_ENGINE,
+    ) -> None:
         from asrkd.ondevice import OnnxRecognizer
 
-        onnx = OnnxRecognizer(model_path, threads, lexicon)  # the file's metadata, read once
+        onnx = OnnxRecognizer(model_path, threads, lexicon, engine)  # its metadata, read once
         self._onnx = onnx
         self.session, self.tokenizer, self.features = onnx.session, onnx.tokenizer, onnx.features
         self.lexicon, self.format, self.family = onnx.lexicon, onnx.format, onnx.family
@@ -124,8 +131,8 @@ class OnnxTranscriber(ModelFile):
 
         return run_onnx(self.session, feats, feat_lens)
 
-    def file_lexicon(self) -> LexiconDecoder | None:
-        return self._onnx.file_lexicon()
+    def file_lexicon(self, engine: str = LEXICON_ENGINE) -> LexiconDecoder | None:
+        return self._onnx.file_lexicon(engine)
 
 
 def first_text(
@@ -137,12 +144,14 @@ def first_text(
     return lexicon.decode(logits[0, : int(lengths[0])].float().log_softmax(-1).cpu().numpy())
 
 
-def open_model_file(model_path: str | Path, threads: int = 0, lexicon: bool = True) -> ModelFile:
+def open_model_file(
+    model_path: str | Path, threads: int = 0, lexicon: bool = True, engine: str = LEXICON_ENGINE
+) -> ModelFile:
     """OnnxTranscriber for an exported .onnx file, Transcriber for a .safetensors model file.
     `threads` applies to onnxruntime; PyTorch uses torch.set_num_threads. lexicon=False leaves
-    an exported file's lexicon unread (model.file_lexicon() reads it)."""
+    an exported file's lexicon unread (model.file_lexicon() reads it); `engine` searches it."""
     if is_onnx(model_path):
-        return OnnxTranscriber(model_path, threads, lexicon)
+        return OnnxTranscriber(model_path, threads, lexicon, engine)
     return Transcriber(model_path)
 
 
