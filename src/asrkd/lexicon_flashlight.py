@@ -7,7 +7,7 @@ torchaudio's `ctc_decoder` and wav2letter. On the real-speech recipe it searches
 the same dev WER (docs/benchmarks.md). How asrkd's search maps onto it:
 - Word LM: the WordLM is written as an ARPA file (the bigram's listed pairs as 2-grams, each
   context's back-off weight as its 1-gram's back-off: the same P(w | v) to float precision) and
-  read by KenLM. KenLM scores in log10: lm_weight is scaled by ln 10 to weigh ln P as asrkd does.
+  read by KenLM; an exported file carries that ARPA text, which KenLM reads as it is. KenLM scores in log10: lm_weight is scaled by ln 10 to weigh ln P as asrkd does.
   asrkd's LM has no end-of-sentence event: </s> gets probability 1 after every context.
 - Lexicon: each word spelt with the tokenizer's characters followed by the space, as the
   Python search completes a word at its space; the trie is smeared with each word's unigram
