@@ -295,6 +295,11 @@ def arpa_lm(path: str | Path, order: int, tokenizer: Tokenizer) -> WordLM:
 def _read_arpa(
     path: Path, mtime_ns: int, size: int, order: int, chars: frozenset[str]
 ) -> WordLM:  # mtime and size: a file changed behind the same path is read again
+    return _parse_arpa(path, order, chars)
+
+
+def _parse_arpa(path: Path, order: int, chars: frozenset[str]) -> WordLM:
+    """arpa_lm's reading, uncached."""
     ln10 = math.log(10.0)
     unigram: dict[str, float] = {}  # word -> P(word), summed over spellings
     backoff: dict[str, tuple[float, str]] = {}  # context -> (ln b(v), the spelling it came from)
@@ -569,8 +574,7 @@ class ArpaSource:
     def read_lm(self, tokenizer: Tokenizer) -> WordLM:
         """The LM's Python tables (arpa_lm: P to the file's 7 significant digits), not cached."""
         with self.file() as path:
-            chars = frozenset(_letters(tokenizer))
-            return _read_arpa.__wrapped__(path, 0, 0, self.order, chars)
+            return _parse_arpa(path, self.order, frozenset(_letters(tokenizer)))
 
 
 class LexiconDecoder:
@@ -633,19 +637,13 @@ class LexiconDecoder:
     def _flashlight_search(self):
         from asrkd.lexicon_flashlight import FlashlightSearch, arpa_words, lm_arpa_file
 
-        settings = (self.beam, self.lm_weight, self.word_bonus, self.prune)
-        symbols = self.tokenizer.symbols
-        if self._lm is None:
-            with self._arpa.file() as path:
-                words = arpa_words(path)
-                return FlashlightSearch(
-                    symbols, self.blank, self._spellings(words), words, path, *settings
-                )
-        words = self._lm.log_probs
-        with lm_arpa_file(self._lm) as path:
+        from_file = self._lm is None  # an exported file's ARPA text, else one written from lm
+        with self._arpa.file() if from_file else lm_arpa_file(self._lm) as path:
+            words = arpa_words(path) if from_file else list(self._lm.log_probs)
             return FlashlightSearch(
-                symbols, self.blank, self._spellings(words), words, path, *settings
-            )
+                self.tokenizer.symbols, self.blank, self._spellings(words), words, path,
+                self.beam, self.lm_weight, self.word_bonus, self.prune,
+            )  # fmt: skip
 
     @property
     def lm(self) -> WordLM | None:
