@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from asrkd.cli import main as cli_main
 from asrkd.config import ConfigError, EvalConfig, ExportConfig, load_config
 from asrkd.data.audio import load_mono
 from asrkd.data.dataset import cut_text, load_cuts
+from asrkd.data.text import Tokenizer
 from asrkd.evaluate import evaluate, measure_memory
 from asrkd.export import (
     ExportError,
@@ -275,10 +277,19 @@ def test_the_file_carries_its_lm_as_arpa_text(onnx_files, test_audio, tmp_path, 
     # damaged or missing ARPA text: an error naming the file
     packed = props[LEXICON_ARPA_KEY]
     assert meta["lexicon"]["arpa_gz"] == packed
-    for bad in (packed[: len(packed) // 2], "not base64!"):
+    def pack(raw: bytes) -> str:
+        return base64.b64encode(gzip.compress(raw)).decode("ascii")
+
+    not_arpa = (pack(b"\xff\xfe binary \x00"), pack(b"some words, not an ARPA file\n"))
+    for bad in (packed[: len(packed) // 2], "not base64!", *not_arpa):
         damaged = {**meta, "lexicon": {**settings_only, "arpa_gz": bad}}
-        with pytest.raises(CheckpointError, match="x.onnx: corrupt lexicon LM"):
-            lexicon_from_metadata(damaged, fast.tokenizer, "flashlight", "x.onnx")
+        for engine in ("flashlight", "python"):
+            with pytest.raises(CheckpointError, match="x.onnx: corrupt lexicon LM"):
+                lexicon_from_metadata(damaged, fast.tokenizer, engine, "x.onnx")
+    # an intact LM and a tokenizer the lexicon cannot use: that error, not "corrupt"
+    no_space = Tokenizer(tuple(s for s in fast.tokenizer.symbols if s != " "))
+    with pytest.raises(ValueError, match="needs a word separator"):
+        lexicon_from_metadata(meta, no_space, "flashlight", "x.onnx")
     missing = {**meta, "lexicon": settings_only}
     with pytest.raises(CheckpointError, match="x.onnx: its lexicon has no word LM"):
         lexicon_from_metadata(missing, fast.tokenizer, "python", "x.onnx")

@@ -57,6 +57,7 @@ Dimension legend: T' output frames, V vocabulary (tokens, blank included).
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import gc
 import gzip
@@ -66,6 +67,7 @@ import math
 import shutil
 import sys
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -566,9 +568,12 @@ class ArpaSource:
         """The ARPA text in a temporary file, removed on exit (unzipped a block at a time)."""
         with tempfile.TemporaryDirectory(prefix="asrkd-arpa-") as folder:
             path = Path(folder) / "lm.arpa"
-            raw = io.BytesIO(base64.b64decode(self.packed, validate=True))
-            with gzip.GzipFile(fileobj=raw) as src, open(path, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            try:
+                raw = io.BytesIO(base64.b64decode(self.packed, validate=True))
+                with gzip.GzipFile(fileobj=raw) as src, open(path, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (binascii.Error, gzip.BadGzipFile, zlib.error, EOFError) as err:
+                raise DataError(f"the packed ARPA text does not unpack ({err})") from err
             yield path
 
     def read_lm(self, tokenizer: Tokenizer) -> WordLM:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asrkd.data.validate import DataError
 from asrkd.lexicon import SENTENCE_START, WordLM
 
 LN10 = math.log(10.0)
@@ -118,16 +119,19 @@ def arpa_words(path: str | Path) -> list[str]:
     """The words of an ARPA file written by write_arpa, in its 1-gram order, without <unk>, </s>
     and <s> (the WordLM's log_probs keys), read line by line up to the 2-grams."""
     words, in_1grams = [], False
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("\\"):
-                if in_1grams:
-                    break
-                in_1grams = line.strip() == "\\1-grams:"
-                continue
-            fields = line.split()
-            if in_1grams and len(fields) >= 2 and fields[1] not in (UNK, END, SENTENCE_START):
-                words.append(fields[1])
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("\\"):
+                    if in_1grams:
+                        break
+                    in_1grams = line.strip() == "\\1-grams:"
+                    continue
+                fields = line.split()
+                if in_1grams and len(fields) >= 2 and fields[1] not in (UNK, END, SENTENCE_START):
+                    words.append(fields[1])
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not an ARPA text ({err})") from err
     return words
 
 
@@ -165,8 +169,11 @@ class FlashlightSearch:
         self.words = fl_dict.Dictionary()
         for word in (*words, UNK):
             self.words.add_entry(word)
-        with _quiet_stderr():
-            self.lm = kenlm(str(arpa), self.words)
+        try:
+            with _quiet_stderr():
+                self.lm = kenlm(str(arpa), self.words)
+        except RuntimeError as err:  # KenLM's C++ exceptions, as pybind11 passes them on
+            raise DataError(f"{arpa}: KenLM cannot read this ARPA text ({err})") from err
         self.trie = fl.Trie(self.n_tokens, self.space)
         # The look-ahead's score of a word: its unigram and, as in the Python search, its bonus
         # (flashlight weighs trie scores by lm_weight, and takes the look-ahead back out when

@@ -132,9 +132,7 @@ def lexicon_from_metadata(
             engine=engine,
             arpa=arpa,
         )  # fmt: skip
-    except (ValueError, OSError, EOFError, RuntimeError, zlib.error, DataError) as err:
-        if arpa is None:
-            raise
+    except DataError as err:  # the ARPA text does not unpack or parse (nothing else)
         raise CheckpointError(f"{path}: corrupt lexicon LM in {LEXICON_ARPA_KEY} ({err})") from err
 
 
