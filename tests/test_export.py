@@ -277,6 +277,7 @@ def test_the_file_carries_its_lm_as_arpa_text(onnx_files, test_audio, tmp_path, 
     # damaged or missing ARPA text: an error naming the file
     packed = props[LEXICON_ARPA_KEY]
     assert meta["lexicon"]["arpa_gz"] == packed
+
     def pack(raw: bytes) -> str:
         return base64.b64encode(gzip.compress(raw)).decode("ascii")
 
