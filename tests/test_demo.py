@@ -11,6 +11,7 @@ import pytest
 from asrkd.cli import main
 from asrkd.config import DemoConfig, load_config, replace
 from asrkd.demo import plan_runs, prepare_data, run_config, train_in_parallel, train_or_reuse
+from asrkd.demo_report import code_fingerprint
 from asrkd.distill.teachers import file_sha256
 
 
@@ -126,6 +127,10 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys):
     # nor is a student decoded or measured again: the dev WERs and the table are reused
     assert timings["dev decoding"] < 5.0 and timings["evaluate"] < 5.0
     assert json.loads((out / "results.json").read_text()) == rows
+    # ... while asrkd's code is the same: the stamp holds its fingerprint, the report names it
+    code = code_fingerprint()
+    assert json.loads((out / "eval" / "inputs.json").read_text())["code"] == code
+    assert f"(code {code})" in (out / "report.md").read_text()
     # a retrained teacher behind the same path invalidates the distilled students, not baselines
     runs = out / "runs"
     before = {p.parent.name: p.stat().st_mtime for p in runs.glob("*/summary.json")}

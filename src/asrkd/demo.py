@@ -461,8 +461,10 @@ def evaluation_inputs(
     dev_wer: dict[str, float],
 ) -> dict:
     """What the demo's table is measured from: every model file and test set (by content), the
-    evaluation and teacher settings, the dev WERs that choose rows, and how memory is probed."""
+    evaluation and teacher settings, the dev WERs that choose rows, how memory is probed, and
+    asrkd's own code (demo_report.code_fingerprint)."""
     from asrkd.config import to_dict
+    from asrkd.demo_report import code_fingerprint
     from asrkd.distill.teachers import file_sha256
     from asrkd.evaluate import MEMORY_PROBE
 
@@ -481,6 +483,7 @@ def evaluation_inputs(
         else None,
         "dev_wer": dev_wer,
         "memory_probe": MEMORY_PROBE,
+        "code": code_fingerprint(),  # asrkd's source: other code, every row measured again
     }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -10,6 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from asrkd import __version__
 from asrkd.config import DemoConfig, EvalConfig, to_dict
 
 # The targets the demo is judged by (our source: 25 % lower WER at 40 % less memory).
@@ -17,6 +20,19 @@ TARGET_WER_REDUCTION = 0.25
 TARGET_MEMORY_RATIO = 0.60
 TARGET_SMALL_MEMORY_RATIO = 0.25
 TARGET_SMALL_WER_GAP = 0.10
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """12 hex digits of the SHA-256 of asrkd's own source files (paths and contents): the code
+    a table was measured with. In the scoring stamps, so a recipe run after any change to asrkd
+    measures every row again rather than reusing a table the new code would not give."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".txt") and p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:12]
 
 
 def evaluate_runs(
@@ -79,7 +95,7 @@ def evaluate_teacher_runtime(cfg: DemoConfig, runtime: str, tests: list[Path], o
     eval_dir = out / "eval" / f"teacher-{runtime}"
     stamp = {"teacher": cfg.run.teacher.path, "runtime": runtime,
              "tests": [file_sha256(t) for t in tests], "eval": to_dict(cfg.eval),
-             "memory_probe": MEMORY_PROBE}  # fmt: skip
+             "memory_probe": MEMORY_PROBE, "code": code_fingerprint()}  # fmt: skip
     done = eval_dir / "inputs.json"
     if done.is_file() and json.loads(done.read_text()) == stamp:
         return json.loads((eval_dir / "summary.json").read_text())
@@ -551,7 +567,8 @@ def write_report(
         "",
         (
             f"Data: {data}. Machine: {os.cpu_count()} CPU cores, {platform.machine()}, "
-            f"date {datetime.date.today().isoformat()}. Total wall time "
+            f"date {datetime.date.today().isoformat()}, asrkd {__version__} (code "
+            f"{code_fingerprint()}). Total wall time "
             f"{timings['total'] / 60:.1f} min (stages reused from an earlier run count ~0 s)."
         ),
         "",
