@@ -97,6 +97,11 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
     run = out / "runs" / f"partial-{student}-init-seq"
     summary = json.loads((run / "summary.json").read_text())
     assert "pseudo_labels_checked" in summary
+    # ... and the report says what sequence KD left out of them, run by run
+    left_out = report.split("Sequence KD's teacher transcripts left out")[1].split("##")[0]
+    assert f"- partial-{student}-init-seq: {summary['pseudo_labels_over_max_wer']} of " in left_out
+    assert f"- full-{student}-init-seq: " in left_out and f"{student}-init:" not in left_out
+    assert (run / "teacher_transcripts_left_out.tsv").is_file()
     assert "unlabelled_cuts" in (run / "config.yaml").read_text()
     # init copied the teacher's blocks: the init-only student starts from Whisper's front end
     assert (out / "runs" / f"full-{student}-init" / "model.safetensors").is_file()

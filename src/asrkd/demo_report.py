@@ -76,7 +76,13 @@ def evaluate_runs(
         # timed one model at a time on a quiet machine, after all the scoring
         summary.update(measure_costs(model, data["test"], cfg.eval, memory=False))
         run_summary = out / "runs" / spec.name / "summary.json"
-        summary["best_dev_wer"] = json.loads(run_summary.read_text()).get("best_dev_wer")
+        trained = json.loads(run_summary.read_text())
+        summary["best_dev_wer"] = trained.get("best_dev_wer")
+        if "pseudo_labels_checked" in trained:  # sequence KD: what its filter left out
+            summary["teacher_transcripts"] = {
+                k: trained.get(f"pseudo_labels_{k}", 0)
+                for k in ("checked", "over_max_wer", "unmappable")
+            }
         if spec.name in dev_wer:
             summary["dev_wer"] = dev_wer[spec.name]
         write_summary(summary, out / "eval" / name)
@@ -132,7 +138,26 @@ def _row(spec, name: str, summary: dict) -> dict:
         "decoder_mb": summary["memory"].get("decoder_mb"),
         "uses_teacher": spec.uses_teacher,
         "dev_wer": summary.get("dev_wer", summary.get("best_dev_wer")),
+        "teacher_transcripts": summary.get("teacher_transcripts"),
     }
+
+
+def teacher_transcript_lines(rows: list[dict]) -> list[str]:
+    """What sequence KD left out of each student's teacher transcripts (the run's summary.json:
+    pseudo_labels_*), so that the table says how much of the teacher's labelling was used."""
+    lines = []
+    for r in rows:
+        t = r.get("teacher_transcripts")
+        if t and not r["variant"].endswith("-int8"):
+            lines.append(
+                f"- {r['name']}: {t['over_max_wer']} of {t['checked']} teacher transcripts "
+                "checked against a transcript were left out as too far from it "
+                f"(distill.max_pseudo_wer), {t['unmappable']} could not be written in the "
+                "student's units"
+            )
+    if not lines:
+        return []
+    return ["Sequence KD's teacher transcripts left out (named in each run's log):", "", *lines, ""]
 
 
 def _score(model: Path, tests: list[Path], out_dir: Path, score_cfg, cfg) -> dict:
@@ -603,6 +628,7 @@ def write_report(
             else []
         ),
         *decoder_lines(rows),
+        *teacher_transcript_lines(rows),
         "## Targets",
         "",
         *(external_target_lines(rows) if cfg.external_teacher else target_lines(rows)),

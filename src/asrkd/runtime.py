@@ -200,9 +200,7 @@ class TeacherSource:
             cache.texts, part = filter_pseudo_labels(
                 cache.texts, references, self.cfg.distill.max_pseudo_wer
             )
-            stats.n_checked += part.n_checked
-            stats.unmappable += part.unmappable
-            stats.over_wer += part.over_wer
+            stats.merge(part)
         self.pseudo_labels = stats
 
     def __call__(self, batch: Batch) -> TeacherOutput:

@@ -38,6 +38,7 @@ from asrkd.data.dataset import (
     spec_augment,
     tempo_stretch,
 )
+from asrkd.distill.pseudo_labels import LEFT_OUT_FILE
 from asrkd.distill.strategies import Distiller
 from asrkd.distill.teachers import TeacherOutput
 from asrkd.distributed import (
@@ -164,6 +165,11 @@ class Trainer:
         self.distiller.to(self.device)
         if self.teacher_source is not None:
             self.teacher_source.attach(self.distiller.request, self.device, self.train_cuts)
+            stats = self.teacher_source.pseudo_labels
+            if self.distiller.request.transcripts and world.is_main:  # sequence KD's, by name
+                stats.write_tsv(self.out / LEFT_OUT_FILE)
+                if stats.over_wer or stats.unmappable:
+                    log.info("teacher transcripts left out, listed in %s", self.out / LEFT_OUT_FILE)
         # what the optimiser trains: the student but its frozen layers, and the distiller's
         # projections
         frozen = frozen_parameters(self.model, cfg.train.freeze)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from asrkd.data.text import Tokenizer
-from asrkd.distill.pseudo_labels import filter_pseudo_labels, pseudo_label_wer
+from asrkd.distill.pseudo_labels import LEFT_OUT_FILE, filter_pseudo_labels, pseudo_label_wer
 from asrkd.distill.strategies import SequenceKD
 from asrkd.distill.teachers import TeacherOutput
 from asrkd.models.conformer import ModelOutput
@@ -92,3 +92,12 @@ def test_a_run_reports_what_it_dropped(prepared_parts, tiny_teacher, tmp_path, o
     assert summary["pseudo_labels_over_max_wer"] == len(over)
     assert summary["pseudo_labels_unmappable"] == 0
     assert all(trainer.teacher_source.caches[0].texts[i] is None for i in over)
+    # and names each one beside its WER and both texts
+    listed = (tmp_path / "run" / LEFT_OUT_FILE).read_text().splitlines()
+    assert listed[0].split("\t") == ["cut_id", "reason", "wer", "teacher", "reference"]
+    rows = {r.split("\t")[0]: r.split("\t") for r in listed[1:]}
+    assert over and set(rows) == set(over)
+    for cut in (c for c in cuts if c.id in rows):
+        _, reason, wer, teacher, ref = rows[cut.id]
+        assert reason == "over_max_wer" and teacher == texts[cut.id]
+        assert ref == normalize_text(cut_text(cut)) and float(wer) > 0.1

@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import jiwer
+
+from asrkd.models.checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
 
 
+LEFT_OUT_FILE = "teacher_transcripts_left_out.tsv"  # in the run's folder
+
+
 @dataclass
 class PseudoLabelStats:
-    """What the filter did, for the run's summary."""
+    """What the filter did, for the run's summary and its list of what was left out."""
 
     n_checked: int = 0  # transcripts with a reference
     unmappable: list[str] = field(default_factory=list)  # cut ids
     over_wer: list[str] = field(default_factory=list)  # cut ids
+    # cut id -> (WER, teacher transcript, the utterance's own) of each over_wer
+    over_wer_texts: dict[str, tuple[float, str, str]] = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {
@@ -31,6 +39,24 @@ class PseudoLabelStats:
             "pseudo_labels_unmappable": len(self.unmappable),
             "pseudo_labels_over_max_wer": len(self.over_wer),
         }
+
+    def merge(self, other: PseudoLabelStats) -> None:
+        self.n_checked += other.n_checked
+        self.unmappable += other.unmappable
+        self.over_wer += other.over_wer
+        self.over_wer_texts |= other.over_wer_texts
+
+    def write_tsv(self, path: Path) -> None:
+        """Every transcript left out, one per line: cut id, reason (over_max_wer or
+        unmappable), its WER, the teacher's text, the utterance's own (tab-separated, with a
+        header), so that a user can read what the teacher got wrong."""
+        lines = ["cut_id\treason\twer\tteacher\treference"]
+        for cut_id in self.over_wer:
+            wer, text, ref = self.over_wer_texts[cut_id]
+            lines.append(f"{cut_id}\tover_max_wer\t{wer:.3f}\t{text}\t{ref}")
+        lines += [f"{cut_id}\tunmappable\t\t\t" for cut_id in self.unmappable]
+        text = "\n".join(lines) + "\n"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def pseudo_label_wer(hypothesis: str, reference: str) -> float:
@@ -54,8 +80,10 @@ def filter_pseudo_labels(
             stats.unmappable.append(cut_id)
         elif ref is not None and max_wer > 0:
             stats.n_checked += 1
-            if pseudo_label_wer(text, ref) > max_wer:
+            wer = pseudo_label_wer(text, ref)
+            if wer > max_wer:
                 stats.over_wer.append(cut_id)
+                stats.over_wer_texts[cut_id] = (wer, text, ref)
                 text = None
         kept[cut_id] = text
     if stats.unmappable:
