@@ -291,6 +291,14 @@ def test_the_file_carries_its_lm_as_arpa_text(onnx_files, test_audio, tmp_path, 
     no_space = Tokenizer(tuple(s for s in fast.tokenizer.symbols if s != " "))
     with pytest.raises(ValueError, match="needs a word separator"):
         lexicon_from_metadata(meta, no_space, "flashlight", "x.onnx")
+    # the file names the search it was exported with (export's lexicon_engine, here the
+    # default); without an engine asked for, that one searches it, as files before it: python
+    assert meta["lexicon"]["engine"] == "python" and slow.lexicon.engine == "python"
+    as_exported = {**meta, "lexicon": {**meta["lexicon"], "engine": "flashlight"}}
+    assert lexicon_from_metadata(as_exported, fast.tokenizer).engine == "flashlight"
+    assert lexicon_from_metadata(as_exported, fast.tokenizer, "python").engine == "python"
+    before = {**meta, "lexicon": {k: v for k, v in meta["lexicon"].items() if k != "engine"}}
+    assert lexicon_from_metadata(before, fast.tokenizer).engine == "python"
     missing = {**meta, "lexicon": settings_only}
     with pytest.raises(CheckpointError, match="x.onnx: its lexicon has no word LM"):
         lexicon_from_metadata(missing, fast.tokenizer, "python", "x.onnx")

@@ -103,5 +103,10 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
     assert f"- full-{student}-init-seq: " in left_out and f"{student}-init:" not in left_out
     assert (run / "teacher_transcripts_left_out.tsv").is_file()
     assert "unlabelled_cuts" in (run / "config.yaml").read_text()
+    # the delivered file names the search it was scored with: `asrkd transcribe` uses it
+    from asrkd.ondevice import OnnxRecognizer
+
+    (delivered,) = (out / "export").glob("*-int8.onnx")
+    assert OnnxRecognizer(delivered, threads=1).lexicon.engine == "flashlight"
     # init copied the teacher's blocks: the init-only student starts from Whisper's front end
     assert (out / "runs" / f"full-{student}-init" / "model.safetensors").is_file()

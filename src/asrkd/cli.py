@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from asrkd.config import (
-    LEXICON_ENGINE,
     LEXICON_ENGINES,
     CheckpointError,
     Config,
@@ -119,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lexicon-engine",
         choices=LEXICON_ENGINES,
-        help="who searches an exported file's lexicon (default: eval.lexicon_engine's default)",
+        help="who searches an exported file's lexicon (default: the search it was exported "
+        "with, its export's lexicon_engine)",
     )
 
     p = sub.add_parser("export", help="export a model file to ONNX for on-device inference")
@@ -218,8 +218,7 @@ def cmd_transcribe(args) -> None:
     if is_onnx(args.model):  # without importing torch or lhotse
         from asrkd.ondevice import transcribe_onnx_files
 
-        engine = args.lexicon_engine or LEXICON_ENGINE
-        texts = transcribe_onnx_files(args.model, args.audio, engine=engine)
+        texts = transcribe_onnx_files(args.model, args.audio, engine=args.lexicon_engine)
     else:
         from asrkd.transcribe import transcribe_files
 

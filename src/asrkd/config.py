@@ -114,6 +114,7 @@ LEXICON_FIELDS = (
     "bigrams",
     "token_prune",
     "arpa",
+    "lexicon_engine",
 )
 
 
@@ -876,9 +877,14 @@ class ExportConfig:
     bigrams: str = "train"
     token_prune: float = TOKEN_PRUNE
     arpa: str = ""  # an ARPA word LM, as in EvalConfig: its words and LM are stored in the file
+    # The search the file names as its own: `asrkd transcribe` uses it unless --lexicon-engine
+    # says otherwise, so that the file transcribes as it was scored (the searches differ on a
+    # few words in a hundred)
+    lexicon_engine: str = LEXICON_ENGINE
 
     def __post_init__(self) -> None:
         _check_choice("format", self.format, EXPORT_FORMATS)
+        _check_choice("lexicon_engine", self.lexicon_engine, LEXICON_ENGINES)
         _check_arpa("", self.arpa, self.vocabulary, self.bigrams, self.lexicon_cuts)
         _check_choice("target", self.target, EXPORT_TARGETS)
         # 18: the lowest the torch.export-based exporter targets. 23 turns attention into ONNX

@@ -145,6 +145,8 @@ def _row(spec, name: str, summary: dict) -> dict:
 def teacher_transcript_lines(rows: list[dict]) -> list[str]:
     """What sequence KD left out of each student's teacher transcripts (the run's summary.json:
     pseudo_labels_*), so that the table says how much of the teacher's labelling was used."""
+    from asrkd.distill.pseudo_labels import LEFT_OUT_FILE
+
     lines = []
     for r in rows:
         t = r.get("teacher_transcripts")
@@ -157,7 +159,8 @@ def teacher_transcript_lines(rows: list[dict]) -> list[str]:
             )
     if not lines:
         return []
-    return ["Sequence KD's teacher transcripts left out (named in each run's log):", "", *lines, ""]
+    head = f"Sequence KD's teacher transcripts left out (each named in the run's {LEFT_OUT_FILE}):"
+    return [head, "", *lines, ""]
 
 
 def _score(model: Path, tests: list[Path], out_dir: Path, score_cfg, cfg) -> dict:

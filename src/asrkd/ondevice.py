@@ -108,14 +108,15 @@ def unpack_lexicon(packed: str) -> dict[str, Any]:
 
 
 def lexicon_from_metadata(
-    meta: dict[str, Any], tokenizer: Tokenizer, engine: str = LEXICON_ENGINE, path: str | Path = ""
+    meta: dict[str, Any], tokenizer: Tokenizer, engine: str | None = None, path: str | Path = ""
 ) -> LexiconDecoder | None:
     """The lexicon decoder an exported file carries (read_onnx_metadata's dict), or None;
-    searched by `engine` (EvalConfig.lexicon_engine: the file stores what is searched, not
-    who searches)."""
+    searched by `engine` (EvalConfig.lexicon_engine), or when None by the search the file was
+    exported with (ExportConfig.lexicon_engine; files from before it was stored: LEXICON_ENGINE)."""
     lex = meta.get("lexicon")
     if not lex:
         return None
+    engine = engine or lex.get("engine", LEXICON_ENGINE)
     lm, arpa = None, None
     if "log_probs" in lex:  # files exported before 2026-12-06 hold the LM's tables as JSON
         lm = WordLM.from_json(lex)
@@ -172,10 +173,11 @@ class OnnxRecognizer:
         model_path: str | Path,
         threads: int = 0,
         lexicon: bool = True,
-        engine: str = LEXICON_ENGINE,
+        engine: str | None = None,
     ) -> None:
         """lexicon=False leaves the file's lexicon unread (file_lexicon reads it later); engine:
-        who searches it (EvalConfig.lexicon_engine)."""
+        who searches it (EvalConfig.lexicon_engine; None: the search the file was exported
+        with)."""
         self.model_path = model_path
         self.session = onnx_session(model_path, threads)
         meta = self._metadata(lexicon)
@@ -193,8 +195,9 @@ class OnnxRecognizer:
         props = self.session.get_modelmeta().custom_metadata_map
         return read_onnx_metadata(props, self.model_path, lexicon)
 
-    def file_lexicon(self, engine: str = LEXICON_ENGINE) -> LexiconDecoder | None:
-        """The lexicon decoder the file carries (None without one), searched by `engine`."""
+    def file_lexicon(self, engine: str | None = None) -> LexiconDecoder | None:
+        """The lexicon decoder the file carries (None without one), searched by `engine` (None:
+        the file's own)."""
         return lexicon_from_metadata(self._metadata(), self.tokenizer, engine, self.model_path)
 
     def log_probs(self, samples: np.ndarray) -> np.ndarray:
@@ -219,10 +222,10 @@ class OnnxRecognizer:
 
 
 def transcribe_onnx_files(
-    model_path: str | Path, paths: list[str | Path], threads: int = 0, engine: str = LEXICON_ENGINE
+    model_path: str | Path, paths: list[str | Path], threads: int = 0, engine: str | None = None
 ) -> list[tuple[str, str]]:
     """(path, text) for each audio file, with an exported .onnx file (its lexicon, if it carries
-    one, searched by `engine`)."""
+    one, searched by `engine`, None: the search the file was exported with)."""
     recognizer = OnnxRecognizer(model_path, threads, engine=engine)
     if recognizer.lexicon is not None:
         recognizer.lexicon.release_lm()  # it only decodes from here on

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asrkd.config import LEXICON_ENGINE, FeatureConfig
+from asrkd.config import FeatureConfig
 from asrkd.data.audio import fbank_extractor, load_mono
 from asrkd.data.text import Tokenizer
 from asrkd.lexicon import LexiconDecoder
@@ -61,9 +61,9 @@ class ModelFile:
         """feats (B, T, F), feat_lens (B,) -> logits (B, T', V), lengths (B,)."""
         raise NotImplementedError
 
-    def file_lexicon(self, engine: str = LEXICON_ENGINE) -> LexiconDecoder | None:
+    def file_lexicon(self, engine: str | None = None) -> LexiconDecoder | None:
         """The lexicon decoder the file carries (only exported files carry one), searched by
-        `engine` (EvalConfig.lexicon_engine)."""
+        `engine` (EvalConfig.lexicon_engine; None: the search the file was exported with)."""
         return None
 
     @property
@@ -113,7 +113,7 @@ class OnnxTranscriber(ModelFile):
         model_path: str | Path,
         threads: int = 0,
         lexicon: bool = True,
-        engine: str = LEXICON_ENGINE,
+        engine: str | None = None,
     ) -> None:
         from asrkd.ondevice import OnnxRecognizer
 
@@ -131,7 +131,7 @@ class OnnxTranscriber(ModelFile):
 
         return run_onnx(self.session, feats, feat_lens)
 
-    def file_lexicon(self, engine: str = LEXICON_ENGINE) -> LexiconDecoder | None:
+    def file_lexicon(self, engine: str | None = None) -> LexiconDecoder | None:
         return self._onnx.file_lexicon(engine)
 
 
@@ -145,7 +145,7 @@ def first_text(
 
 
 def open_model_file(
-    model_path: str | Path, threads: int = 0, lexicon: bool = True, engine: str = LEXICON_ENGINE
+    model_path: str | Path, threads: int = 0, lexicon: bool = True, engine: str | None = None
 ) -> ModelFile:
     """OnnxTranscriber for an exported .onnx file, Transcriber for a .safetensors model file.
     `threads` applies to onnxruntime; PyTorch uses torch.set_num_threads. lexicon=False leaves
