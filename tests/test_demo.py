@@ -53,7 +53,7 @@ def test_plan_covers_both_situations():
     assert [s.uses_teacher for s in plan_runs(init_only)[1:3]] == [False, True]
 
 
-def test_scaled_down_demo_end_to_end(tmp_path, capsys):
+def test_scaled_down_demo_end_to_end(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     sets = [a for o in [*tiny_demo_overrides(out), "deliver_int8=true"] for a in ("--set", o)]
     assert main(["demo", "configs/demo.yaml", *sets]) == 0
@@ -131,6 +131,17 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys):
     code = code_fingerprint()
     assert json.loads((out / "eval" / "inputs.json").read_text())["code"] == code
     assert f"(code {code})" in (out / "report.md").read_text()
+    # another asrkd (another fingerprint of its code): dev WERs, the int8 file and every row
+    # are made again, no student retrained
+    monkeypatch.setattr("asrkd.demo_report.code_fingerprint", lambda: "other-code")
+    assert main(["demo", "configs/demo.yaml", *sets]) == 0
+    assert {p: p.stat().st_mtime_ns for p in written if p.suffix == ".safetensors"} == {
+        p: t for p, t in written.items() if p.suffix == ".safetensors"
+    }
+    assert all(p.stat().st_mtime_ns != t for p, t in written.items() if p.suffix == ".onnx")
+    assert json.loads((out / "eval" / "inputs.json").read_text())["code"] == "other-code"
+    assert "(code other-code)" in (out / "report.md").read_text()
+    assert json.loads((out / "timings.json").read_text())["evaluate"] > 5.0
     # a retrained teacher behind the same path invalidates the distilled students, not baselines
     runs = out / "runs"
     before = {p.parent.name: p.stat().st_mtime for p in runs.glob("*/summary.json")}

@@ -43,6 +43,9 @@ def test_numbers_never_overlap(key: str) -> None:
         assert sorted(numbers, key=int) == [str(i) for i in range(1, len(ROWS) + 1)]
         for (a, box_a), (b, box_b) in itertools.combinations(numbers.items(), 2):
             assert not _overlap(box_a.extents, box_b.extents), (key, a, b)
+        markers = ax.transData.transform([(r[key], 100 * r["wer"]) for r in ROWS])
+        for (name, box), (mx, my) in itertools.product(numbers.items(), markers):
+            assert not box.contains(mx, my), (key, name)  # no number on a marker
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
         assert legend[4] == "5  full · init-seq  (44.0 %)"
         assert legend[0] == "1  teacher-faster-whisper-int8  (15.3 %)"

@@ -299,6 +299,9 @@ def test_the_file_carries_its_lm_as_arpa_text(onnx_files, test_audio, tmp_path, 
     assert lexicon_from_metadata(as_exported, fast.tokenizer, "python").engine == "python"
     before = {**meta, "lexicon": {k: v for k, v in meta["lexicon"].items() if k != "engine"}}
     assert lexicon_from_metadata(before, fast.tokenizer).engine == "python"
+    unknown = {**meta, "lexicon": {**meta["lexicon"], "engine": "kenlm"}}
+    with pytest.raises(CheckpointError, match="x.onnx: unknown lexicon search 'kenlm'"):
+        lexicon_from_metadata(unknown, fast.tokenizer, None, "x.onnx")
     missing = {**meta, "lexicon": settings_only}
     with pytest.raises(CheckpointError, match="x.onnx: its lexicon has no word LM"):
         lexicon_from_metadata(missing, fast.tokenizer, "python", "x.onnx")

@@ -332,8 +332,10 @@ def dev_wers(cfg: DemoConfig, specs: list[RunSpec], out: Path, dev: Path) -> dic
     if cfg.eval.decoder == "greedy":
         return {s.name: _summary(out, s)["best_dev_wer"] for s in students}
 
-    # a student's dev WER is reused while its model, the dev set and the decoder are unchanged
-    # (threads aside: they change no WER)
+    # a student's dev WER is reused while its model, the dev set, the decoder and asrkd's code
+    # are unchanged (threads aside: they change no WER)
+    from asrkd.demo_report import code_fingerprint
+
     def wer(summary: dict) -> float:
         return next(iter(summary["sets"].values()))["wer"]
 
@@ -341,7 +343,8 @@ def dev_wers(cfg: DemoConfig, specs: list[RunSpec], out: Path, dev: Path) -> dic
     wers, todo = {}, []
     for spec in students:
         model, folder = out / "runs" / spec.name / "model.safetensors", out / "eval-dev" / spec.name
-        inputs = {"model": file_sha256(model), "dev": dev_sha, "eval": decoder}
+        inputs = {"model": file_sha256(model), "dev": dev_sha, "eval": decoder,
+                  "code": code_fingerprint()}  # fmt: skip
         if stamp_matches(folder / "inputs.json", inputs) and (folder / "summary.json").is_file():
             wers[spec.name] = wer(json.loads((folder / "summary.json").read_text()))
         else:
@@ -366,6 +369,7 @@ def deliver_int8(
     reused while the model and export settings are unchanged. None (and a warning) without the
     export extra."""
     from asrkd.config import ExportConfig, to_dict
+    from asrkd.demo_report import code_fingerprint
     from asrkd.distill.teachers import file_sha256
     from asrkd.export import LEXICON_LAYOUT, export_model, require_onnx_exporter
 
@@ -385,7 +389,8 @@ def deliver_int8(
         **{name: getattr(cfg.eval, name) for name in LEXICON_FIELDS},
     )
     stamp = dst.with_suffix(".inputs.json")
-    inputs = {"model": file_sha256(src), "export": to_dict(export_cfg), "layout": LEXICON_LAYOUT}
+    inputs = {"model": file_sha256(src), "export": to_dict(export_cfg), "layout": LEXICON_LAYOUT,
+              "code": code_fingerprint()}  # fmt: skip
     if export_cfg.arpa:  # an edited LM file behind the same path is a new export
         inputs["arpa"] = file_sha256(export_cfg.arpa)
     if dst.is_file() and stamp_matches(stamp, inputs):
@@ -416,12 +421,14 @@ def deliver_sherpa(delivered: tuple[RunSpec, Path] | None, out: Path, test: Path
     if importlib.util.find_spec("sherpa_onnx") is None:
         log.warning("demo: no sherpa-onnx row: pip install 'asrkd[sherpa]'")
         return None
+    from asrkd.demo_report import code_fingerprint
     from asrkd.distill.teachers import file_sha256
 
     spec, _ = delivered
     folder = out / "export" / f"{spec.name}-sherpa-onnx"
     source = out / "runs" / spec.name / "model.safetensors"
-    # reused while the model and the test set are unchanged (a second run writes nothing)
+    # reused while the model, the test set and asrkd's code are unchanged (a second run writes
+    # nothing)
     stamp = folder.with_name(folder.name + ".inputs.json")
     result_file = folder.with_name(folder.name + ".result.json")
     export_cfg = ExportConfig(target="sherpa-onnx", quantize=True)
@@ -429,6 +436,7 @@ def deliver_sherpa(delivered: tuple[RunSpec, Path] | None, out: Path, test: Path
         "model": file_sha256(source),
         "test": file_sha256(test),
         "export": to_dict(export_cfg),
+        "code": code_fingerprint(),
     }
     if stamp_matches(stamp, inputs) and result_file.is_file():
         log.info("reusing %s", folder)

@@ -11,9 +11,11 @@ import platform
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from asrkd import __version__
 from asrkd.config import DemoConfig, EvalConfig, to_dict
+from asrkd.distill.pseudo_labels import LEFT_OUT_FILE
 
 # The targets the demo is judged by (our source: 25 % lower WER at 40 % less memory).
 TARGET_WER_REDUCTION = 0.25
@@ -79,10 +81,12 @@ def evaluate_runs(
         trained = json.loads(run_summary.read_text())
         summary["best_dev_wer"] = trained.get("best_dev_wer")
         if "pseudo_labels_checked" in trained:  # sequence KD: what its filter left out
+            listed = run_summary.with_name(LEFT_OUT_FILE)  # runs trained before it: none
             summary["teacher_transcripts"] = {
-                k: trained.get(f"pseudo_labels_{k}", 0)
-                for k in ("checked", "over_max_wer", "unmappable")
-            }
+                **{k: trained.get(f"pseudo_labels_{k}", 0)
+                   for k in ("checked", "over_max_wer", "unmappable")},
+                "listed_in": str(listed) if listed.is_file() else None,
+            }  # fmt: skip
         if spec.name in dev_wer:
             summary["dev_wer"] = dev_wer[spec.name]
         write_summary(summary, out / "eval" / name)
@@ -145,22 +149,25 @@ def _row(spec, name: str, summary: dict) -> dict:
 def teacher_transcript_lines(rows: list[dict]) -> list[str]:
     """What sequence KD left out of each student's teacher transcripts (the run's summary.json:
     pseudo_labels_*), so that the table says how much of the teacher's labelling was used."""
-    from asrkd.distill.pseudo_labels import LEFT_OUT_FILE
-
     lines = []
     for r in rows:
         t = r.get("teacher_transcripts")
-        if t and not r["variant"].endswith("-int8"):
-            lines.append(
-                f"- {r['name']}: {t['over_max_wer']} of {t['checked']} teacher transcripts "
-                "checked against a transcript were left out as too far from it "
-                f"(distill.max_pseudo_wer), {t['unmappable']} could not be written in the "
-                "student's units"
-            )
+        if not t or r["variant"].endswith("-int8"):
+            continue
+        far = (
+            f"{t['over_max_wer']} of {t['checked']} checked against the utterance's transcript "
+            "were too far from it (distill.max_pseudo_wer)"
+            if t["checked"]
+            else "none checked against a transcript (distill.max_pseudo_wer off)"
+        )
+        where = f"; listed in `{t['listed_in']}`" if t.get("listed_in") else ""
+        lines.append(
+            f"- {r['name']}: {far}; {t['unmappable']} could not be written in the student's "
+            f"units{where}"
+        )
     if not lines:
         return []
-    head = f"Sequence KD's teacher transcripts left out (each named in the run's {LEFT_OUT_FILE}):"
-    return [head, "", *lines, ""]
+    return ["Sequence KD's teacher transcripts left out:", "", *lines, ""]
 
 
 def _score(model: Path, tests: list[Path], out_dir: Path, score_cfg, cfg) -> dict:
@@ -262,7 +269,7 @@ def print_table(rows: list[dict]) -> None:
 PLOT_AXES = (
     (
         "mb",
-        "size (MB a device holds: fp32 weights, or the int8 file; log scale)",
+        "size (MB: fp32 weights; the delivered -int8 row: its file; log scale)",
         "wer_vs_size.png",
     ),
     ("latency_ms", "latency per utterance (ms, batch 1, log scale)", "wer_vs_latency.png"),
@@ -271,6 +278,9 @@ PLOT_AXES = (
 
 def plot(rows: list[dict], out: Path) -> list[Path]:
     """WER against size and against latency, one PNG each (plot_figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
@@ -282,15 +292,18 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def _short_name(row: dict) -> str:
-    """A row's name without the student preset every student row repeats: `full · init-seq`."""
+def _short_name(row: dict, one_preset: bool) -> str:
+    """A row's name, `full · init-seq` when every student row has the same preset (its name
+    repeats it), else `full · whisper-tiny-enc4-init-seq`."""
     if row["scenario"] == "teacher":
         return row["name"]
-    rest = row["name"].removeprefix(f"{row['scenario']}-").replace(f"{row['preset']}-", "", 1)
+    rest = row["name"].removeprefix(f"{row['scenario']}-")
+    if one_preset:
+        rest = rest.replace(f"{row['preset']}-", "", 1)
     return f"{row['scenario']} · {rest}"
 
 
-def plot_figure(rows: list[dict], key: str):
+def plot_figure(rows: list[dict], key: str) -> Any:
     """One scatter of test WER against `key` (mb or latency_ms, log scale: students and
     teachers differ ten-fold): each point numbered, the numbers placed where they overlap no
     other number (students of one size and speed cluster), and a legend of number, name and
@@ -304,13 +317,14 @@ def plot_figure(rows: list[dict], key: str):
     label = {k: lab for k, lab, _ in PLOT_AXES}[key]
     markers = {"teacher": "*", "full": "o", "partial": "s"}
     fig, ax = plt.subplots(figsize=(10, 4.8))
+    one_preset = len({r["preset"] for r in rows if r["scenario"] != "teacher"}) == 1
     points = []
     for i, r in enumerate(rows, 1):
         x = r[key]
         ax.scatter(
             x, 100 * r["wer"], marker=markers[r["scenario"]], s=50, alpha=0.85,
             color=f"C{(i - 1) % 10}",
-            label=f"{i}  {_short_name(r)}  ({100 * r['wer']:.1f} %)",
+            label=f"{i}  {_short_name(r, one_preset)}  ({100 * r['wer']:.1f} %)",
         )  # fmt: skip
         points.append((x, 100 * r["wer"]))
     ax.set_xscale("log")
@@ -331,7 +345,8 @@ def plot_figure(rows: list[dict], key: str):
 
 def _number_points(fig, ax, points: list[tuple[float, float]]) -> None:
     """Write 1..n beside the points, each at the first of a ring of offsets where its box
-    overlaps no number placed before and no marker; a thin line leads back to a moved one."""
+    overlaps no number placed before and no marker (where every offset overlaps something, the
+    one that overlaps fewest); a thin line leads back to a moved one."""
     fig.canvas.draw()
     to_pixels = ax.transData.transform
     markers = [to_pixels(p) for p in points]
@@ -339,20 +354,24 @@ def _number_points(fig, ax, points: list[tuple[float, float]]) -> None:
     offsets += [(dx, dy) for r in (16, 26, 36, 48, 60) for dx, dy in
                 ((8, r), (8, -r - 8), (-r - 8, 4), (r, 4), (-20, r), (-20, -r - 8))]  # fmt: skip
     scale = fig.dpi / 72  # offsets in points, boxes in pixels
+    marker_boxes = [
+        (mx - 5 * scale, my - 5 * scale, mx + 5 * scale, my + 5 * scale) for mx, my in markers
+    ]
     placed: list[tuple[float, float, float, float]] = []
     order = sorted(range(len(points)), key=lambda i: -markers[i][1])
     for i in order:
         text = str(i + 1)
         w, h = (6 * len(text) + 2) * scale, 10 * scale
         px, py = markers[i]
+        best = None
         for dx, dy in offsets:
             box = (px + dx * scale, py + dy * scale, px + dx * scale + w, py + dy * scale + h)
-            clear = all(not _overlap(box, other) for other in placed) and all(
-                not _overlap(box, (mx - 5 * scale, my - 5 * scale, mx + 5 * scale, my + 5 * scale))
-                for mx, my in markers
-            )
-            if clear:
+            hits = sum(_overlap(box, other) for other in (*placed, *marker_boxes))
+            if best is None or hits < best[0]:
+                best = (hits, dx, dy, box)
+            if hits == 0:
                 break
+        _, dx, dy, box = best
         placed.append(box)
         far = abs(dx) > 16 or abs(dy) > 12
         ax.annotate(

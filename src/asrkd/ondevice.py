@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from asrkd.config import LEXICON_ENGINE, TOKEN_PRUNE, CheckpointError, EvalConfig, FeatureConfig
+from asrkd.config import (
+    LEXICON_ENGINE,
+    LEXICON_ENGINES,
+    TOKEN_PRUNE,
+    CheckpointError,
+    EvalConfig,
+    FeatureConfig,
+)
 from asrkd.data.audio import features_np, load_mono, resample_mono
 from asrkd.data.text import Tokenizer, normalize_text
 from asrkd.data.validate import DataError
@@ -117,6 +124,9 @@ def lexicon_from_metadata(
     if not lex:
         return None
     engine = engine or lex.get("engine", LEXICON_ENGINE)
+    if engine not in LEXICON_ENGINES:
+        raise CheckpointError(f"{path}: unknown lexicon search {engine!r} (not one of "
+                              f"{', '.join(LEXICON_ENGINES)})")  # fmt: skip
     lm, arpa = None, None
     if "log_probs" in lex:  # files exported before 2026-12-06 hold the LM's tables as JSON
         lm = WordLM.from_json(lex)
@@ -134,6 +144,8 @@ def lexicon_from_metadata(
             arpa=arpa,
         )  # fmt: skip
     except DataError as err:  # the ARPA text does not unpack or parse (nothing else)
+        if arpa is None:  # the ARPA text asrkd wrote from the file's JSON tables
+            raise
         raise CheckpointError(f"{path}: corrupt lexicon LM in {LEXICON_ARPA_KEY} ({err})") from err
 
 

@@ -41,6 +41,19 @@ def test_drops_exactly_those_over_the_threshold(max_wer: float, dropped: set[str
     assert summary["pseudo_labels_unmappable"] == 1
 
 
+def test_the_list_names_each_left_out_transcript(tmp_path) -> None:
+    _, stats = filter_pseudo_labels(TEXTS, REFS, 0.1)
+    stats.write_tsv(tmp_path / LEFT_OUT_FILE)
+    lines = (tmp_path / LEFT_OUT_FILE).read_text().splitlines()
+    assert lines[0] == "cut_id\treason\twer\tteacher\treference"
+    assert sorted(lines[1:]) == [
+        "b\tover_max_wer\t0.167\tthe cat sat on a mat\tthe cat sat on the mat",
+        "c\tover_max_wer\t0.250\tone two three\tone two three four",
+        "e\tover_max_wer\t0.200\ta b c d e f g h x x\ta b c d e f g h i j",
+        "n\tunmappable\t\t\t",
+    ]
+
+
 def test_wer_of_one_transcript() -> None:
     assert pseudo_label_wer("a b", "a b c d") == 0.5
     assert pseudo_label_wer("", "") == 0.0 and pseudo_label_wer("x", "") == 1.0

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import jiwer
 
-from asrkd.models.checkpoint import atomic_write
-
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +39,7 @@ class PseudoLabelStats:
         }
 
     def merge(self, other: PseudoLabelStats) -> None:
+        """Add another filter's counts and lists (one manifest's) to these."""
         self.n_checked += other.n_checked
         self.unmappable += other.unmappable
         self.over_wer += other.over_wer
@@ -54,9 +53,11 @@ class PseudoLabelStats:
         for cut_id in self.over_wer:
             wer, text, ref = self.over_wer_texts[cut_id]
             lines.append(f"{cut_id}\tover_max_wer\t{wer:.3f}\t{text}\t{ref}")
+        from asrkd.models.checkpoint import atomic_write  # torch: training code only
+
         lines += [f"{cut_id}\tunmappable\t\t\t" for cut_id in self.unmappable]
-        text = "\n".join(lines) + "\n"
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        content = "\n".join(lines) + "\n"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(content, encoding="utf-8"))
 
 
 def pseudo_label_wer(hypothesis: str, reference: str) -> float:
