@@ -217,3 +217,62 @@ def test_freeze_keeps_the_named_layers_and_trains_the_rest(whisper_parts, tmp_pa
                 None, [*overrides(whisper_parts, tmp_path / "b", 6), "train.freeze=[blocks.9]"]
             )
         )
+
+
+def test_starting_above_the_frozen_blocks_gives_the_whole_forward() -> None:
+    """front(..., n) then forward_from(..., n): the same logits and hidden states as forward,
+    for every split and a padded batch (valid frames never see what lies past them)."""
+    torch.manual_seed(0)
+    model = build_model("whisper-tiny-test", 29, 80, 0.0).eval()
+    feats, feat_lens = torch.randn(3, 57, 80), torch.tensor([57, 40, 9])
+    whole = model(feats, feat_lens)
+    for n in range(model.dims.n_layers + 1):
+        x = model.front(feats, feat_lens, n)
+        x = x.masked_fill(
+            torch.arange(x.shape[1])[None, :, None] >= whole.lengths[:, None, None], 7.0
+        )
+        part = model.forward_from(x, whole.lengths, n)
+        for i, length in enumerate(whole.lengths.tolist()):
+            torch.testing.assert_close(part.logits[i, :length], whole.logits[i, :length])
+            for layer in range(max(0, n - 1), model.dims.n_layers):
+                torch.testing.assert_close(
+                    part.hidden_states[layer][i, :length], whole.hidden_states[layer][i, :length]
+                )
+        assert all(h is None for h in part.hidden_states[: max(0, n - 1)])
+
+
+def test_cached_frozen_layers_train_as_the_whole_student(whisper_parts, tmp_path) -> None:
+    """train.cache_frozen: the same losses step by step as computing the frozen front end and
+    block every step, each training utterance's states computed once and kept; refused where
+    its output would change from pass to pass or nothing at the input is frozen."""
+    steps = 24  # the 40 utterances' first pass and part of the second
+    base = [*overrides(whisper_parts, tmp_path / "plain", steps), "model.dropout=0.0", "data.spec_augment=false",
+            "train.freeze=[conv1,conv2,blocks.0]", "train.eval_every=100"]  # fmt: skip
+    losses = {}
+    for cached in (False, True):
+        out = tmp_path / f"cached-{cached}"
+        cfg = load_config(None, [*base, f"train.out_dir={out}", f"train.cache_frozen={cached}"])
+        trainer = Trainer(cfg)
+        summary = trainer.run()
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[cached] = [r["loss"] for r in rows if "loss" in r]
+        if cached:
+            assert trainer.front_blocks == 1
+            assert set(trainer.front_cache) == {c.id for c in load_cuts(whisper_parts["train"])}
+            assert summary["frozen_cache"]["utterances"] == 40
+    assert len(losses[True]) == len(losses[False]) > 0
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+    for extra, message in (
+        (["data.spec_augment=true"], "data.spec_augment=true would change"),
+        (["data.tempo_range=[0.9,1.1]"], "data.tempo_range"),
+        (["model.dropout=0.1"], "model.dropout=0.1"),
+        (["train.freeze=[]"], "needs frozen layers"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [*base, "train.cache_frozen=true", *extra])
+    cfg = load_config(
+        None, [*base, "train.cache_frozen=true", "train.freeze=[blocks.0]",
+               f"train.out_dir={tmp_path / 'x'}"],
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="leaves its front end"):
+        Trainer(cfg)

@@ -446,6 +446,14 @@ class TrainConfig:
     # the lower layers of a copied encoder frozen, no gradient is computed below the first layer
     # that trains: cheaper steps. Each entry must name at least one parameter.
     freeze: tuple[str, ...] = ()
+    # Keep each training utterance's output of the frozen layers at the student's input (front
+    # end and lowest blocks, from train.freeze) in memory after its first pass, and start its
+    # later passes above them: a Whisper-encoder student with conv1, conv2, blocks.0 and
+    # blocks.1 frozen spends ~27 % of a step there (docs/benchmarks.md). Memory: the states of
+    # every training utterance, 4 * d_model * 50 bytes per second of audio (277 MB per hour at
+    # Whisper tiny's width). Needs features the same in every pass (no data.spec_augment, no
+    # data.tempo_range) and model.dropout=0.
+    cache_frozen: bool = False
     min_lr_ratio: float = 0.05  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 1e-3
@@ -595,6 +603,22 @@ class Config:
             raise ConfigError(
                 "distill.max_pseudo_wer filters cached teacher transcripts: set teacher.cache=true"
             )
+        if self.train.cache_frozen:
+            changes = {
+                "data.spec_augment=true": self.data.spec_augment,
+                f"data.tempo_range={list(self.data.tempo_range)}": self.data.tempo_range
+                != (1.0, 1.0),
+                f"model.dropout={self.model.dropout}": self.model.dropout != 0.0,
+            }
+            if any(changes.values()):
+                names = ", ".join(k for k, v in changes.items() if v)
+                raise ConfigError(
+                    "train.cache_frozen reuses the frozen layers' output of an utterance's first "
+                    f"pass, which {names} would change from pass to pass: turn it off, or "
+                    "train.cache_frozen=false"
+                )
+            if not self.train.freeze:
+                raise ConfigError("train.cache_frozen needs frozen layers: set train.freeze")
 
 
 # ---------------------------------------------------------------------------------------------

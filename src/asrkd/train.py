@@ -173,6 +173,8 @@ class Trainer:
         # what the optimiser trains: the student but its frozen layers, and the distiller's
         # projections
         frozen = frozen_parameters(self.model, cfg.train.freeze)
+        self.front_blocks = self._cached_front(frozen)  # None: train.cache_frozen off
+        self.front_cache: dict[str, torch.Tensor] = {}  # cut id -> (T', D) frozen output
         self.params = [p for p in self.model.parameters() if p not in frozen]
         self.params += list(self.distiller.parameters())
         # fused: one kernel per tensor instead of a dozen small ops (half the optimizer's time
@@ -243,6 +245,56 @@ class Trainer:
             else:
                 init_from_teacher(model, teacher_model)
         return model.to(self.device)
+
+    def _cached_front(self, frozen: set[torch.nn.Parameter]) -> int | None:
+        """train.cache_frozen: how many of the student's blocks (above its front end) the cached
+        states cover; a ConfigError where the model cannot start above frozen layers, its front
+        end is not frozen, or hidden KD reads a block below the cached one."""
+        if not self.cfg.train.cache_frozen:
+            return None
+        frozen_front = getattr(self.model, "frozen_front", None)
+        if frozen_front is None:
+            raise ConfigError(
+                f"train.cache_frozen: a {self.model.family} student cannot start above its "
+                "frozen layers (Whisper-encoder students can)"
+            )
+        n = frozen_front(frozen)
+        if n is None:
+            raise ConfigError(
+                "train.cache_frozen keeps the output of the frozen layers at the student's input: "
+                f"train.freeze={list(self.cfg.train.freeze)} leaves its front end (conv1, conv2) "
+                "training"
+            )
+        hidden = getattr(self.distiller.parts["hidden"], "layer_map", ()) if (
+            "hidden" in self.distiller.parts
+        ) else ()  # fmt: skip
+        below = [s for s, _ in hidden if s < n - 1]
+        if below:
+            raise ConfigError(
+                f"train.cache_frozen keeps only block {n - 1}'s output of the frozen blocks, but "
+                f"hidden KD reads the student's block(s) {below}: set distill.hidden_layer_map "
+                "to blocks from there up, or train.cache_frozen=false"
+            )
+        return n
+
+    def _forward_cached(self, batch: Batch):
+        """The student on `batch` starting above its frozen layers, whose output per utterance
+        is computed on its first pass and kept (train.cache_frozen)."""
+        n = self.front_blocks
+        lengths = self.model.output_lengths(batch.feat_lens)
+        missing = [i for i, cut_id in enumerate(batch.cut_ids) if cut_id not in self.front_cache]
+        if missing:
+            rows = torch.tensor(missing)
+            feat_lens = batch.feat_lens[rows]
+            feats = batch.feats[rows, : int(feat_lens.max())]
+            with torch.no_grad():
+                x = self.model.front(feats.to(self.device), feat_lens.to(self.device), n)
+            for j, i in enumerate(missing):
+                self.front_cache[batch.cut_ids[i]] = x[j, : int(lengths[i])].cpu().clone()
+        x = torch.nn.utils.rnn.pad_sequence(
+            [self.front_cache[cut_id] for cut_id in batch.cut_ids], batch_first=True
+        )
+        return self.model.forward_from(x.to(self.device), lengths.to(self.device), n)
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.out / "checkpoints")
@@ -321,7 +373,10 @@ class Trainer:
             feats, feat_lens = tempo_stretch(feats, feat_lens, factor)
         if self.cfg.data.spec_augment:
             feats = spec_augment(feats, feat_lens, self.cfg.data, self.aug_gen)
-        out = self.model(feats.to(self.device), feat_lens.to(self.device))
+        if self.front_blocks is not None:  # the same features every pass (Config checks)
+            out = self._forward_cached(batch)
+        else:
+            out = self.model(feats.to(self.device), feat_lens.to(self.device))
         if factor != 1.0 and teacher_out is not None:
             teacher_out = _retime(teacher_out, out.lengths)
         return self.distiller(out, teacher_out, batch.to(self.device))
@@ -512,6 +567,10 @@ class Trainer:
         }
         if self.teacher_source is not None and self.teacher_source.request.transcripts:
             summary.update(self.teacher_source.pseudo_labels.summary())
+        if self.front_blocks is not None:  # train.cache_frozen: what it held (this process)
+            held = sum(x.numel() * x.element_size() for x in self.front_cache.values())
+            summary["frozen_cache"] = {"blocks": self.front_blocks, "utterances":
+                                       len(self.front_cache), "mb": held / 1e6}  # fmt: skip
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 

@@ -145,16 +145,40 @@ class WhisperEncoderCTC(nn.Module):
     def forward(self, feats: Tensor, feat_lens: Tensor) -> ModelOutput:
         """feats (B, T, F), feat_lens (B,) -> ModelOutput; hidden_states: each block's output,
         the last one after the final LayerNorm (the encoder output, as transformers reports)."""
-        lengths = output_lengths(feat_lens)
+        return self.forward_from(self.front(feats, feat_lens, 0), output_lengths(feat_lens), 0)
+
+    def front(self, feats: Tensor, feat_lens: Tensor, n_blocks: int) -> Tensor:
+        """feats (B, T, F), feat_lens (B,) -> (B, T', D): the front end and the first
+        `n_blocks` blocks, what forward_from(..., start=n_blocks) continues from."""
         x = self.dropout(self.embed(feats, feat_lens))
+        if n_blocks:
+            attn_mask = attention_bias(padding_mask(output_lengths(feat_lens), x.shape[1]), x.dtype)
+            for block in self.blocks[:n_blocks]:
+                x = block(x, attn_mask)
+        return x
+
+    def forward_from(self, x: Tensor, lengths: Tensor, start: int) -> ModelOutput:
+        """x (B, T', D): the input of block `start` (front(..., start)), lengths (B,) valid
+        frames -> ModelOutput as forward's; hidden_states below block start - 1 are None (block
+        start - 1's output is x itself). Valid frames never depend on what x holds past them."""
         attn_mask = attention_bias(padding_mask(lengths, x.shape[1]), x.dtype)
-        hidden = []
-        for block in self.blocks:
+        hidden: list[Tensor | None] = [None] * max(0, start - 1) + ([x] if start else [])
+        for block in self.blocks[start:]:
             x = block(x, attn_mask)
             hidden.append(x)
         x = self.layer_norm(x)
         hidden[-1] = x
         return ModelOutput(self.ctc_head(x), lengths, tuple(hidden))
+
+    def frozen_front(self, frozen: set[nn.Parameter]) -> int | None:
+        """How many blocks, above a frozen front end (conv1, conv2), are frozen from the input
+        up (`frozen`: train.freeze's parameters); None when the front end is not frozen."""
+        if not all(p in frozen for m in (self.conv1, self.conv2) for p in m.parameters()):
+            return None
+        n = 0
+        while n < len(self.blocks) and all(p in frozen for p in self.blocks[n].parameters()):
+            n += 1
+        return n
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
