@@ -824,9 +824,9 @@ class DemoConfig:
         names = [name for name, _ in self.variants]
         if not names or len(set(names)) != len(names) or "none" in names:
             raise ConfigError("variants need distinct names other than 'none'")
-        for name, overrides in self.variants:
-            replace(Config(), [*overrides, "teacher.path=teacher.safetensors"])  # validates
-        replace(Config(), [*self.teacher_overrides, *self.student_overrides])
+        for name, overrides in self.variants:  # validated over the demo's own run settings
+            replace(self.run, [*overrides, "teacher.path=teacher.safetensors"])
+        replace(self.run, [*self.teacher_overrides, *self.student_overrides])
         if not 0.0 < self.partial_fraction < 1.0:
             raise ConfigError("partial_fraction must be in (0, 1)")
         if self.parallel_runs < 1:
