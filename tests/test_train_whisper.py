@@ -276,3 +276,29 @@ def test_cached_frozen_layers_train_as_the_whole_student(whisper_parts, tmp_path
     )  # fmt: skip
     with pytest.raises(ConfigError, match="leaves its front end"):
         Trainer(cfg)
+
+
+def test_a_resumed_run_fills_its_frozen_cache_again(whisper_parts, tmp_path) -> None:
+    """The cache lives in the training process: a run resumed from its checkpoint computes the
+    frozen layers' output again as it meets each utterance and trains as the uninterrupted run."""
+    out = tmp_path / "run"
+    cfg = load_config(
+        None, [*overrides(whisper_parts, out, 24), "model.dropout=0.0", "data.spec_augment=false",
+               "train.freeze=[conv1,conv2,blocks.0]", "train.eval_every=100",
+               "train.cache_frozen=true", "train.checkpoint_every=12"],
+    )  # fmt: skip
+    Trainer(cfg).run()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    whole = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    (out / "checkpoints" / "step-0000024.safetensors").unlink()  # killed after step 12
+    for name in ("model.safetensors", "summary.json"):
+        (out / name).unlink()
+    resumed = Trainer(cfg, resume=True)
+    assert resumed.state.step == 12 and not resumed.front_cache
+    resumed.run()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    again = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    assert sorted(again) == sorted(whole) and max(whole) > 12
+    np.testing.assert_allclose([again[s] for s in sorted(again)],
+                               [whole[s] for s in sorted(whole)], rtol=1e-4)  # fmt: skip
+    assert len(resumed.front_cache) > 0
