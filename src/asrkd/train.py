@@ -265,9 +265,8 @@ class Trainer:
                 f"train.freeze={list(self.cfg.train.freeze)} leaves its front end (conv1, conv2) "
                 "training"
             )
-        hidden = getattr(self.distiller.parts["hidden"], "layer_map", ()) if (
-            "hidden" in self.distiller.parts
-        ) else ()  # fmt: skip
+        parts = self.distiller.parts
+        hidden = parts["hidden"].layer_map if "hidden" in parts else ()
         below = [s for s, _ in hidden if s < n - 1]
         if below:
             raise ConfigError(
