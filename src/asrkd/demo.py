@@ -277,17 +277,17 @@ def input_hashes(cfg: Config) -> dict[str, str]:
 def train_in_parallel(configs: list[Config], n_workers: int) -> None:
     """Train (or reuse) runs `n_workers` at a time, each in a fresh process on one thread, under
     one progress bar fed by the runs' metrics.jsonl files. The first error stops the demo."""
-    import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_EXCEPTION, wait
 
     from tqdm import tqdm
+
+    from asrkd.processes import spawn_pool
 
     configs = [replace(c, ["train.threads=1", "train.progress=false"]) for c in configs]
     total = sum(c.train.max_steps for c in configs)
     show = configs[0].train.progress if configs else False
-    ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
     with (
-        ProcessPoolExecutor(n_workers, mp_context=ctx) as pool,
+        spawn_pool(n_workers) as pool,
         tqdm(total=total, desc="students", unit="step", disable=not show) as bar,
     ):
         pending = {pool.submit(train_or_reuse, c) for c in configs}

@@ -189,11 +189,9 @@ def in_processes(fn, jobs: list[tuple], n_workers: int) -> list:
     process when n_workers is 1)."""
     if n_workers <= 1:
         return [fn(*job) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from asrkd.processes import spawn_pool
 
-    ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+    with spawn_pool(n_workers) as pool:
         return list(pool.map(fn, *zip(*jobs)))
 
 

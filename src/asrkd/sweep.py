@@ -39,6 +39,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from asrkd.config import Config, ConfigError, SweepConfig, replace, save_config, to_dict
+from asrkd.processes import exit_with_parent
 from asrkd.sweep_grid import (
     SEED_KEY,
     STRATEGY_KEY,
@@ -290,7 +291,8 @@ def work(
     base: Config, spec: dict, sweep_cfg: SweepConfig, out_dir: str | Path, threads: int = 0
 ) -> None:
     """One worker: run trials until none is left to start, waiting while others run (they may
-    die, go stale and come back as retries)."""
+    die, go stale and come back as retries). It exits when the sweep that started it is gone."""
+    exit_with_parent()
     if threads:
         import torch
 

@@ -17,10 +17,9 @@ import hashlib
 import json
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from importlib import resources
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from asrkd.data.tts import (
     VoiceSpec,
     engine_versions,
 )
+from asrkd.processes import spawn_pool
 
 CORPUS_FORMAT = 1  # bump whenever the same config would start producing different audio
 PARTS = ("train", "dev", "test")
@@ -226,8 +226,7 @@ def _run_speakers(
             stats.append(synthesize_speaker(spk, cfg, root))
             bar.update()
     else:
-        # spawn: forking a parent that may hold torch or onnxruntime threads is unsafe
-        with ProcessPoolExecutor(cfg.num_jobs, mp_context=get_context("spawn")) as pool:
+        with spawn_pool(cfg.num_jobs) as pool:
             futures = [pool.submit(synthesize_speaker, spk, cfg, root) for spk in speakers]
             for future in as_completed(futures):
                 stats.append(future.result())
