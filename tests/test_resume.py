@@ -63,7 +63,12 @@ def test_sigkill_then_resume_equals_uninterrupted_run(corpus, tmp_path):
     proc.wait()
     assert target.exists(), "the run never reached its second checkpoint"
     assert not (killed / "summary.json").exists(), "killed too late: the run had finished"
+    # what a kill in the middle of writing step 30 leaves (the temporary of atomic_write)
+    half = killed / "checkpoints" / f".step-0000030.safetensors.{proc.pid}.0123456789ab.tmp"
+    half.write_bytes(target.read_bytes()[:1000])
+    os.utime(half, (time.time() - 3600, time.time() - 3600))
     train(load_config(None, overrides(corpus, killed)), resume=True)
+    assert not half.exists(), "the killed write's temporary file was left behind"
     a = load_file(str(tmp_path / "straight" / "final.safetensors"))
     b = load_file(str(killed / "final.safetensors"))
     assert a.keys() == b.keys()

@@ -55,7 +55,7 @@ from asrkd.distributed import (
 )
 from asrkd.evaluate import decode_cuts, error_rates
 from asrkd.models import CTCModel, build_model
-from asrkd.models.checkpoint import read_checkpoint, save_checkpoint
+from asrkd.models.checkpoint import read_checkpoint, remove_stale_temporaries, save_checkpoint
 from asrkd.runtime import (
     TrainingError,
     build_tokenizer,
@@ -219,6 +219,8 @@ class Trainer:
             )
         if self.world.is_main:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            for folder in (self.out, self.out / "checkpoints"):  # a killed run's half-writes
+                remove_stale_temporaries(folder)
             save_config(self.cfg, self.out / "config.yaml")
 
     def _build_student(self, teacher_model: CTCModel | None, n_mels: int) -> CTCModel:

@@ -19,6 +19,7 @@ from asrkd.models.checkpoint import (
     atomic_write,
     load_model,
     read_checkpoint,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from asrkd.models.conformer import ConformerCTC
@@ -146,3 +147,29 @@ def test_atomic_write_leaves_no_partial_file_when_the_writer_raises(tmp_path: Pa
     atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"new"))
     assert target.read_bytes() == b"new"
     assert list(target.parent.iterdir()) == [target]
+
+
+def test_only_a_dead_writers_old_temporaries_are_removed(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    code = "import os; print(os.getpid())"
+    dead = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    dead_pid = int(dead.stdout)
+    old = time.time() - 3600
+    files = {
+        "dead-old": f".step-0000100.safetensors.{dead_pid}.0123456789ab.tmp",
+        "dead-fresh": f".model.safetensors.{dead_pid}.0123456789ac.tmp",
+        "live-old": f".step-0000200.safetensors.{os.getpid()}.0123456789ad.tmp",
+        "not-ours": f".notes.{dead_pid}.tmp",
+    }
+    for kind, name in files.items():
+        (tmp_path / name).write_bytes(b"x")
+        if kind != "dead-fresh":
+            os.utime(tmp_path / name, (old, old))
+    removed = remove_stale_temporaries(tmp_path)
+    assert removed == [tmp_path / files["dead-old"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        name for kind, name in files.items() if kind != "dead-old"
+    )

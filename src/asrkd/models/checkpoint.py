@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import re
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,11 @@ from asrkd.data.text import Tokenizer
 from asrkd.models import DEFAULT_FAMILY, CTCModel, model_from_dims
 
 FORMAT = "asrkd/1"
+
+log = logging.getLogger(__name__)
+
+# atomic_write's temporary names: .<name>.<writer's pid>.<12 hex>.tmp
+_TMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$")
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -46,6 +54,38 @@ def atomic_write(path: str | Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_stale_temporaries(folder: str | Path, min_age_s: float = 600.0) -> list[Path]:
+    """Delete atomic_write's temporary files in `folder` left by a writer that died mid-write
+    (killed; a checkpoint's is ~12 bytes per parameter): its process is gone and the file is
+    older than `min_age_s` (a write takes seconds; the age also spares a writer on another host
+    of a shared filesystem, whose process id means nothing here). Returns the files removed."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        match = _TMP_RE.match(path.name)
+        if not match or _process_alive(int(match.group(1))):
+            continue
+        try:
+            if time.time() - path.stat().st_mtime < min_age_s:
+                continue
+            path.unlink()
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        removed.append(path)
+    if removed:
+        log.warning("removed %d temporary file(s) of killed writes: %s", len(removed), removed)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def save_checkpoint(
