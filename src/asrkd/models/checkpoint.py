@@ -57,10 +57,10 @@ def atomic_write(path: str | Path, write) -> None:
 
 
 def remove_stale_temporaries(folder: str | Path, min_age_s: float = 600.0) -> list[Path]:
-    """Delete atomic_write's temporary files in `folder` left by a writer that died mid-write
-    (killed; a checkpoint's is ~12 bytes per parameter): its process is gone and the file is
-    older than `min_age_s` (a write takes seconds; the age also spares a writer on another host
-    of a shared filesystem, whose process id means nothing here). Returns the files removed."""
+    """Delete atomic_write's temporary files in `folder` left by a writer killed mid-write (a
+    checkpoint holds ~12 bytes per trained parameter): its process is gone and the file is older
+    than `min_age_s` (a write takes seconds; the age also spares a writer on another host of a
+    shared filesystem, whose process id means nothing here). Returns the files removed."""
     removed = []
     for path in Path(folder).glob(".*.tmp"):
         match = _TMP_RE.match(path.name)
