@@ -553,3 +553,38 @@ def test_an_arpa_file_is_the_lexicon_and_lm(tmp_path: Path, prepared_parts) -> N
     bad.write_text(ARPA.replace("-0.6\tRED\t-0.1", "x RED"))
     with pytest.raises(DataError, match=r"bad.arpa:12: malformed ARPA line"):
         arpa_lm(bad, 1, tok)
+
+
+@pytest.mark.parametrize("engine", ["python", "flashlight"])
+def test_blank_penalty_turns_a_blank_heavy_letter_into_the_word(engine: str) -> None:
+    """Frame 0 favours blank (0.55) over a (0.45), frame 1 is b: "b" wins the plain search
+    (the LM knows "ab" and "b" equally), "ab" once blank's log-prob is lowered by 0.5
+    (log 0.55 - 0.5 < log 0.45). The caller's log-probs are not changed; eval and export
+    carry the penalty, an exported file stores it, older files read 0."""
+    p = np.array([[0.55, 1e-6, 0.45, 1e-6], [1e-6, 1e-6, 1e-6, 1.0]])
+    log_probs = np.log(p / p.sum(1, keepdims=True))
+    before = log_probs.copy()
+    lm = WordLM.from_texts(["ab", "b"])
+    kwargs = {"beam": 8, "lm_weight": 1.0, "word_bonus": 0.0, "engine": engine}
+    assert LexiconDecoder(TINY, lm, **kwargs).decode(log_probs) == "b"
+    penalised = LexiconDecoder(TINY, lm, blank_penalty=0.5, **kwargs)
+    assert penalised.decode(log_probs) == "ab"
+    assert (log_probs == before).all()
+
+    cfg = EvalConfig(decoder="lexicon", vocabulary="wordfreq:1000", blank_penalty=1.0)
+    assert cfg.tag == "lexicon-b8-lm0.5-wb1-wordfreq1000-bp1"
+    assert eval_decoder(cfg, Tokenizer(), None, "m", lambda order: lm).blank_penalty == 1.0
+    for bad in (-0.5, math.inf, math.nan):
+        with pytest.raises(ConfigError, match="blank_penalty"):
+            EvalConfig(blank_penalty=bad)
+        with pytest.raises(ConfigError, match="blank_penalty"):
+            ExportConfig(blank_penalty=bad)
+    meta = {"tokenizer": json.loads(Tokenizer().to_json()), "config": {}}
+    lex = lexicon_metadata(ExportConfig(vocabulary="wordfreq:1000", blank_penalty=1.0), meta, "m")
+    assert lex is not None and lex["blank_penalty"] == 1.0
+    stored = lexicon_from_metadata({"lexicon": lex}, Tokenizer())
+    assert stored.blank_penalty == 1.0
+    # the file's own decoder is the one eval uses when its settings are asked for
+    assert eval_decoder(cfg, Tokenizer(), stored, "m", lambda order: lm) is stored
+    del lex["blank_penalty"]
+    assert lexicon_from_metadata({"lexicon": lex}, Tokenizer()).blank_penalty == 0.0

@@ -113,6 +113,7 @@ LEXICON_FIELDS = (
     "lm_order",
     "bigrams",
     "token_prune",
+    "blank_penalty",
     "arpa",
     "lexicon_engine",
 )
@@ -158,6 +159,11 @@ def _check_token_prune(prefix: str, value: float) -> None:
             f"{prefix}token_prune={value} must be a negative log-probability (-10: nearly every "
             "token; -inf: every token)"
         )
+
+
+def _check_blank_penalty(prefix: str, value: float) -> None:
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{prefix}blank_penalty={value} must be >= 0 (0: off) and finite")
 
 
 def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
@@ -525,6 +531,12 @@ class EvalConfig:
     # a token is tried at a frame only where its log-probability is above this (CTC's peaky
     # outputs: real speech, -5 halves the search's cost of -10 at the same WER)
     token_prune: float = TOKEN_PRUNE
+    # subtracted from CTC blank's log-probability at every frame before the lexicon search (0:
+    # off): a student whose outputs favour blank drops letters and words, and the search's LM
+    # cannot put them back (the real-speech recipe's sequence-KD students: 1.0 turns deletions
+    # into words, dev WER -0.7 points over four students; docs/benchmarks.md round 11). Greedy decoding
+    # is never affected.
+    blank_penalty: float = 0.0
     # a word LM in ARPA format (KenLM's lmplz, SRILM; .arpa or .arpa.gz): its words are the
     # vocabulary and its 1-grams (and, for lm_order=2, its 2-grams with their back-offs) the LM,
     # in place of `vocabulary` and `bigrams`; higher orders are not read
@@ -540,6 +552,7 @@ class EvalConfig:
         if self.beam < 1:
             raise ConfigError("eval.beam must be at least 1")
         _check_token_prune("eval.", self.token_prune)
+        _check_blank_penalty("eval.", self.blank_penalty)
         _check_vocabulary(
             "eval.", self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams
         )
@@ -553,6 +566,7 @@ class EvalConfig:
             self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams
         )
         prune = "" if self.token_prune == TOKEN_PRUNE else f"-tp{-self.token_prune:g}"
+        prune += f"-bp{self.blank_penalty:g}" if self.blank_penalty else ""
         weights = f"lexicon-b{self.beam}-lm{self.lm_weight:g}-wb{self.word_bonus:g}"
         engine = "-fl" if self.lexicon_engine == "flashlight" else ""  # python: the older names
         return f"{weights}{_arpa_tag(self.arpa)}{vocabulary}{prune}{engine}"
@@ -900,6 +914,7 @@ class ExportConfig:
     lm_order: int = 1
     bigrams: str = "train"
     token_prune: float = TOKEN_PRUNE
+    blank_penalty: float = 0.0  # as in EvalConfig; stored in the file, applied by its search
     arpa: str = ""  # an ARPA word LM, as in EvalConfig: its words and LM are stored in the file
     # The search the file names as its own: `asrkd transcribe` uses it unless --lexicon-engine
     # says otherwise, so that the file transcribes as it was scored (the searches differ on a
@@ -924,6 +939,7 @@ class ExportConfig:
         if self.beam < 1:
             raise ConfigError("beam must be at least 1")
         _check_token_prune("", self.token_prune)
+        _check_blank_penalty("", self.blank_penalty)
         _check_vocabulary("", self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams)
         mixes_train = self.vocabulary != "train" and parse_vocabulary(self.vocabulary)[0]
         if mixes_train and not self.lexicon_cuts:

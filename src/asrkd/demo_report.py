@@ -542,6 +542,8 @@ def decoding_text(cfg: DemoConfig, rows: list[dict]) -> str:
     if cfg.eval.vocabulary != "train":
         words = f"the vocabulary `{cfg.eval.vocabulary}` (asrkd.lexicon.vocabulary_lm)"
     prune = f", tokens above log-prob {cfg.eval.token_prune:g}"
+    if cfg.eval.blank_penalty:
+        prune += f", blank's log-prob lowered by {cfg.eval.blank_penalty:g}"
     if cfg.eval.arpa:
         order = "bigram" if cfg.eval.lm_order == 2 else "unigram"
         return (

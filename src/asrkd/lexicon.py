@@ -476,7 +476,8 @@ def eval_decoder(
         return None
     other_arpa = cfg.arpa and stored is not None and stored.vocabulary != vocabulary_label(cfg)
     if stored is not None and not cfg.lexicon_cuts and not other_arpa:
-        settings = (cfg.beam, cfg.lm_weight, cfg.word_bonus, cfg.token_prune, cfg.lexicon_engine)
+        settings = (cfg.beam, cfg.lm_weight, cfg.word_bonus, cfg.token_prune,
+                    cfg.blank_penalty, cfg.lexicon_engine)  # fmt: skip
         same_lm = (stored.vocabulary, stored.lm_order, stored.bigrams) == (
             vocabulary_label(cfg),
             cfg.lm_order,
@@ -499,6 +500,7 @@ def eval_decoder(
         vocabulary=vocabulary_label(cfg),
         bigrams=cfg.bigrams,
         engine=cfg.lexicon_engine,
+        blank_penalty=cfg.blank_penalty,
     )
 
 
@@ -597,11 +599,13 @@ class LexiconDecoder:
         bigrams: str = "train",
         engine: str = LEXICON_ENGINE,
         arpa: ArpaSource | None = None,
+        blank_penalty: float = 0.0,
     ) -> None:
         """lm: the word LM; or None and `arpa`, the LM as an ARPA file that write_arpa wrote
         (an exported file's): the C++ search reads it straight, without the LM's Python tables,
-        which are read from it only when asked for (`lm`); the Python search reads them now."""
-        self.blank = tokenizer.blank_id
+        which are read from it only when asked for (`lm`); the Python search reads them now.
+        blank_penalty: subtracted from blank's log-probability at every frame (EvalConfig)."""
+        self.blank, self.blank_penalty = tokenizer.blank_id, blank_penalty
         self.tokenizer, self.vocabulary = tokenizer, vocabulary  # where lm's words came from
         self.bigrams = bigrams  # where its word pairs came from (lm_order 2)
         self.beam, self.lm_weight, self.word_bonus, self.prune = beam, lm_weight, word_bonus, prune
@@ -674,10 +678,11 @@ class LexiconDecoder:
         return word in self.lm.log_probs
 
     @property
-    def settings(self) -> tuple[int, float, float, float, str]:
-        """(beam, lm_weight, word_bonus, prune, engine asked for): with the LM, what the search
-        depends on."""
-        return self.beam, self.lm_weight, self.word_bonus, self.prune, self.engine_asked
+    def settings(self) -> tuple[int, float, float, float, float, str]:
+        """(beam, lm_weight, word_bonus, prune, blank_penalty, engine asked for): with the LM,
+        what the search depends on."""
+        s = self
+        return s.beam, s.lm_weight, s.word_bonus, s.prune, s.blank_penalty, s.engine_asked
 
     def _word_score(self, word: str) -> float:
         """A word's unigram score: the look-ahead of the words still being spelt."""
@@ -722,6 +727,9 @@ class LexiconDecoder:
         thousands of small objects, none in a cycle (reference counting frees them all), and
         each collection they trigger walked the whole heap, the word LM's entries included
         (30 % of the decoder's time alone, twice that in a process holding more)."""
+        if self.blank_penalty:
+            log_probs = np.array(log_probs)  # a copy: the caller's stays as it was
+            log_probs[:, self.blank] -= self.blank_penalty
         if self._fast is not None:
             return self._fast.decode(log_probs)
         enabled = gc.isenabled()
