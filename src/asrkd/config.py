@@ -533,9 +533,9 @@ class EvalConfig:
     token_prune: float = TOKEN_PRUNE
     # subtracted from CTC blank's log-probability at every frame before the lexicon search (0:
     # off): a student whose outputs favour blank drops letters and words, and the search's LM
-    # cannot put them back (the real-speech recipe's sequence-KD students: 1.0 turns deletions
-    # into words, dev WER -0.7 points over four students; docs/benchmarks.md round 11). Greedy decoding
-    # is never affected.
+    # cannot put them back (the real-speech recipe's students, most of all those of sequence KD:
+    # at 1.0 dev WER -0.7 points over four, docs/benchmarks.md round 11). Greedy decoding is
+    # never affected.
     blank_penalty: float = 0.0
     # a word LM in ARPA format (KenLM's lmplz, SRILM; .arpa or .arpa.gz): its words are the
     # vocabulary and its 1-grams (and, for lm_order=2, its 2-grams with their back-offs) the LM,
