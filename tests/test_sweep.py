@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -206,6 +207,9 @@ def test_tpe_sweep_runs_n_trials_each_with_every_seed(
     assert len(calls) == 10
     study = open_study(make_spec(base, grid, ranges, cfg), cfg, tmp_path)
     assert len(study.trials) == 5
+    # jobs=1 runs in this process: it must not end with this process's parent (a shell that
+    # exits first, nohup), so the workers' parent watch is not started here
+    assert "asrkd-exit-with-parent" not in {t.name for t in threading.enumerate()}
 
 
 def test_an_orphan_running_trial_does_not_hold_up_a_finished_grid(tmp_path: Path) -> None:

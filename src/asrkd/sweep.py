@@ -39,7 +39,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from asrkd.config import Config, ConfigError, SweepConfig, replace, save_config, to_dict
-from asrkd.processes import exit_with_parent
 from asrkd.sweep_grid import (
     SEED_KEY,
     STRATEGY_KEY,
@@ -291,8 +290,7 @@ def work(
     base: Config, spec: dict, sweep_cfg: SweepConfig, out_dir: str | Path, threads: int = 0
 ) -> None:
     """One worker: run trials until none is left to start, waiting while others run (they may
-    die, go stale and come back as retries). It exits when the sweep that started it is gone."""
-    exit_with_parent()
+    die, go stale and come back as retries)."""
     if threads:
         import torch
 
@@ -606,7 +604,13 @@ def _run_workers(base: Config, spec: dict, sweep_cfg: SweepConfig, out: Path) ->
     n_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = max(1, (n_cpus or 1) // sweep_cfg.jobs)
     payload = pickle.dumps((base, spec, sweep_cfg, out, threads))
-    code = "import pickle, sys; from asrkd.sweep import work; work(*pickle.load(sys.stdin.buffer))"
+    # a worker exits when this process is gone (killed: its trials come back as retries). Not
+    # in work() itself: with jobs=1 that runs in this process, whose own parent (a shell) may
+    # end first without stopping the sweep.
+    code = (
+        "import pickle, sys; from asrkd.processes import exit_with_parent; exit_with_parent(); "
+        "from asrkd.sweep import work; work(*pickle.load(sys.stdin.buffer))"
+    )
     src = str(Path(__file__).resolve().parents[1])  # asrkd importable however we were started
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     procs = []
