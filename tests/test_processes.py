@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from asrkd.processes import process_alive
+
 PARENT = """
 import os, sys, time
 from concurrent.futures import ProcessPoolExecutor
@@ -34,16 +36,6 @@ if __name__ == "__main__":
         pool.submit(sleeper, str(folder / f"worker{i}"))
     time.sleep(120)
 """
-
-
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie waiting to be reaped."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    state = next(line for line in status.splitlines() if line.startswith("State:"))
-    return "Z" not in state.split()[1]
 
 
 def _worker_pids(folder: Path, parent: subprocess.Popen) -> list[int]:
@@ -72,9 +64,9 @@ def test_pool_workers_exit_when_their_parent_is_killed(tmp_path, kind):
         parent.kill()  # SIGKILL: no handler, no cleanup runs in the parent
         parent.wait()
         deadline = time.monotonic() + (10 if kind == "asrkd" else 3)
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
-        survivors = [p for p in pids if _alive(p)]
+        survivors = [p for p in pids if process_alive(p)]
         if kind == "asrkd":
             assert survivors == [], "workers outlived their parent"
         else:  # the bug the watch mends: without it the workers go on

@@ -681,8 +681,14 @@ class LexiconDecoder:
     def settings(self) -> tuple[int, float, float, float, float, str]:
         """(beam, lm_weight, word_bonus, prune, blank_penalty, engine asked for): with the LM,
         what the search depends on."""
-        s = self
-        return s.beam, s.lm_weight, s.word_bonus, s.prune, s.blank_penalty, s.engine_asked
+        return (
+            self.beam,
+            self.lm_weight,
+            self.word_bonus,
+            self.prune,
+            self.blank_penalty,
+            self.engine_asked,
+        )
 
     def _word_score(self, word: str) -> float:
         """A word's unigram score: the look-ahead of the words still being spelt."""

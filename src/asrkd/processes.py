@@ -13,9 +13,27 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
 
 # the exit status of a worker that stopped because its parent was gone (EX_TEMPFAIL: run again)
 EXIT_PARENT_GONE = 75
+
+
+def process_alive(pid: Any) -> bool:
+    """Whether process `pid` of this machine runs (a zombie, never reaped, does not; a value
+    that is not a process id is no process)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def exit_with_parent(poll_seconds: float = 1.0) -> None:

@@ -33,12 +33,12 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from asrkd.config import Config, ConfigError, SweepConfig, replace, save_config, to_dict
+from asrkd.processes import process_alive
 from asrkd.sweep_grid import (
     SEED_KEY,
     STRATEGY_KEY,
@@ -165,21 +165,6 @@ def _claim_spec(study: optuna.Study, spec: dict) -> None:
         )
 
 
-def _alive(pid: Any) -> bool:
-    """Whether process `pid` of this machine runs (a zombie, never reaped, does not)."""
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, TypeError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def recover(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
     """Before workers start: fail stale trials and, when the storage is local (SQLite), RUNNING
     trials whose worker process on this machine is gone; then queue a retry of each failed
@@ -194,7 +179,7 @@ def recover(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
             local
             and _owned(t)
             and t.user_attrs.get("host") == host
-            and not _alive(t.user_attrs.get("pid"))
+            and not process_alive(t.user_attrs.get("pid"))
         ):
             try:
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

@@ -27,6 +27,7 @@ from torch import Tensor
 from asrkd.config import CheckpointError  # defined there (torch-free); used and re-exported
 from asrkd.data.text import Tokenizer
 from asrkd.models import DEFAULT_FAMILY, CTCModel, model_from_dims
+from asrkd.processes import process_alive
 
 FORMAT = "asrkd/1"
 
@@ -64,7 +65,7 @@ def remove_stale_temporaries(folder: str | Path, min_age_s: float = 600.0) -> li
     removed = []
     for path in Path(folder).glob(".*.tmp"):
         match = _TMP_RE.match(path.name)
-        if not match or _process_alive(int(match.group(1))):
+        if not match or process_alive(match.group(1)):
             continue
         try:
             if time.time() - path.stat().st_mtime < min_age_s:
@@ -76,16 +77,6 @@ def remove_stale_temporaries(folder: str | Path, min_age_s: float = 600.0) -> li
     if removed:
         log.warning("removed %d temporary file(s) of killed writes: %s", len(removed), removed)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def save_checkpoint(
