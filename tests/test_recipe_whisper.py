@@ -97,6 +97,9 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
     run = out / "runs" / f"partial-{student}-init-seq"
     summary = json.loads((run / "summary.json").read_text())
     assert "pseudo_labels_checked" in summary
+    # train.precision=auto: bfloat16 where this CPU computes it, and the report says which
+    assert summary["precision"] in ("fp32", "bf16")
+    assert ("forward pass in bfloat16" in report) is (summary["precision"] == "bf16")
     # ... and the report says what sequence KD left out of them, run by run
     left_out = report.split("Sequence KD's teacher transcripts left out")[1].split("##")[0]
     assert f"- partial-{student}-init-seq: {summary['pseudo_labels_over_max_wer']} of " in left_out

@@ -302,3 +302,52 @@ def test_a_resumed_run_fills_its_frozen_cache_again(whisper_parts, tmp_path) -> 
     np.testing.assert_allclose([again[s] for s in sorted(again)],
                                [whole[s] for s in sorted(whole)], rtol=1e-4)  # fmt: skip
     assert len(resumed.front_cache) > 0
+
+
+def test_bf16_precision_runs_the_student_in_bfloat16_and_keeps_float32_weights(
+    whisper_parts, tmp_path
+) -> None:
+    """train.precision=bf16: the student's layers compute in bfloat16 (the cached frozen ones
+    too), its weights, the cache and the losses stay float32, and it learns as the fp32 run does;
+    any other precision is refused."""
+    base = [*overrides(whisper_parts, tmp_path / "x", 24), "model.dropout=0.0", "data.spec_augment=false",
+            "train.freeze=[conv1,conv2,blocks.0]", "train.cache_frozen=true", "train.eval_every=100"]  # fmt: skip
+    losses, dtypes = {}, {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        cfg = load_config(None, [*base, f"train.out_dir={out}", f"train.precision={precision}"])
+        trainer = Trainer(cfg)
+        seen: set[torch.dtype] = set()
+
+        def record(module, _inputs, output, seen=seen) -> None:
+            if module.training:  # dev scoring is float32 whatever train.precision
+                seen.add(output.dtype)
+
+        for layer in (trainer.model.blocks[0].fc1, trainer.model.blocks[-1].fc1):
+            layer.register_forward_hook(record)
+        assert trainer.run()["precision"] == precision
+        dtypes[precision] = seen
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[precision] = [r["loss"] for r in rows if "loss" in r]
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+        assert all(x.dtype == torch.float32 for x in trainer.front_cache.values())
+        model, _ = load_model(out / "model.safetensors")
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert dtypes == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
+    assert losses["bf16"][-1] < 0.85 * losses["bf16"][0], losses
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.1)
+    with pytest.raises(ConfigError, match="train.precision='fp16' is not one of fp32, bf16, auto"):
+        load_config(None, [*base, "train.precision=fp16"])
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch, caplog) -> None:
+    import asrkd.train as train_module
+
+    cpu = torch.device("cpu")
+    for native, auto in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(train_module, "native_bf16", lambda _device, n=native: n)
+        caplog.clear()
+        assert train_module.resolve_precision("auto", cpu) == auto
+        assert train_module.resolve_precision("fp32", cpu) == "fp32"
+        assert train_module.resolve_precision("bf16", cpu) == "bf16"
+        assert ("emulated and slower" in caplog.text) is (not native)

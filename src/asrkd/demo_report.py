@@ -80,6 +80,7 @@ def evaluate_runs(
         run_summary = out / "runs" / spec.name / "summary.json"
         trained = json.loads(run_summary.read_text())
         summary["best_dev_wer"] = trained.get("best_dev_wer")
+        summary["train_precision"] = trained.get("precision", "fp32")  # runs before it: fp32
         if "pseudo_labels_checked" in trained:  # sequence KD: what its filter left out
             listed = run_summary.with_name(LEFT_OUT_FILE)  # runs trained before it: none
             summary["teacher_transcripts"] = {
@@ -143,6 +144,7 @@ def _row(spec, name: str, summary: dict) -> dict:
         "uses_teacher": spec.uses_teacher,
         "dev_wer": summary.get("dev_wer", summary.get("best_dev_wer")),
         "teacher_transcripts": summary.get("teacher_transcripts"),
+        "train_precision": summary.get("train_precision"),  # None: the teacher
     }
 
 
@@ -606,7 +608,8 @@ def rows_text(cfg: DemoConfig, rows: list[dict]) -> str:
         "evenly spaced encoder blocks copied in, CTC only; `seq` = + sequence KD on the "
         "teacher's transcripts (filtered by distill.max_pseudo_wer where a transcript exists); "
         "`hidden` = + hidden-state KD from its encoder; every student of a situation has the "
-        f"same number of steps. Student WER/CER decoded by {decoding_text(cfg, rows)}; greedy "
+        f"same number of steps{precision_text(rows)}. Student WER/CER decoded by "
+        f"{decoding_text(cfg, rows)}; greedy "
         f"WER = best path without lexicon or LM. {noisy}MB = fp32 weights (int8 row: the whole "
         "int8 ONNX file); peak MB = resident memory added by loading the model and the decoder "
         "its WER is scored with and transcribing utterances one at a time in a fresh process "
@@ -616,6 +619,19 @@ def rows_text(cfg: DemoConfig, rows: list[dict]) -> str:
         f"({search_text(cfg)}), the teacher's the whole transcription; "
         "speed vs teacher = the fastest teacher row's RTF over the row's."
     )
+
+
+def precision_text(rows: list[dict]) -> str:
+    """How the students' training forward pass computed (train.precision as run), for the
+    rows' explanation: nothing when every student trained in float32."""
+    students = [r for r in rows if r.get("train_precision")]
+    used = {r["train_precision"] for r in students}
+    if used <= {"fp32"}:
+        return ""
+    if used == {"bf16"}:
+        return ", its forward pass in bfloat16 (train.precision; weights and losses float32)"
+    bf16 = ", ".join(f"`{r['name']}`" for r in students if r["train_precision"] == "bf16")
+    return f"; the forward pass in bfloat16 (train.precision) for {bf16}, else float32"
 
 
 def search_text(cfg: DemoConfig) -> str:

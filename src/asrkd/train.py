@@ -12,6 +12,7 @@ A run folder holds::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -56,6 +57,7 @@ from asrkd.distributed import (
 from asrkd.evaluate import decode_cuts, error_rates
 from asrkd.models import CTCModel, build_model
 from asrkd.models.checkpoint import read_checkpoint, remove_stale_temporaries, save_checkpoint
+from asrkd.models.conformer import ModelOutput
 from asrkd.runtime import (
     TrainingError,
     build_tokenizer,
@@ -199,6 +201,8 @@ class Trainer:
             [partial(head_lr_factor, tc=cfg.train), partial(body_lr_factor, tc=cfg.train)],
         )
         self.aug_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.autocast = autocast_of(self.precision, self.device)
         self.state = TrainState()
         if resume:
             self._resume()
@@ -288,14 +292,15 @@ class Trainer:
             rows = torch.tensor(missing)
             feat_lens = batch.feat_lens[rows]
             feats = batch.feats[rows, : int(feat_lens.max())]
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 x = self.model.front(feats.to(self.device), feat_lens.to(self.device), n)
             for j, i in enumerate(missing):
-                self.front_cache[batch.cut_ids[i]] = x[j, : int(lengths[i])].cpu().clone()
+                self.front_cache[batch.cut_ids[i]] = x[j, : int(lengths[i])].float().cpu().clone()
         x = torch.nn.utils.rnn.pad_sequence(
             [self.front_cache[cut_id] for cut_id in batch.cut_ids], batch_first=True
         )
-        return self.model.forward_from(x.to(self.device), lengths.to(self.device), n)
+        with self.autocast():
+            return self.model.forward_from(x.to(self.device), lengths.to(self.device), n)
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.out / "checkpoints")
@@ -377,7 +382,9 @@ class Trainer:
         if self.front_blocks is not None:  # the same features every pass (Config checks)
             out = self._forward_cached(batch)
         else:
-            out = self.model(feats.to(self.device), feat_lens.to(self.device))
+            with self.autocast():
+                out = self.model(feats.to(self.device), feat_lens.to(self.device))
+        out = as_float32(out)  # the losses in float32 whatever train.precision
         if factor != 1.0 and teacher_out is not None:
             teacher_out = _retime(teacher_out, out.lengths)
         return self.distiller(out, teacher_out, batch.to(self.device))
@@ -565,6 +572,7 @@ class Trainer:
             "n_params": self.model.n_params(),
             "strategy": self.cfg.distill.strategy,
             "preset": self.cfg.model.preset,
+            "precision": self.precision,  # train.precision as run (auto resolved)
         }
         if self.teacher_source is not None and self.teacher_source.request.transcripts:
             summary.update(self.teacher_source.pseudo_labels.summary())
@@ -574,6 +582,51 @@ class Trainer:
                                        len(self.front_cache), "mb": held / 1e6}  # fmt: skip
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 products in hardware: a GPU with bfloat16 (Ampere and
+    later), a CPU with AVX512-BF16 or AMX (Linux's CPU flags; elsewhere False)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """train.precision on `device`: "auto" = "bf16" where the hardware has it, else "fp32".
+    Warns where "bf16" is asked of hardware that only emulates it (slower than float32)."""
+    fast = native_bf16(device)
+    if precision == "auto":
+        return "bf16" if fast else "fp32"
+    if precision == "bf16" and not fast:
+        log.warning(
+            "train.precision=bf16: %s has no bfloat16 instructions (a CPU needs AVX512-BF16 or "
+            "AMX); bfloat16 is emulated and slower than train.precision=fp32",
+            device.type,
+        )
+    return precision
+
+
+def autocast_of(precision: str, device: torch.device) -> Callable[[], Any]:
+    """A resolved train.precision -> a context-manager factory for the student's forward pass:
+    bf16 = torch.autocast with bfloat16 on `device`, fp32 = nothing."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    return partial(torch.autocast, device.type, dtype=torch.bfloat16)
+
+
+def as_float32(out: ModelOutput) -> ModelOutput:
+    """`out` with its logits and hidden states in float32 (a bf16 forward pass gives bfloat16)."""
+    if out.logits.dtype == torch.float32:
+        return out
+    hidden = tuple(None if h is None else h.float() for h in out.hidden_states)
+    return ModelOutput(out.logits.float(), out.lengths, hidden)
 
 
 def _retime(teacher: TeacherOutput, lengths: torch.Tensor) -> TeacherOutput:
