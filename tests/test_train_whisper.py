@@ -278,14 +278,17 @@ def test_cached_frozen_layers_train_as_the_whole_student(whisper_parts, tmp_path
         Trainer(cfg)
 
 
-def test_a_resumed_run_fills_its_frozen_cache_again(whisper_parts, tmp_path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_resumed_run_fills_its_frozen_cache_again(whisper_parts, tmp_path, precision) -> None:
     """The cache lives in the training process: a run resumed from its checkpoint computes the
-    frozen layers' output again as it meets each utterance and trains as the uninterrupted run."""
+    frozen layers' output again as it meets each utterance and trains as the uninterrupted run,
+    in either train.precision."""
     out = tmp_path / "run"
     cfg = load_config(
         None, [*overrides(whisper_parts, out, 24), "model.dropout=0.0", "data.spec_augment=false",
                "train.freeze=[conv1,conv2,blocks.0]", "train.eval_every=100",
-               "train.cache_frozen=true", "train.checkpoint_every=12"],
+               "train.cache_frozen=true", "train.checkpoint_every=12",
+               f"train.precision={precision}"],
     )  # fmt: skip
     Trainer(cfg).run()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -622,9 +622,8 @@ def autocast_of(precision: str, device: torch.device) -> Callable[[], Any]:
 
 
 def as_float32(out: ModelOutput) -> ModelOutput:
-    """`out` with its logits and hidden states in float32 (a bf16 forward pass gives bfloat16)."""
-    if out.logits.dtype == torch.float32:
-        return out
+    """`out` with its logits and hidden states in float32 (a bf16 forward pass gives bfloat16;
+    float32 tensors are passed through, not copied)."""
     hidden = tuple(None if h is None else h.float() for h in out.hidden_states)
     return ModelOutput(out.logits.float(), out.lengths, hidden)
 
