@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import jiwer
+import numpy as np
 
 Result = tuple[str, str, str]  # cut id, reference, hypothesis
 
@@ -87,4 +88,56 @@ def write_set(greedy: list[Result], lex: list[Result] | None, lexicon, out_dir: 
         "oov_rate": oov_rate(lex, lexicon),
         "greedy_wer": greedy_summary["wer"],
         "greedy_cer": greedy_summary["cer"],
+    }
+
+
+def read_results(path: str | Path) -> list[Result]:
+    """The (cut id, reference, hypothesis) triples of a hyps-*.txt file write_results wrote."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        cut_id, ref, hyp = (line.split("\t") + ["", ""])[:3]
+        rows.append((cut_id, ref, hyp))
+    return rows
+
+
+def paired_bootstrap(a: list[Result], b: list[Result], rounds: int = 5000, seed: int = 0) -> dict:
+    """How sure the WER difference b - a of two systems on the same utterances is, as far as
+    the choice of test utterances goes (Bisani & Ney 2004: utterances resampled with
+    replacement `rounds` times, both systems scored on each sample). Returns both WERs, the
+    difference and its 95 % interval (fractions), and the share of samples where b is better.
+    It says nothing of training noise: two runs of one recipe differ by more than this."""
+    hyps_b = {cut_id: hyp for cut_id, _, hyp in b}
+    missing = [cut_id for cut_id, ref, _ in a if ref and cut_id not in hyps_b]
+    if missing:
+        raise ValueError(f"{len(missing)} utterances of the first system missing from the second, "
+                         f"e.g. {missing[0]}")  # fmt: skip
+    errors, words = [], []
+    for cut_id, ref, hyp in a:
+        if not ref:
+            continue
+        counts = [jiwer.process_words(ref, h) for h in (hyp, hyps_b[cut_id])]
+        errors.append([c.substitutions + c.deletions + c.insertions for c in counts])
+        words.append(len(ref.split()))
+    if not words:
+        raise ValueError("no utterance with a reference transcript to score")
+    e, n = np.array(errors, dtype=float), np.array(words, dtype=float)
+    rng = np.random.default_rng(seed)
+    diff = np.empty(rounds)
+    for start in range(0, rounds, 256):  # (256, utterances) indices at a time: bounded memory
+        picks = rng.integers(0, len(n), (min(256, rounds - start), len(n)))
+        sample_errors = e[picks].sum(axis=1)  # (rounds in chunk, 2)
+        sample_words = n[picks].sum(axis=1)
+        diff[start : start + len(picks)] = (
+            sample_errors[:, 1] - sample_errors[:, 0]
+        ) / sample_words
+    wer = e.sum(axis=0) / n.sum()
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return {
+        "wer_a": float(wer[0]),
+        "wer_b": float(wer[1]),
+        "difference": float(wer[1] - wer[0]),
+        "ci95": (float(lo), float(hi)),
+        "b_better": float((diff < 0).mean()),
+        "n_utterances": len(n),
+        "n_words": int(n.sum()),
     }
