@@ -89,6 +89,9 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
     assert "best distilled student (by dev WER, decoded as test is)" in report
     # (b) has its own init-only row, so its KD terms are measured against it
     assert f"the KD terms vs the initialisation alone (partial-{student}-init," in report
+    # ... each comparison with its paired interval over the test utterances
+    targets = report.split("## Targets")[1].split("##")[0]
+    assert targets.count("95 % interval over the test utterances [") == 4, targets
     assert "bigram LM (word pairs of the student's own transcripts over English books'" in report
     # the RTF of a student row is its network and its lexicon decoder
     assert "its decoder takes" in report and rows[f"full-{student}-init"]["decoder_rtf"] > 0

@@ -1,4 +1,5 @@
-"""asrkd.scoring: the paired bootstrap over utterances that says how sure a WER difference is."""
+"""asrkd.scoring: the paired bootstrap over utterances that says how sure a WER difference is, and
+the demo report's use of it."""
 
 from __future__ import annotations
 
@@ -52,3 +53,34 @@ def test_utterances_missing_from_the_second_system_are_named() -> None:
     a = results(REFS)
     with pytest.raises(ValueError, match="1 utterances of the first system missing.*u39"):
         paired_bootstrap(a, a[:-1])
+
+
+def test_the_demo_reports_its_comparisons_with_their_interval(tmp_path) -> None:
+    """The targets of `asrkd demo` give the distilled student's WER change against the student
+    without KD with the paired interval of their transcripts files; none without the files."""
+    from asrkd.demo_report import add_relative, target_lines
+
+    def student(variant: str, hyps: list[str]) -> dict:
+        folder = tmp_path / variant
+        write_results(results(hyps), folder, "test", "greedy")
+        wer = paired_bootstrap(results(REFS), results(hyps), rounds=10)["wer_b"]
+        return {"name": f"full-demo-student-{variant}", "scenario": "full", "variant": variant,
+                "preset": "demo-student", "format": "safetensors", "wer": wer, "cer": wer,
+                "dev_wer": wer, "mb": 4.0, "params": 1e6, "memory_mb": 50.0, "rtf": 0.01,
+                "hyps": str(folder / "hyps-test-greedy.txt")}  # fmt: skip
+
+    teacher = {"name": "teacher", "scenario": "teacher", "variant": "none", "preset": "demo-teacher",
+               "format": "safetensors", "wer": 0.1, "cer": 0.1, "dev_wer": 0.1, "mb": 8.0,
+               "params": 2e6, "memory_mb": 100.0, "rtf": 0.02, "hyps": None}  # fmt: skip
+    rows = [
+        teacher,
+        student("none", [r.replace("cat", "hat").replace("mat", "") for r in REFS]),
+        student("logit", [r.replace("cat", "hat") for r in REFS]),
+    ]
+    add_relative(rows)
+    (line,) = [x for x in target_lines(rows) if x.startswith("- (a)")]
+    assert "-50.0% WER (14.3% vs 28.6%; difference -14.3 WER points, 95 % interval over the " \
+           "test utterances [-14.3, -14.3])" in line  # fmt: skip
+    rows[1]["hyps"] = None  # results measured before the files were kept: no interval
+    (line,) = [x for x in target_lines(rows) if x.startswith("- (a)")]
+    assert "(14.3% vs 28.6%)" in line and "interval" not in line

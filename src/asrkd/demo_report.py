@@ -92,6 +92,10 @@ def evaluate_runs(
             summary["dev_wer"] = dev_wer[spec.name]
         write_summary(summary, out / "eval" / name)
         rows.append(_row(spec, name, summary))
+        # the clean test set's transcripts, for the paired intervals of the targets' comparisons
+        first_set = next(iter(summary["sets"]))
+        hyps = out / "eval" / name / f"hyps-{first_set}-{summary['decoding']}.txt"
+        rows[-1]["hyps"] = str(hyps) if hyps.is_file() else None
     add_relative(rows)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     return rows
@@ -426,16 +430,18 @@ def external_target_lines(rows: list[dict]) -> list[str]:
             f"**{'reached' if ok else 'not reached'}**"
         )
         change, which = best["wer_change"], "the same student without distillation"
-        if change is None:  # no baseline of its own: (a)'s, which saw every transcript
-            base = next((r for r in rows if r["scenario"] == "full" and r["variant"] == "none"
-                         and r["preset"] == best["preset"]), None)  # fmt: skip
-            if base is not None and base["wer"]:
-                change = (best["wer"] - base["wer"]) / base["wer"]
-                which = f"{base['name']} (trained on every transcript: a harder reference)"
+        # its situation's baseline (add_relative's), else (a)'s, which saw every transcript
+        bases = {r["scenario"]: r for r in rows if r["variant"] == "none"
+                 and r["preset"] == best["preset"] and r["format"] == "safetensors"}  # fmt: skip
+        base = bases.get(scenario, bases.get("full"))
+        if change is None and base is not None and base["wer"]:
+            change = (best["wer"] - base["wer"]) / base["wer"]
+            which = f"{base['name']} (trained on every transcript: a harder reference)"
         ok = change is not None and -change >= WHISPER_MIN_VS_BASELINE
         lines.append(
             f"  - vs {which}: {_pct(change, True)} WER "
-            f"(target ≤ -{WHISPER_MIN_VS_BASELINE:.0%}): **{'reached' if ok else 'not reached'}**"
+            f"(target ≤ -{WHISPER_MIN_VS_BASELINE:.0%}{interval_text(base, best)}): "
+            f"**{'reached' if ok else 'not reached'}**"
         )
         init = [r for r in students if r["strategy"] == "none" and r["uses_teacher"]]
         if init:
@@ -444,8 +450,8 @@ def external_target_lines(rows: list[dict]) -> list[str]:
             ok = gain >= WHISPER_MIN_KD_VS_INIT
             lines.append(
                 f"  - the KD terms vs the initialisation alone ({init[0]['name']}, {ref:.1%}): "
-                f"{-gain:+.1%} WER (target ≤ -{WHISPER_MIN_KD_VS_INIT:.0%}): "
-                f"**{'reached' if ok else 'not reached'}**"
+                f"{-gain:+.1%} WER (target ≤ -{WHISPER_MIN_KD_VS_INIT:.0%}"
+                f"{interval_text(init[0], best)}): **{'reached' if ok else 'not reached'}**"
             )
         beyond = (
             wer_ratio <= WHISPER_BEYOND[0] and (best["speed_vs_teacher"] or 0) >= WHISPER_BEYOND[1]
@@ -455,6 +461,24 @@ def external_target_lines(rows: list[dict]) -> list[str]:
             f"its speed: **{'reached' if beyond else 'not reached'}**"
         )
     return lines
+
+
+def interval_text(a: dict | None, b: dict | None) -> str:
+    """How sure the WER difference of row b against row a is over the test utterances (a
+    paired bootstrap, asrkd.scoring.paired_bootstrap), for a target's line; "" where a row has
+    no transcripts file (rows measured before it was kept)."""
+    from asrkd.scoring import paired_bootstrap, read_results
+
+    if not (a and b and a.get("hyps") and b.get("hyps")):
+        return ""
+    if not (Path(a["hyps"]).is_file() and Path(b["hyps"]).is_file()):
+        return ""
+    r = paired_bootstrap(read_results(a["hyps"]), read_results(b["hyps"]))
+    lo, hi = (100 * x for x in r["ci95"])
+    return (
+        f"; difference {100 * r['difference']:+.1f} WER points, 95 % interval over the test "
+        f"utterances [{lo:+.1f}, {hi:+.1f}]"
+    )
 
 
 def target_lines(rows: list[dict]) -> list[str]:
@@ -479,6 +503,8 @@ def target_lines(rows: list[dict]) -> list[str]:
             )
             continue
         best = min(distilled, key=lambda r: r["dev_wer"])  # chosen on dev, never on test
+        base = next((r for r in rows if r["scenario"] == scenario and r["variant"] == "none"
+                     and r["preset"] == best["preset"]), None)  # fmt: skip
         ok = -best["wer_change"] >= TARGET_WER_REDUCTION
         memory = best["memory_vs_teacher"]
         lines.append(
@@ -487,7 +513,7 @@ def target_lines(rows: list[dict]) -> list[str]:
             f"(weights): **{'reached' if ok else 'not reached'}** — best on dev is "
             f"{best['name']} at "
             f"{_pct(best['wer_change'], True)} WER ({best['wer']:.1%} vs {best['wer_base']:.1%}"
-            f"), {best['mb']:.1f} MB of weights = {_pct(best['size_vs_teacher'])} of the "
+            f"{interval_text(base, best)}), {best['mb']:.1f} MB of weights = {_pct(best['size_vs_teacher'])} of the "
             f"teacher's {teacher['mb']:.1f} MB"
             + (
                 "."
