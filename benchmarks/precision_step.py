@@ -22,18 +22,15 @@ import itertools
 import os
 import platform
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from train_step import WARMUP, first_batches, mean_step_seconds  # the script folder is on sys.path
 
-from asrkd.config import DataConfig
-from asrkd.data.dataset import collate, load_cuts, make_sampler
 from asrkd.data.text import Tokenizer
 from asrkd.models import build_model
 from asrkd.train import as_float32, autocast_of, native_bf16
 
-WARMUP = 3
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -56,12 +53,7 @@ def seconds_per_step(model, batches: list, precision: str, start: int) -> float:
         loss.backward()
         opt.step()
 
-    for b in batches[:WARMUP]:
-        step(b)
-    t0 = time.perf_counter()
-    for b in batches[WARMUP:]:
-        step(b)
-    return (time.perf_counter() - t0) / (len(batches) - WARMUP)
+    return mean_step_seconds(step, batches)
 
 
 def main() -> None:
@@ -75,14 +67,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
     args = ap.parse_args()
     tok = Tokenizer()
-    sampler = make_sampler(
-        load_cuts(args.train), DataConfig(max_batch_seconds=args.batch_seconds), True, 0
-    )
-    batches = []
-    for cuts in sampler:
-        batches.append(collate(cuts, tok))
-        if len(batches) == args.steps + WARMUP:
-            break
+    batches = first_batches(args.train, args.batch_seconds, args.steps + WARMUP, tok)
     cpu = torch.device("cpu")
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, bfloat16 in "

@@ -86,6 +86,22 @@ def with_sdpa_dropout(model: torch.nn.Module) -> torch.nn.Module:
     return with_forward(model, SelfAttention, _attention_forward_reference)
 
 
+def first_batches(train: str, batch_seconds: float, n: int, tok: Tokenizer) -> list:
+    """The first `n` collated batches of a training manifest, as training draws them (seed 0)."""
+    sampler = make_sampler(load_cuts(train), DataConfig(max_batch_seconds=batch_seconds), True, 0)
+    return [collate(cuts, tok) for cuts in itertools.islice(sampler, n)]
+
+
+def mean_step_seconds(step, batches: list) -> float:
+    """Mean seconds of step(batch) over `batches` after the first WARMUP of them."""
+    for b in batches[:WARMUP]:
+        step(b)
+    t0 = time.perf_counter()
+    for b in batches[WARMUP:]:
+        step(b)
+    return (time.perf_counter() - t0) / (len(batches) - WARMUP)
+
+
 def seconds_per_step(model: torch.nn.Module, batches: list, fused: bool = True) -> float:
     model = copy.deepcopy(model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)
@@ -98,12 +114,7 @@ def seconds_per_step(model: torch.nn.Module, batches: list, fused: bool = True) 
         loss.backward()
         opt.step()
 
-    for b in batches[:WARMUP]:
-        step(b)
-    t0 = time.perf_counter()
-    for b in batches[WARMUP:]:
-        step(b)
-    return (time.perf_counter() - t0) / (len(batches) - WARMUP)
+    return mean_step_seconds(step, batches)
 
 
 def main() -> None:
@@ -124,17 +135,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     tok = Tokenizer()
-    sampler = make_sampler(
-        load_cuts(args.train),
-        DataConfig(max_batch_seconds=args.batch_seconds),
-        shuffle=True,
-        seed=0,
-    )
-    batches = []
-    for cuts in sampler:
-        batches.append(collate(cuts, tok))
-        if len(batches) == args.steps + WARMUP:
-            break
+    batches = first_batches(args.train, args.batch_seconds, args.steps + WARMUP, tok)
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"threads {args.threads}, torch {torch.__version__}, {args.steps} steps x "

@@ -50,6 +50,7 @@ def evaluate_runs(
     dev WER is dev_wer's (demo.dev_wers: decoded as the test set is) where it has one, else the
     training run's best (greedy)."""
     from asrkd.evaluate import measure_costs, write_summary
+    from asrkd.scoring import hyps_path
 
     dev_wer = dev_wer or {}
 
@@ -93,8 +94,7 @@ def evaluate_runs(
         write_summary(summary, out / "eval" / name)
         rows.append(_row(spec, name, summary))
         # the clean test set's transcripts, for the paired intervals of the targets' comparisons
-        first_set = next(iter(summary["sets"]))
-        hyps = out / "eval" / name / f"hyps-{first_set}-{summary['decoding']}.txt"
+        hyps = hyps_path(out / "eval" / name, next(iter(summary["sets"])), summary["decoding"])
         rows[-1]["hyps"] = str(hyps) if hyps.is_file() else None
     add_relative(rows)
     (out / "results.json").write_text(json.dumps(rows, indent=2))

@@ -47,12 +47,17 @@ def score(results: list[Result]) -> dict:
     }
 
 
+def hyps_path(out_dir: str | Path, name: str, decoding: str) -> Path:
+    """Where write_results keeps the transcripts of test set `name` decoded by `decoding`."""
+    return Path(out_dir) / f"hyps-{name}-{decoding}.txt"
+
+
 def write_results(results: list[Result], out_dir: Path, name: str, decoding: str) -> dict:
     """The hypotheses, errors and summary files of one test set and decoding; returns the
     summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{name}-{decoding}"
-    with open(out_dir / f"hyps-{tag}.txt", "w", encoding="utf-8") as fh:
+    with open(hyps_path(out_dir, name, decoding), "w", encoding="utf-8") as fh:
         fh.writelines(f"{cut_id}\t{ref}\t{hyp}\n" for cut_id, ref, hyp in results)
     rows = []
     for cut_id, ref, hyp in results:

@@ -601,10 +601,12 @@ def native_bf16(device: torch.device) -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """train.precision on `device`: "auto" = "bf16" where the hardware has it, else "fp32".
     Warns where "bf16" is asked of hardware that only emulates it (slower than float32)."""
+    if precision == "fp32":
+        return precision
     fast = native_bf16(device)
     if precision == "auto":
         return "bf16" if fast else "fp32"
-    if precision == "bf16" and not fast:
+    if not fast:
         log.warning(
             "train.precision=bf16: %s has no bfloat16 instructions (a CPU needs AVX512-BF16 or "
             "AMX); bfloat16 is emulated and slower than train.precision=fp32",
