@@ -263,3 +263,32 @@ def test_unpadded_states_stay_close_to_the_30s_windows(tiny_en) -> None:
         assert ours.shape == full.shape
         assert rel[:-10].median() < 0.3, rel.median()
         assert rel[:-10].quantile(0.9) < 0.7, rel.quantile(0.9)
+
+
+def test_transformers_own_generate_kwargs_warning_is_dropped() -> None:
+    """Whisper's generate() in transformers passes suppress_tokens beside the generation config
+    and transformers then warns the user about it: that one message is dropped, others pass."""
+    import logging
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("transformers.generation.utils")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        logger.warning(
+            "Passing `generation_config` together with generation-related arguments=("
+            "{'begin_suppress_tokens', 'suppress_tokens'}) is deprecated and will be removed"
+        )
+        logger.warning(
+            "Passing `generation_config` together with generation-related "
+            "arguments=({'max_new_tokens'}) is deprecated"
+        )
+        logger.warning("some other warning")
+    finally:
+        logger.removeHandler(handler)
+    assert len(seen) == 2 and "max_new_tokens" in seen[0] and seen[1] == "some other warning"

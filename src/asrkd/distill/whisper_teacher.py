@@ -53,6 +53,23 @@ from asrkd.models.whisper_io import (
 
 log = logging.getLogger(__name__)
 
+
+class _QuietGenerateKwargs(logging.Filter):
+    """Drops transformers' "Passing `generation_config` together with generation-related
+    arguments ... is deprecated" warning. Whisper's own generate() passes suppress_tokens and
+    begin_suppress_tokens beside the generation config to GenerationMixin.generate (a workaround
+    in transformers 5.x, generation_whisper.py), so every user of Whisper in transformers gets it
+    and none can act on it. Only that message is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            "together with generation-related arguments" in message and "suppress_tokens" in message
+        )
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_QuietGenerateKwargs())
+
 SAMPLE_RATE = 16000  # Whisper hears 16 kHz audio
 RUNTIMES = ("faster-whisper", "transformers")  # what writes the transcripts
 NORMALIZER_VERSION = 1  # bump when normalize_english changes what it writes
