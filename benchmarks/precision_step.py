@@ -11,7 +11,7 @@ the real-speech recipe's students train (train.freeze + train.cache_frozen): tho
 computed once before timing, as the cache holds them. Each precision starts from the same
 weights and trains --steps steps (AdamW fused, dropout 0) after 3 warm-up steps; the two take
 turns for --rounds rounds and the median is printed. Prints a Markdown table; whether the CPU
-computes bfloat16 in hardware (asrkd.train.native_bf16) heads it.
+computes bfloat16 in hardware (asrkd.precision.native_bf16) heads it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from train_step import WARMUP, first_batches, mean_step_seconds  # the script fo
 
 from asrkd.data.text import Tokenizer
 from asrkd.models import build_model
-from asrkd.train import as_float32, autocast_of, native_bf16
+from asrkd.precision import autocast_of, native_bf16
+from asrkd.train import as_float32
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import jiwer
 import pytest
+from lhotse import CutSet
 
 from asrkd.config import EvalConfig
-from asrkd.data.dataset import cut_text, load_cuts
+from asrkd.data.dataset import collate, cut_text, load_cuts
 from asrkd.evaluate import decode_cuts, error_rates, evaluate, measure_speed, score, write_results
 from asrkd.lexicon import LexiconDecoder, WordLM
 from asrkd.models.checkpoint import load_model
@@ -140,3 +141,48 @@ def test_memory_probes_fix_mallocs_threshold(monkeypatch: pytest.MonkeyPatch) ->
     assert env["MALLOC_MMAP_THRESHOLD_"] == str(PROBE_MMAP_THRESHOLD)
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert probe_env()["MALLOC_MMAP_THRESHOLD_"] == "65536"
+
+
+def test_bf16_precision_evaluates_in_bfloat16_with_float32_outputs(
+    tiny_teacher: Path, prepared_parts: dict[str, Path], tmp_path: Path
+) -> None:
+    """eval.precision=bf16: the model file's layers compute in bfloat16 (weights stay float32),
+    its logits come out float32, the WER is the float32 one's within bfloat16's rounding, and
+    the summary says which arithmetic ran; any other precision is refused."""
+    import torch
+
+    from asrkd.config import ConfigError
+
+    cuts = load_cuts(prepared_parts["test"])
+    seen: dict[str, set] = {}
+    logits: dict[str, torch.Tensor] = {}
+    for precision in ("fp32", "bf16"):
+        model = open_model_file(tiny_teacher, precision=precision)
+        assert model.precision == precision
+        dtypes: set = set()
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, out, s=dtypes: s.add(out.dtype))
+            for m in model.model.modules()
+            if isinstance(m, torch.nn.Linear)
+        ]
+        b = collate(CutSet.from_cuts([next(iter(cuts))]), model.tokenizer)
+        logits[precision], _ = model.forward(b.feats, b.feat_lens)
+        for h in hooks:
+            h.remove()
+        seen[precision] = dtypes
+        assert logits[precision].dtype == torch.float32
+        assert all(p.dtype == torch.float32 for p in model.model.parameters())
+    assert seen == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
+    agree = (logits["fp32"].argmax(-1) == logits["bf16"].argmax(-1)).float().mean()
+    assert agree > 0.9
+
+    summaries = {
+        p: evaluate(tiny_teacher, [prepared_parts["test"]], tmp_path / p, EvalConfig(precision=p),
+                    measure=False)
+        for p in ("fp32", "bf16")
+    }  # fmt: skip
+    assert summaries["bf16"]["precision"] == "bf16" and summaries["fp32"]["precision"] == "fp32"
+    wers = [s["sets"]["test"]["wer"] for s in summaries.values()]
+    assert abs(wers[0] - wers[1]) < 0.05, wers
+    with pytest.raises(ConfigError, match="eval.precision='fp16' is not one of fp32, bf16, auto"):
+        EvalConfig(precision="fp16")

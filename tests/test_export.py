@@ -274,6 +274,9 @@ def test_the_file_carries_its_lm_as_arpa_text(onnx_files, test_audio, tmp_path, 
     printed = capsys.readouterr().out.strip().splitlines()
     expected = transcribe_onnx_files(path, test_audio[:2], engine="flashlight")
     assert printed == [f"{p}\t{t}" for p, t in expected]
+    # an ONNX file runs as exported: --precision is refused, naming the file
+    assert cli_main(["transcribe", str(path), test_audio[0], "--precision", "bf16"]) != 0
+    assert "--precision is for .safetensors models" in capsys.readouterr().err
     # damaged or missing ARPA text: an error naming the file
     packed = props[LEXICON_ARPA_KEY]
     assert meta["lexicon"]["arpa_gz"] == packed

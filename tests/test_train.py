@@ -113,7 +113,13 @@ def test_prepare_train_evaluate_through_the_cli(tmp_path, capsys):
     # the model transcribes raw audio from the file alone
     flac = min((tree / "test").rglob("*.flac"))
     assert main(["transcribe", str(run / "model.safetensors"), str(flac)]) == 0
-    assert str(flac) in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert str(flac) in printed
+    # its forward pass in bfloat16 (--precision, as eval.precision)
+    assert (
+        main(["transcribe", str(run / "model.safetensors"), str(flac), "--precision", "bf16"]) == 0
+    )
+    assert capsys.readouterr().out.startswith(f"{flac}\t")
 
 
 def test_the_model_kept_can_be_the_mean_of_the_last_checkpoints(small_corpus, tmp_path):

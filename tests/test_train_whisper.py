@@ -344,13 +344,13 @@ def test_bf16_precision_runs_the_student_in_bfloat16_and_keeps_float32_weights(
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch, caplog) -> None:
-    import asrkd.train as train_module
+    import asrkd.precision as precision_module
 
     cpu = torch.device("cpu")
     for native, auto in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(train_module, "native_bf16", lambda _device, n=native: n)
+        monkeypatch.setattr(precision_module, "native_bf16", lambda _device, n=native: n)
         caplog.clear()
-        assert train_module.resolve_precision("auto", cpu) == auto
-        assert train_module.resolve_precision("fp32", cpu) == "fp32"
-        assert train_module.resolve_precision("bf16", cpu) == "bf16"
+        assert precision_module.resolve_precision("auto", cpu) == auto
+        assert precision_module.resolve_precision("fp32", cpu) == "fp32"
+        assert precision_module.resolve_precision("bf16", cpu) == "bf16"
         assert ("emulated and slower" in caplog.text) is (not native)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from asrkd.config import (
     LEXICON_ENGINES,
+    PRECISIONS,
     CheckpointError,
     Config,
     ConfigError,
@@ -121,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="who searches an exported file's lexicon (default: the search it was exported "
         "with, its export's lexicon_engine)",
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="a .safetensors model's forward pass, as eval.precision (default: eval.precision's "
+        "default, fp32); an ONNX file runs as exported",
+    )
 
     p = sub.add_parser("export", help="export a model file to ONNX for on-device inference")
     p.add_argument("model", help="model file (.safetensors)")
@@ -218,11 +225,14 @@ def cmd_transcribe(args) -> None:
     if is_onnx(args.model):  # without importing torch or lhotse
         from asrkd.ondevice import transcribe_onnx_files
 
+        if args.precision:
+            raise ConfigError(f"{args.model}: --precision is for .safetensors models; an ONNX "
+                              "file runs as exported (int8 with `asrkd export --quantize`)")  # fmt: skip
         texts = transcribe_onnx_files(args.model, args.audio, engine=args.lexicon_engine)
     else:
         from asrkd.transcribe import transcribe_files
 
-        texts = transcribe_files(args.model, args.audio)
+        texts = transcribe_files(args.model, args.audio, args.precision or EvalConfig.precision)
     for path, text in texts:
         print(f"{path}\t{text}")
 

@@ -36,7 +36,7 @@ DECODERS = ("greedy", "lexicon")
 # CTranslate2's compute types (teacher.compute_type of a Whisper teacher on faster-whisper)
 CT2_COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16")
 CT2_COMPUTE_TYPES += ("int16", "float16", "bfloat16", "float32")
-PRECISIONS = ("fp32", "bf16", "auto")  # train.precision
+PRECISIONS = ("fp32", "bf16", "auto")  # train.precision, eval.precision (asrkd.precision)
 
 
 def parse_vocabulary(spec: str) -> tuple[bool, int]:
@@ -554,9 +554,15 @@ class EvalConfig:
     # "flashlight" (C++, several times faster, a fraction of the memory) or "python" (the
     # reference search); BPE tokenizers are searched by the Python engine either way
     lexicon_engine: str = LEXICON_ENGINE
+    # a .safetensors model's forward pass: "fp32"; "bf16" under torch.autocast with bfloat16
+    # (weights float32; ~2x faster on a CPU with AVX512-BF16 or AMX, emulated and slower on one
+    # without); "auto" = bf16 where the CPU computes it, else fp32. WER, latency and memory are
+    # all measured in it. ONNX files run as exported.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         _check_choice("eval.decoder", self.decoder, DECODERS)
+        _check_choice("eval.precision", self.precision, PRECISIONS)
         _check_choice("eval.lexicon_engine", self.lexicon_engine, LEXICON_ENGINES)
         _check_arpa("eval.", self.arpa, self.vocabulary, self.bigrams, self.lexicon_cuts)
         if self.beam < 1:

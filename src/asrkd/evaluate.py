@@ -242,7 +242,7 @@ def _memory_probe(model_path: str, cuts_path: str, cfg_json: str) -> dict:
     base = _status_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the high-water mark VmHWM to the current RSS
-    model = open_model_file(model_path, cfg.threads, lexicon=False)
+    model = open_model_file(model_path, cfg.threads, lexicon=False, precision=cfg.precision)
     network = _status_mb("VmRSS")
     if cfg.decoder != "greedy":
         model.lexicon = model.file_lexicon(cfg.lexicon_engine)
@@ -281,10 +281,13 @@ def evaluate(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
-    model = open_model_file(model_path, cfg.threads, engine=cfg.lexicon_engine)
+    model = open_model_file(
+        model_path, cfg.threads, engine=cfg.lexicon_engine, precision=cfg.precision
+    )
     summary: dict = {
         "model": str(model_path),
         "format": model.format,
+        "precision": model.precision,
         "n_params": model.n_params,
         "bytes_fp32": 4 * model.n_params,
         "bytes_on_disk": Path(model_path).stat().st_size,
@@ -318,7 +321,9 @@ def measure_costs(
         torch.set_num_threads(cfg.threads)
     costs = {}
     if speed:
-        model = model or open_model_file(model_path, cfg.threads, engine=cfg.lexicon_engine)
+        model = model or open_model_file(
+            model_path, cfg.threads, engine=cfg.lexicon_engine, precision=cfg.precision
+        )
         lexicon = make_lexicon_decoder(cfg, model, model_path)  # built before the clock starts
         costs["speed"] = measure_speed(model, load_cuts(cuts_path), cfg, lexicon)
     if memory:

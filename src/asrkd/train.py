@@ -12,7 +12,6 @@ A run folder holds::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -58,6 +57,7 @@ from asrkd.evaluate import decode_cuts, error_rates
 from asrkd.models import CTCModel, build_model
 from asrkd.models.checkpoint import read_checkpoint, remove_stale_temporaries, save_checkpoint
 from asrkd.models.conformer import ModelOutput
+from asrkd.precision import autocast_of, resolve_precision
 from asrkd.runtime import (
     TrainingError,
     build_tokenizer,
@@ -582,45 +582,6 @@ class Trainer:
                                        len(self.front_cache), "mb": held / 1e6}  # fmt: skip
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 products in hardware: a GPU with bfloat16 (Ampere and
-    later), a CPU with AVX512-BF16 or AMX (Linux's CPU flags; elsewhere False)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """train.precision on `device`: "auto" = "bf16" where the hardware has it, else "fp32".
-    Warns where "bf16" is asked of hardware that only emulates it (slower than float32)."""
-    if precision == "fp32":
-        return precision
-    fast = native_bf16(device)
-    if precision == "auto":
-        return "bf16" if fast else "fp32"
-    if not fast:
-        log.warning(
-            "train.precision=bf16: %s has no bfloat16 instructions (a CPU needs AVX512-BF16 or "
-            "AMX); bfloat16 is emulated and slower than train.precision=fp32",
-            device.type,
-        )
-    return precision
-
-
-def autocast_of(precision: str, device: torch.device) -> Callable[[], Any]:
-    """A resolved train.precision -> a context-manager factory for the student's forward pass:
-    bf16 = torch.autocast with bfloat16 on `device`, fp32 = nothing."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    return partial(torch.autocast, device.type, dtype=torch.bfloat16)
 
 
 def as_float32(out: ModelOutput) -> ModelOutput:

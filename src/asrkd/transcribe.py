@@ -25,6 +25,7 @@ from asrkd.models import DEFAULT_FAMILY, FAMILIES
 from asrkd.models.checkpoint import model_family, model_from_tensors, read_checkpoint
 from asrkd.models.ctc import greedy_decode
 from asrkd.ondevice import is_onnx, transcribe_onnx_files
+from asrkd.precision import autocast_of, resolve_precision
 
 
 def fbank(samples: np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
@@ -54,6 +55,7 @@ class ModelFile:
     run_config: dict[str, Any]
     lexicon: LexiconDecoder | None = None
     format: str
+    precision: str = "fp32"  # the forward pass's arithmetic as run (eval.precision resolved)
 
     def forward(
         self, feats: torch.Tensor, feat_lens: torch.Tensor
@@ -82,7 +84,11 @@ class Transcriber(ModelFile):
 
     format = "safetensors"
 
-    def __init__(self, model_path: str | Path) -> None:
+    def __init__(self, model_path: str | Path, precision: str = "fp32") -> None:
+        """precision: eval.precision ("fp32", "bf16" or "auto", resolved here on the CPU)."""
+        cpu = torch.device("cpu")
+        self.precision = resolve_precision(precision, cpu, "eval.precision")
+        self._autocast = autocast_of(self.precision, cpu)
         tensors, meta = read_checkpoint(model_path)
         self.model = model_from_tensors(tensors, meta).eval()
         self.dims = self.model.dims
@@ -99,8 +105,9 @@ class Transcriber(ModelFile):
     def forward(
         self, feats: torch.Tensor, feat_lens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(feats, feat_lens)
-        return out.logits, out.lengths
+        with self._autocast():
+            out = self.model(feats, feat_lens)
+        return out.logits.float(), out.lengths
 
 
 class OnnxTranscriber(ModelFile):
@@ -145,21 +152,29 @@ def first_text(
 
 
 def open_model_file(
-    model_path: str | Path, threads: int = 0, lexicon: bool = True, engine: str | None = None
+    model_path: str | Path,
+    threads: int = 0,
+    lexicon: bool = True,
+    engine: str | None = None,
+    precision: str = "fp32",
 ) -> ModelFile:
     """OnnxTranscriber for an exported .onnx file, Transcriber for a .safetensors model file.
     `threads` applies to onnxruntime; PyTorch uses torch.set_num_threads. lexicon=False leaves
-    an exported file's lexicon unread (model.file_lexicon() reads it); `engine` searches it."""
+    an exported file's lexicon unread (model.file_lexicon() reads it); `engine` searches it.
+    `precision` (eval.precision) applies to .safetensors files; an ONNX file runs as exported."""
     if is_onnx(model_path):
         return OnnxTranscriber(model_path, threads, lexicon, engine)
-    return Transcriber(model_path)
+    return Transcriber(model_path, precision)
 
 
-def transcribe_files(model_path: str | Path, paths: list[str | Path]) -> list[tuple[str, str]]:
-    """(path, text) for each audio file; `model_path` is a .safetensors model file or a .onnx
-    file from `asrkd export` (run without PyTorch: asrkd.ondevice)."""
+def transcribe_files(
+    model_path: str | Path, paths: list[str | Path], precision: str = "fp32"
+) -> list[tuple[str, str]]:
+    """(path, text) for each audio file; `model_path` is a .safetensors model file (its
+    forward pass in `precision`, eval.precision's choices) or a .onnx file from `asrkd export`
+    (run without PyTorch: asrkd.ondevice)."""
     if is_onnx(model_path):
         return transcribe_onnx_files(model_path, paths)
-    transcriber = open_model_file(model_path)
+    transcriber = open_model_file(model_path, precision=precision)
     rate = transcriber.features.sample_rate
     return [(str(p), transcriber(load_mono(p, rate))) for p in paths]
