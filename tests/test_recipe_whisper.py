@@ -59,6 +59,7 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
         "eval.threads=1",
         "eval.latency_utterances=2",
         "eval.vocabulary=train",
+        "eval.precision=bf16",  # the model files scored and timed in bfloat16, and said so
         f"variants={json.dumps(scaled_variants(2))}",
     ]
     sets = [a for o in overrides for a in ("--set", o)]
@@ -102,7 +103,11 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
     assert "pseudo_labels_checked" in summary
     # train.precision=auto: bfloat16 where this CPU computes it, and the report says which
     assert summary["precision"] in ("fp32", "bf16")
-    assert ("forward pass in bfloat16" in report) is (summary["precision"] == "bf16")
+    assert ("forward pass in bfloat16 (train" in report) is (summary["precision"] == "bf16")
+    students = [r for n, r in rows.items() if not n.startswith("teacher")]
+    assert {r["eval_precision"] for r in students} == {"bf16", None}  # None: the int8 file
+    listed = report.split(" scored and timed with the forward pass in bfloat16 (eval.precision")
+    assert len(listed) == 2 and f"`full-{student}-init`" in listed[0].rsplit("; ", 1)[1].split(", ")
     # ... and the report says what sequence KD left out of them, run by run
     left_out = report.split("Sequence KD's teacher transcripts left out")[1].split("##")[0]
     assert f"- partial-{student}-init-seq: {summary['pseudo_labels_over_max_wer']} of " in left_out

@@ -149,6 +149,7 @@ def _row(spec, name: str, summary: dict) -> dict:
         "dev_wer": summary.get("dev_wer", summary.get("best_dev_wer")),
         "teacher_transcripts": summary.get("teacher_transcripts"),
         "train_precision": summary.get("train_precision"),  # None: the teacher
+        "eval_precision": summary.get("precision"),  # None: ONNX files and teacher runtimes
     }
 
 
@@ -642,8 +643,21 @@ def rows_text(cfg: DemoConfig, rows: list[dict]) -> str:
         "(the teacher's: loading and transcribing); latency and RTF at batch 1 on "
         f"{cfg.eval.threads or 'all'} threads: a student's is its network on its stored features "
         "(their computation is timed in the next line) and the decoder its WER is scored with "
-        f"({search_text(cfg)}), the teacher's the whole transcription; "
+        f"({search_text(cfg)}), the teacher's the whole transcription"
+        f"{eval_precision_text(rows)}; "
         "speed vs teacher = the fastest teacher row's RTF over the row's."
+    )
+
+
+def eval_precision_text(rows: list[dict]) -> str:
+    """How the model files' forward pass computed in scoring and timing (eval.precision as
+    run), for the rows' explanation: nothing when in float32."""
+    bf16 = [r["name"] for r in rows if r.get("eval_precision") == "bf16"]
+    if not bf16:
+        return ""
+    return (
+        f"; {', '.join(f'`{n}`' for n in bf16)} scored and timed with the forward pass in "
+        "bfloat16 (eval.precision; ONNX files as exported)"
     )
 
 
