@@ -143,6 +143,21 @@ def test_memory_probes_fix_mallocs_threshold(monkeypatch: pytest.MonkeyPatch) ->
     assert probe_env()["MALLOC_MMAP_THRESHOLD_"] == "65536"
 
 
+def test_inference_processes_limit_onednns_kernel_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`asrkd transcribe`/`evaluate` and the memory probe keep oneDNN's per-shape kernel cache
+    small (utterances one at a time never reuse a shape); a value the user set is kept."""
+    from asrkd.evaluate import probe_env
+    from asrkd.precision import INFERENCE_ENV, limit_kernel_cache
+
+    key = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+    monkeypatch.delenv(key, raising=False)
+    assert probe_env()[key] == INFERENCE_ENV[key] == "16"
+    assert limit_kernel_cache({}) == {key: "16"}
+    assert limit_kernel_cache({key: "1024"}) == {key: "1024"}
+    monkeypatch.setenv(key, "256")
+    assert probe_env()[key] == "256"
+
+
 def test_bf16_precision_evaluates_in_bfloat16_with_float32_outputs(
     tiny_teacher: Path, prepared_parts: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -192,7 +192,9 @@ def cmd_train(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from asrkd.ondevice import is_onnx
+    from asrkd.precision import limit_kernel_cache
 
+    limit_kernel_cache()  # before any PyTorch computation in this process
     cfg = load_config(args.config, _shorthand(args.overrides, threads=args.threads), EvalConfig)
     if is_onnx(args.model):  # without importing torch or lhotse
         from asrkd.ondevice import evaluate_onnx as evaluate
@@ -221,7 +223,9 @@ def cmd_report(args) -> None:
 
 def cmd_transcribe(args) -> None:
     from asrkd.ondevice import is_onnx
+    from asrkd.precision import limit_kernel_cache
 
+    limit_kernel_cache()  # before any PyTorch computation in this process
     if is_onnx(args.model):  # without importing torch or lhotse
         from asrkd.ondevice import transcribe_onnx_files
 

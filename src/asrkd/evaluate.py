@@ -38,6 +38,7 @@ from asrkd.lexicon import (
 )
 from asrkd.models.conformer import ConformerCTC, ConformerDims
 from asrkd.models.ctc import greedy_decode
+from asrkd.precision import limit_kernel_cache
 from asrkd.scoring import (  # noqa: F401  error_rates, score: re-exported (train, tests)
     Result,
     error_rates,
@@ -203,10 +204,11 @@ def probe_env() -> dict[str, str]:
     depends on the two threads' timing keeps them resident: the same model over the same 100
     utterances peaked anywhere from 87 to 134 MB. With the threshold fixed, blocks above it are
     mapped and given back when freed, and the peak is the memory actually in use, the same to
-    0.4 MB run after run (docs/benchmarks.md). A threshold the user set is kept."""
+    0.4 MB run after run (docs/benchmarks.md). A threshold the user set is kept. And oneDNN's
+    kernel cache as `asrkd transcribe` sets it (asrkd.precision.limit_kernel_cache)."""
     env = dict(os.environ)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(PROBE_MMAP_THRESHOLD))
-    return env
+    return limit_kernel_cache(env)
 
 
 def _status_mb(field: str) -> float:
