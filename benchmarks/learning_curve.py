@@ -32,7 +32,7 @@ import yaml
 from lhotse import CutSet
 
 from asrkd.config import EvalConfig, apply_overrides, from_dict
-from asrkd.data.dataset import load_cuts
+from asrkd.data.dataset import load_cuts, speaker_of
 from asrkd.distill.cache import cache_dir_for, cache_key
 from asrkd.distill.teachers import TeacherRequest
 from asrkd.evaluate import decode_model_file, make_lexicon_decoder
@@ -40,16 +40,12 @@ from asrkd.scoring import score
 from asrkd.transcribe import open_model_file
 
 
-def speaker(cut) -> str:
-    return cut.supervisions[0].speaker or cut.id.split("-")[0]
-
-
 def speaker_subset(cuts: CutSet, fraction: float, seed: int) -> tuple[CutSet, int, int, float]:
     """Whole speakers in a seeded order until `fraction` of the hours: (cuts, speakers kept,
     speakers, hours kept)."""
     by: dict[str, list] = {}
     for c in cuts:
-        by.setdefault(speaker(c), []).append(c)
+        by.setdefault(speaker_of(c), []).append(c)
     order = sorted(by)
     random.Random(seed).shuffle(order)
     total = sum(c.duration for c in cuts)
@@ -60,7 +56,12 @@ def speaker_subset(cuts: CutSet, fraction: float, seed: int) -> tuple[CutSet, in
         kept.append(s)
         hours += sum(c.duration for c in by[s]) / 3600
     keep = set(kept)
-    return CutSet.from_cuts([c for c in cuts if speaker(c) in keep]), len(kept), len(order), hours
+    return (
+        CutSet.from_cuts([c for c in cuts if speaker_of(c) in keep]),
+        len(kept),
+        len(order),
+        hours,
+    )
 
 
 def speakers_hours(path: str) -> str:
@@ -68,7 +69,7 @@ def speakers_hours(path: str) -> str:
     if not path:
         return "–"
     cuts = CutSet.from_file(path)
-    return f"{len({speaker(c) for c in cuts})}, {sum(c.duration for c in cuts) / 3600:.2f}"
+    return f"{len({speaker_of(c) for c in cuts})}, {sum(c.duration for c in cuts) / 3600:.2f}"
 
 
 def subset_cache(full: Path, subset: Path, subset_cuts: CutSet, teacher_cfg: dict) -> bool:

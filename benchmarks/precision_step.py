@@ -24,8 +24,12 @@ import platform
 import statistics
 
 import torch
-import torch.nn.functional as F
-from train_step import WARMUP, first_batches, mean_step_seconds  # the script folder is on sys.path
+from train_step import (  # the script folder is on sys.path
+    WARMUP,
+    ctc_update,
+    first_batches,
+    mean_step_seconds,
+)
 
 from asrkd.data.text import Tokenizer
 from asrkd.models import build_model
@@ -47,12 +51,7 @@ def seconds_per_step(model, batches: list, precision: str, start: int) -> float:
         x, lengths, targets, target_lens = b
         with autocast():
             out = model.forward_from(x, lengths, start) if start else model(x, lengths)
-        out = as_float32(out)
-        log_probs = out.logits.log_softmax(-1).transpose(0, 1)
-        loss = F.ctc_loss(log_probs, targets, out.lengths, target_lens, zero_infinity=True)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        ctc_update(opt, as_float32(out), targets, target_lens)
 
     return mean_step_seconds(step, batches)
 

@@ -102,17 +102,21 @@ def mean_step_seconds(step, batches: list) -> float:
     return (time.perf_counter() - t0) / (len(batches) - WARMUP)
 
 
+def ctc_update(opt, out, targets, target_lens) -> None:
+    """One optimiser step on the CTC loss of a model output `out` (logits B x T' x V, lengths)."""
+    log_probs = out.logits.log_softmax(-1).transpose(0, 1)
+    loss = F.ctc_loss(log_probs, targets, out.lengths, target_lens, zero_infinity=True)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def seconds_per_step(model: torch.nn.Module, batches: list, fused: bool = True) -> float:
     model = copy.deepcopy(model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)
 
     def step(b) -> None:
-        out = model(b.feats, b.feat_lens)
-        log_probs = out.logits.log_softmax(-1).transpose(0, 1)
-        loss = F.ctc_loss(log_probs, b.targets, out.lengths, b.target_lens, zero_infinity=True)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        ctc_update(opt, model(b.feats, b.feat_lens), b.targets, b.target_lens)
 
     return mean_step_seconds(step, batches)
 
