@@ -11,8 +11,9 @@ EXTRAS := test,espeak,export,sherpa
 # What only the tests use on top (the demo does without): psycopg for the PostgreSQL sweep
 # tests, transformers for the hf-ctc teacher (sherpa-onnx, for the parity tests, is the demo's),
 # the Whisper runtimes and weights readers for the Whisper teacher and students,
-# wordfreq for the lexicon's general vocabulary.
-TEST_EXTRAS := postgres,hf,whisper,whisper-weights,lexicon
+# wordfreq for the lexicon's general vocabulary, pocketsphinx for its Sphinx LMs (the reader's
+# oracle).
+TEST_EXTRAS := postgres,hf,whisper,whisper-weights,lexicon,sphinx
 # uv installs the very same packages as pip in ~25 s instead of ~60 s (docs/benchmarks.md,
 # "Installing"); pip stays the fallback where uv cannot be had or fails, and installs wherever pip
 # is told to use another index or none (a mirror, an offline machine: uv would try pypi.org).

@@ -134,11 +134,12 @@ def _check_arpa(prefix: str, arpa: str, vocabulary: str, bigrams: str, cuts: str
 
 
 def _arpa_tag(arpa: str) -> str:
-    """'-arpa-NAME' for an ARPA file (NAME: its file name without .arpa / .gz), else ''."""
+    """'-arpa-NAME' for an LM file (NAME: its file name without .arpa / .gz, or .lm.bin for a
+    Sphinx one), else ''."""
     if not arpa:
         return ""
     name = Path(arpa).name
-    for suffix in (".gz", ".arpa"):
+    for suffix in (".gz", ".arpa", ".bin", ".lm"):
         name = name.removesuffix(suffix)
     return f"-arpa-{name}"
 
@@ -547,9 +548,10 @@ class EvalConfig:
     # at 1.0 dev WER -0.7 points over four, docs/benchmarks.md round 11). Greedy decoding is
     # never affected.
     blank_penalty: float = 0.0
-    # a word LM in ARPA format (KenLM's lmplz, SRILM; .arpa or .arpa.gz): its words are the
-    # vocabulary and its 1-grams (and, for lm_order=2, its 2-grams with their back-offs) the LM,
-    # in place of `vocabulary` and `bigrams`; higher orders are not read
+    # a word LM in ARPA format (KenLM's lmplz, SRILM; .arpa or .arpa.gz), or a CMU Sphinx binary
+    # one (.lm.bin, e.g. pocketsphinx's model/en-us/en-us.lm.bin; asrkd.sphinx_lm): its words are
+    # the vocabulary and its 1-grams (and, for lm_order=2, its 2-grams with their back-offs) the
+    # LM, in place of `vocabulary` and `bigrams`; higher orders are not read
     arpa: str = ""
     # "flashlight" (C++, several times faster, a fraction of the memory) or "python" (the
     # reference search); BPE tokenizers are searched by the Python engine either way

@@ -68,7 +68,7 @@ import shutil
 import sys
 import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -301,22 +301,20 @@ def _read_arpa(
 
 
 def _parse_arpa(path: Path, order: int, chars: frozenset[str]) -> WordLM:
-    """arpa_lm's reading, uncached."""
-    ln10 = math.log(10.0)
-    unigram: dict[str, float] = {}  # word -> P(word), summed over spellings
-    backoff: dict[str, tuple[float, str]] = {}  # context -> (ln b(v), the spelling it came from)
-    pairs: dict[tuple[str, str], float] = {}  # (v, w) -> P(w | v)
-    names: dict[str, str] = {}  # the file's spelling -> normalised word (or "" when left out)
+    """arpa_lm's reading, uncached: an ARPA text file, or a Sphinx binary one (asrkd.sphinx_lm)."""
+    from asrkd import sphinx_lm
 
-    def word(raw: str) -> str:
-        if raw not in names:
-            left_out = raw in ("</s>", "<unk>", "<UNK>")
-            names[raw] = (
-                raw if raw == SENTENCE_START else "" if left_out else _single_word(raw, chars)
-            )
-        return names[raw]
+    if sphinx_lm.is_sphinx_lm(path):
+        entries = sphinx_lm.read_sphinx_lm(path).entries(order)
+    else:
+        entries = _arpa_entries(path, order)
+    return _lm_of_entries(path, entries, order, chars)
 
-    section, has_bigrams = 0, False
+
+def _arpa_entries(path: Path, order: int) -> Iterator[tuple[int, tuple[str, ...], float, float]]:
+    """(n, words, log10 P, log10 back-off) of an ARPA text file's n-grams up to `order`; a
+    malformed line or an unreadable file is a DataError naming it."""
+    section = 0
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:
@@ -331,7 +329,6 @@ def _parse_arpa(path: Path, order: int, chars: frozenset[str]) -> WordLM:
                     if not n.isdigit() or int(n) == 0:
                         raise DataError(f"{path}:{number}: unreadable ARPA section {line!r}")
                     section = int(n)
-                    has_bigrams |= section == 2
                     if section > order:  # sections come in increasing order
                         break
                     continue
@@ -345,17 +342,44 @@ def _parse_arpa(path: Path, order: int, chars: frozenset[str]) -> WordLM:
                     bow = float(fields[section + 1]) if len(fields) == section + 2 else 0.0
                 except ValueError as err:
                     raise DataError(f"{path}:{number}: malformed ARPA line ({err})") from err
-                raws = fields[1 : section + 1]
-                words = [word(w) for w in raws]
-                if section == 1 and words[0]:
-                    backoff.setdefault(words[0], (bow * ln10, raws[0]))
-                    if words[0] != SENTENCE_START:
-                        unigram[words[0]] = unigram.get(words[0], 0.0) + 10.0**log10_p
-                elif section == 2 and all(words) and backoff.get(words[0], (0, ""))[1] == raws[0]:
-                    key = (words[0], words[1])  # target spellings that merge: probabilities add
-                    pairs[key] = pairs.get(key, 0.0) + 10.0**log10_p
+                yield section, tuple(fields[1 : section + 1]), log10_p, bow
     except (UnicodeDecodeError, OSError, EOFError) as err:  # binary, not gzip, truncated gzip
         raise DataError(f"{path}: not a readable ARPA text file ({err})") from err
+
+
+def _lm_of_entries(
+    path: Path,
+    entries: Iterable[tuple[int, tuple[str, ...], float, float]],
+    order: int,
+    chars: frozenset[str],
+) -> WordLM:
+    """arpa_lm's WordLM of an LM file's (n, words, log10 P, log10 back-off) entries."""
+    ln10 = math.log(10.0)
+    unigram: dict[str, float] = {}  # word -> P(word), summed over spellings
+    backoff: dict[str, tuple[float, str]] = {}  # context -> (ln b(v), the spelling it came from)
+    pairs: dict[tuple[str, str], float] = {}  # (v, w) -> P(w | v)
+    names: dict[str, str] = {}  # the file's spelling -> normalised word (or "" when left out)
+
+    def word(raw: str) -> str:
+        if raw not in names:
+            left_out = raw in ("</s>", "<unk>", "<UNK>")
+            names[raw] = (
+                raw if raw == SENTENCE_START else "" if left_out else _single_word(raw, chars)
+            )
+        return names[raw]
+
+    has_bigrams = False
+    for section, raws, log10_p, bow in entries:
+        words = [word(w) for w in raws]
+        if section == 1 and words[0]:
+            backoff.setdefault(words[0], (bow * ln10, raws[0]))
+            if words[0] != SENTENCE_START:
+                unigram[words[0]] = unigram.get(words[0], 0.0) + 10.0**log10_p
+        elif section == 2:
+            has_bigrams = True
+            if all(words) and backoff.get(words[0], (0, ""))[1] == raws[0]:
+                key = (words[0], words[1])  # target spellings that merge: probabilities add
+                pairs[key] = pairs.get(key, 0.0) + 10.0**log10_p
     if not unigram:
         raise DataError(f"{path}: no 1-gram spellable with the tokenizer's characters")
     if order == 2 and not has_bigrams:
