@@ -220,15 +220,12 @@ def test_wordfreq_vocabulary_and_its_mix_with_the_transcripts() -> None:
     assert general.log_probs["the"] > general.log_probs["house"]
     assert math.isclose(sum(math.exp(v) for v in general.log_probs.values()), 1.0)
     train = WordLM.from_texts(["the zyzzyva sat"])
-    mixed = vocabulary_lm("train+wordfreq:20000", 0.25, tok, lambda: train, books=False)
+    mixed = vocabulary_lm("train+wordfreq:20000", 0.25, tok, lambda: train)
     assert set(mixed.log_probs) == set(general.log_probs) | {"zyzzyva"}
     assert math.isclose(math.exp(mixed.log_probs["zyzzyva"]), 0.75 / 3)
     assert math.isclose(sum(math.exp(v) for v in mixed.log_probs.values()), 1.0)
-    assert (
-        vocabulary_lm("wordfreq:20000", 0.5, tok, lambda: 1 / 0, books=False).log_probs
-        == general.log_probs
-    )
-    assert vocabulary_lm("train", 0.5, tok, lambda: train, books=False) is train
+    assert vocabulary_lm("wordfreq:20000", 0.5, tok, lambda: 1 / 0).log_probs == general.log_probs
+    assert vocabulary_lm("train", 0.5, tok, lambda: train) is train
     cfg = EvalConfig(decoder="lexicon", vocabulary="train+wordfreq:50000")
     assert cfg.tag == "lexicon-b8-lm0.5-wb1-train+wordfreq50000w0.5"
     for bad in ("wordfreq", "wordfreq:0", "train+train", "books:10"):
@@ -265,7 +262,7 @@ def test_real_test_other_oov_rate_with_and_without_wordfreq() -> None:
     train = WordLM.from_texts([" ".join(_transcript_words(Path(root) / "train-clean-5"))])
     rates = {}
     for spec in ("train", "wordfreq:50000", "train+wordfreq:50000"):
-        lm = vocabulary_lm(spec, 0.5, Tokenizer(), lambda: train, books=False)
+        lm = vocabulary_lm(spec, 0.5, Tokenizer(), lambda: train)
         rates[spec] = sum(w not in lm.log_probs for w in test_words) / len(test_words)
     print(f"test-other OOV rate over {len(test_words)} words:", rates)
     assert rates["train"] > 0.1
@@ -358,7 +355,7 @@ def test_books_bigram_from_symspellpy_and_the_transcripts_over_it() -> None:
     the books know pairs the transcripts never saw."""
     tok = Tokenizer()
     train = WordLM.from_texts(["the united states of america", "the old man"], order=2)
-    vocab = vocabulary_lm("train+wordfreq:3000", 0.5, tok, lambda: train, books=False)
+    vocab = vocabulary_lm("train+wordfreq:3000", 0.5, tok, lambda: train)
     books = books_bigram(vocab)
     assert books.order == 2 and books.log_probs == vocab.log_probs
     assert len(books.contexts) > 1000 and "states" in books.contexts["united"][1]
@@ -367,7 +364,7 @@ def test_books_bigram_from_symspellpy_and_the_transcripts_over_it() -> None:
     assert math.isclose(sum(seen.values()), BOOKS_MASS, rel_tol=1e-5) and math.isclose(
         math.exp(backoff), 1 - BOOKS_MASS
     )
-    stacked = vocabulary_lm("train+wordfreq:3000", 0.5, tok, lambda: train, books=True)
+    stacked = vocabulary_lm("train+wordfreq:3000", 0.5, tok, lambda: train, ("books",))
     assert stacked == train.mix(wordfreq_lm(3000, tok), 0.5).over(books)
     for model in (books, stacked):
         for prev in (SENTENCE_START, "the", "united", "of", "old", "nowhere"):

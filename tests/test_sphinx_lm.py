@@ -179,3 +179,50 @@ def test_pocketsphinx_files_match_pocketsphinx_scores(name: str) -> None:
         v, w = lm.pairs[r]
         got = oracle.prob([lm.words[w], lm.words[v]]) * UNIT  # word first, then its history
         assert abs(got - lm.pair_logprob[r]) <= 1.01 * UNIT, (lm.words[v], lm.words[w])
+
+
+def test_sphinx_pairs_as_a_bigram_source(tmp_path: Path, monkeypatch) -> None:
+    """bigrams "sphinx": a listed pair keeps the file's P(w | v), the rest of v's mass goes to
+    the unigram, so every context sums to 1; "train+sphinx" puts the transcripts' pairs over
+    it; the sources' order is fixed."""
+    from asrkd import lexicon
+    from asrkd.config import ConfigError, parse_bigrams
+    from asrkd.lexicon import WordLM, config_lm, sphinx_bigram
+
+    path = tmp_path / "lm.bin"
+    write_sphinx_lm(path, UNIGRAMS, BIGRAMS)
+    read = lexicon._sphinx_pairs.__wrapped__  # uncached
+    monkeypatch.setattr(lexicon, "_sphinx_pairs", lambda: read(path))
+    unigram = WordLM.from_counts({"mad": 5, "red": 3, "rad": 2})
+    lm = sphinx_bigram(unigram)
+    listed = 10**-0.2 + 10**-3.0  # MAD RAD, MAD RED: both in the vocabulary
+    p_rad = 10**-0.2 + (1 - listed) * 0.2
+    assert math.isclose(math.exp(lm.score("mad", "rad")), p_rad, rel_tol=1e-5)
+    assert math.isclose(math.exp(lm.score("mad", "mad")), (1 - listed) * 0.5, rel_tol=1e-5)
+    p_mad = 10**-0.4 + (1 - 10**-0.4) * 0.5
+    assert math.isclose(math.exp(lm.score(SENTENCE_START, "mad")), p_mad, rel_tol=1e-5)
+    for v in (SENTENCE_START, "mad", "red"):
+        total = sum(math.exp(lm.score(v, w)) for w in unigram.log_probs)
+        assert math.isclose(total, 1.0, rel_tol=1e-5)
+    assert "red" not in lm.contexts  # RED </s> only: the unigram's, as a context never listed
+
+    train = WordLM.from_texts(["mad red", "red mad", "mad rad"], order=2)
+    cfg = EvalConfig(decoder="lexicon", lm_order=2, bigrams="train+sphinx")
+    both = config_lm(cfg, Tokenizer(), lambda order: train)
+    expected = train.over(sphinx_bigram(train))
+    for v in (SENTENCE_START, "mad", "red", "rad"):
+        for w in ("mad", "red", "rad"):
+            assert math.isclose(both.score(v, w), expected.score(v, w))
+    assert parse_bigrams("train+books+sphinx") == ("train", "books", "sphinx")
+    with pytest.raises(ConfigError, match="in that order"):
+        EvalConfig(lm_order=2, bigrams="sphinx+train")
+
+
+def test_pocketsphinx_english_pairs() -> None:
+    pytest.importorskip("pocketsphinx")
+    from asrkd.lexicon import _sphinx_pairs
+
+    pairs = {(v, w): p for v, w, p in _sphinx_pairs()}
+    assert len(pairs) > 1_900_000
+    assert math.isclose(pairs["of", "the"], 10**-0.6986, rel_tol=1e-3)
+    assert (SENTENCE_START, "the") in pairs and not any(w.startswith("<") for _, w in pairs)

@@ -56,14 +56,19 @@ def parse_vocabulary(spec: str) -> tuple[bool, int]:
     return use_train, n_wordfreq
 
 
-BIGRAM_SOURCES = ("train", "books")  # asrkd.lexicon: the transcripts', the books' word pairs
+BIGRAM_SOURCES = ("train", "books", "sphinx")  # asrkd.lexicon: whose word pairs
 
 
 def parse_bigrams(spec: str) -> tuple[str, ...]:
-    """A bigram spec ("train", "books" or "train+books") -> its sources (asrkd.lexicon)."""
+    """A bigram spec ("train", "books", "sphinx", or some of them joined by "+" in that
+    order, e.g. "train+books+sphinx") -> its sources (asrkd.lexicon)."""
     parts = tuple(spec.split("+"))
-    if not set(parts) <= set(BIGRAM_SOURCES) or len(set(parts)) != len(parts):
-        raise ConfigError(f"bigrams={spec!r}: expected 'train', 'books' or 'train+books'")
+    ordered = tuple(s for s in BIGRAM_SOURCES if s in parts)
+    if not set(parts) <= set(BIGRAM_SOURCES) or parts != ordered:
+        raise ConfigError(
+            f"bigrams={spec!r}: expected some of 'train', 'books', 'sphinx' joined by '+' in "
+            "that order (e.g. 'train+books')"
+        )
     return parts
 
 
@@ -536,8 +541,9 @@ class EvalConfig:
     # 1: unigram; 2: bigram, backing off to the unigram
     lm_order: int = 1
     # the bigram's word pairs: "train", the transcripts'; "books", English books' (242k frequent
-    # pairs from Google Books, shipped by the symspellpy package); "train+books", the
-    # transcripts' interpolated over the books' (asrkd.lexicon)
+    # pairs from Google Books, shipped by the symspellpy package); "sphinx", CMU Sphinx's US
+    # English LM's (2 M pairs, shipped by pocketsphinx); joined by "+" ("train+books"), each
+    # interpolated over the next (asrkd.lexicon)
     bigrams: str = "train"
     # a token is tried at a frame only where its log-probability is above this (CTC's peaky
     # outputs: real speech, -5 halves the search's cost of -10 at the same WER)

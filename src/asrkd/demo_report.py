@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from asrkd import __version__
-from asrkd.config import DemoConfig, EvalConfig, to_dict
+from asrkd.config import DemoConfig, EvalConfig, parse_bigrams, to_dict
 from asrkd.distill.pseudo_labels import LEFT_OUT_FILE
 
 # The targets the demo is judged by (our source: 25 % lower WER at 40 % less memory).
@@ -580,12 +580,13 @@ def decoding_text(cfg: DemoConfig, rows: list[dict]) -> str:
             f"`{cfg.eval.arpa}` with its {order} (weight {cfg.eval.lm_weight:g}, word bonus "
             f"{cfg.eval.word_bonus:g}; the same decoder for every model)"
         )
-    pairs = {
-        "train": "word pairs of the student's own transcripts, backing off to the unigram",
-        "books": "English books' word pairs (Google Books, symspellpy), backing off to the unigram",
-        "train+books": "word pairs of the student's own transcripts over English books' "
-        "(Google Books, symspellpy), over the unigram",
-    }[cfg.eval.bigrams]
+    sources = {
+        "train": "the student's own transcripts",
+        "books": "English books (Google Books, symspellpy)",
+        "sphinx": "CMU Sphinx's US English LM (pocketsphinx)",
+    }
+    pairs = " over ".join(sources[s] for s in parse_bigrams(cfg.eval.bigrams))
+    pairs = f"word pairs of {pairs}, backing off to the unigram"
     lm = f"bigram LM ({pairs})" if cfg.eval.lm_order == 2 else "unigram LM"
     return (
         f"a lexicon beam search (beam {cfg.eval.beam}{prune}) over {words} with a {lm} "

@@ -190,6 +190,7 @@ def clear_caches() -> None:
     (each is read once per process, for the next decoder built; a decoder built keeps what it
     uses): ~45 MB after building the real-speech recipe's decoder."""
     _books_pairs.cache_clear()
+    _sphinx_pairs.cache_clear()
     _read_arpa.cache_clear()
     wordfreq = sys.modules.get("wordfreq")
     for name in ("get_frequency_dict", "get_frequency_list", "top_n_list"):
@@ -253,6 +254,65 @@ def _books_pairs() -> tuple[tuple[str, str, float], ...]:
             if len(words) == 2:
                 pairs.append((normalize_text(words[0]), normalize_text(words[1]), float(count)))
     return tuple(pairs)
+
+
+SPHINX_LM = "pocketsphinx/model/en-us/en-us.lm.bin"  # in pocketsphinx's wheel
+
+
+@functools.cache
+def _sphinx_pairs(path: Path | None = None) -> tuple[tuple[str, str, float], ...]:
+    """(previous word, word, P(word | previous)) of CMU Sphinx's US English LM as pocketsphinx
+    ships it (SPHINX_LM; or of the Sphinx LM file `path`), words normalised like transcripts,
+    <s> as SENTENCE_START, other <...> tokens left out; a context spelt two ways keeps its
+    first spelling's pairs. Read once per process."""
+    from asrkd import sphinx_lm
+
+    if path is None:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        try:
+            package = distribution("pocketsphinx")
+        except PackageNotFoundError as err:
+            raise ImportError(
+                "bigrams with sphinx need the pocketsphinx package: pip install 'asrkd[sphinx]'"
+            ) from err
+        path = Path(package.locate_file(SPHINX_LM))
+        if not path.is_file():
+            raise ImportError(f"pocketsphinx {package.version} does not ship {SPHINX_LM}")
+    lm = sphinx_lm.read_sphinx_lm(path)
+    names = []
+    for raw in lm.words:
+        word = "" if raw.startswith("<") else normalize_text(raw)
+        names.append(SENTENCE_START if raw == "<s>" else "" if " " in word else word)
+    first: dict[str, int] = {}  # normalised word -> the id of its first spelling
+    for i, name in enumerate(names):
+        if name:
+            first.setdefault(name, i)
+    return tuple(
+        (names[v], names[w], 10.0**p)
+        for (v, w), p in zip(lm.pairs.tolist(), lm.pair_logprob.tolist())
+        if names[w] and names[v] and first[names[v]] == v
+    )
+
+
+def sphinx_bigram(unigram: WordLM) -> WordLM:
+    """`unigram` with the bigram contexts of CMU Sphinx's US English LM (_sphinx_pairs),
+    restricted to the unigram's vocabulary: a listed pair keeps its P(w | v), the mass left
+    (1 - the listed pairs' P in the vocabulary) goes to the unigram:
+    P(w | v) = P_sphinx(w | v) [listed] + (1 - S_v) P(w), S_v = sum of the listed P(. | v)."""
+    after: dict[str, dict[str, float]] = {}
+    for prev, word, p in _sphinx_pairs():
+        if word in unigram.log_probs and (prev == SENTENCE_START or prev in unigram.log_probs):
+            seen = after.setdefault(prev, {})
+            seen[word] = seen.get(word, 0.0) + p
+    contexts = {}
+    for prev, seen in sorted(after.items()):
+        rest = 1.0 - sum(seen.values())
+        if rest <= 1e-9:  # every word it allows is listed: keep a sliver for the others
+            seen = {w: p * (1 - 1e-6) / (1 - rest) for w, p in seen.items()}
+            rest = 1e-6
+        contexts[prev] = (math.log(rest), {w: float(f"{p:.6g}") for w, p in sorted(seen.items())})
+    return WordLM(unigram.log_probs, contexts)
 
 
 def books_bigram(unigram: WordLM) -> WordLM:
@@ -403,18 +463,23 @@ def vocabulary_lm(
     wordfreq_weight: float,
     tokenizer: Tokenizer,
     train_lm: Callable[[], WordLM],
-    books: bool,
+    general: tuple[str, ...] = (),
 ) -> WordLM:
     """The LM a vocabulary spec names ("train", "wordfreq:N", "train+wordfreq:N"): its unigram,
     and the transcripts' bigram where train_lm() has one (train_lm() gives the transcripts' LM
-    and is only called when the spec uses it); with `books`, the books' bigram under it."""
+    and is only called when the spec uses it); under it the general bigrams `general` names
+    ("books", "sphinx"), the books' over Sphinx's where both."""
     use_train, n_wordfreq = parse_vocabulary(vocabulary)
     if not n_wordfreq:
         lm = train_lm()
     else:
-        general = wordfreq_lm(n_wordfreq, tokenizer)
-        lm = train_lm().mix(general, wordfreq_weight) if use_train else general
-    return lm.over(books_bigram(lm)) if books else lm
+        words = wordfreq_lm(n_wordfreq, tokenizer)
+        lm = train_lm().mix(words, wordfreq_weight) if use_train else words
+    lower = sphinx_bigram(lm) if "sphinx" in general else None
+    if "books" in general:
+        books = books_bigram(lm)
+        lower = books if lower is None else books.over(lower)
+    return lm if lower is None else lm.over(lower)
 
 
 def vocabulary_label(cfg: EvalConfig | ExportConfig) -> str:
@@ -429,9 +494,13 @@ def config_lm(cfg: EvalConfig | ExportConfig, tokenizer: Tokenizer, train_lm) ->
     if cfg.arpa:
         return arpa_lm(cfg.arpa, cfg.lm_order, tokenizer)
     order = transcript_order(cfg.lm_order, cfg.bigrams)
-    books = cfg.lm_order == 2 and "books" in parse_bigrams(cfg.bigrams)
+    general = tuple(s for s in parse_bigrams(cfg.bigrams) if s != "train")
     return vocabulary_lm(
-        cfg.vocabulary, cfg.wordfreq_weight, tokenizer, lambda: train_lm(order), books
+        cfg.vocabulary,
+        cfg.wordfreq_weight,
+        tokenizer,
+        lambda: train_lm(order),
+        general if cfg.lm_order == 2 else (),
     )
 
 
@@ -473,9 +542,7 @@ def stored_lm(cfg: EvalConfig, lexicon: LexiconDecoder, model_path: str | Path) 
     if lexicon.vocabulary == vocabulary_label(cfg) and same_bigram:
         return lm
     if lexicon.vocabulary == "train" and same_bigram and cfg.bigrams == "train":
-        return vocabulary_lm(
-            cfg.vocabulary, cfg.wordfreq_weight, lexicon.tokenizer, lambda: lm, books=False
-        )
+        return vocabulary_lm(cfg.vocabulary, cfg.wordfreq_weight, lexicon.tokenizer, lambda: lm)
     raise ConfigError(
         f"{model_path} carries a lexicon of vocabulary {lexicon.vocabulary!r}, LM order "
         f"{lm.order}, bigrams {lexicon.bigrams!r}; eval.vocabulary={cfg.vocabulary!r}, "
