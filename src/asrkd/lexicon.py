@@ -18,8 +18,13 @@ Bigram (`lm_order` 2, in `eval` and `export`), from the word pairs `bigrams` nam
   count of (v, w) relative to the listed pairs after v and m = BOOKS_MASS. The list is cut at a
   count, so Witten-Bell's λ_v (which trusts large counts fully) would leave almost nothing for
   the pairs it lacks; a fixed share does not (m chosen on dev speakers, docs/benchmarks.md).
-- "train+books": the transcripts' Witten-Bell bigram interpolated over the books' bigram instead
-  of the unigram (WordLM.over): in-domain pairs first, then general English pairs, then P(w).
+- "sphinx": the word pairs of CMU Sphinx's US English LM as pocketsphinx ships it (SPHINX_LM,
+  read by asrkd.sphinx_lm: 2.05 M pairs, 1.94 M of them within train+wordfreq:50000), kept where
+  both words are in the vocabulary: P(w | v) = P_sphinx(w | v) for a listed pair, plus
+  (1 - S_v) P(w) for every word, S_v the listed pairs' mass (sphinx_bigram).
+- Sources joined by "+" in that order ("train+books", "train+sphinx", "train+books+sphinx"): each
+  interpolated over the next instead of over the unigram (WordLM.over): in-domain pairs first,
+  then general English pairs, then P(w).
 The look-ahead inside a word stays the unigram's (the usual approximation).
 
 Vocabulary (`eval.vocabulary`, `export`'s `vocabulary`): "train", the words of a transcript
