@@ -191,8 +191,7 @@ def test_sphinx_pairs_as_a_bigram_source(tmp_path: Path, monkeypatch) -> None:
 
     path = tmp_path / "lm.bin"
     write_sphinx_lm(path, UNIGRAMS, BIGRAMS)
-    read = lexicon._sphinx_pairs.__wrapped__  # uncached
-    monkeypatch.setattr(lexicon, "_sphinx_pairs", lambda: read(path))
+    monkeypatch.setattr(lexicon, "_sphinx_pairs", lambda: lexicon.sphinx_pairs(path))
     unigram = WordLM.from_counts({"mad": 5, "red": 3, "rad": 2})
     lm = sphinx_bigram(unigram)
     listed = 10**-0.2 + 10**-3.0  # MAD RAD, MAD RED: both in the vocabulary

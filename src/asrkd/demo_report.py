@@ -585,8 +585,8 @@ def decoding_text(cfg: DemoConfig, rows: list[dict]) -> str:
         "books": "English books (Google Books, symspellpy)",
         "sphinx": "CMU Sphinx's US English LM (pocketsphinx)",
     }
-    pairs = " over ".join(sources[s] for s in parse_bigrams(cfg.eval.bigrams))
-    pairs = f"word pairs of {pairs}, backing off to the unigram"
+    chain = " over ".join(sources[s] for s in parse_bigrams(cfg.eval.bigrams))
+    pairs = f"word pairs of {chain}, backing off to the unigram"
     lm = f"bigram LM ({pairs})" if cfg.eval.lm_order == 2 else "unigram LM"
     return (
         f"a lexicon beam search (beam {cfg.eval.beam}{prune}) over {words} with a {lm} "

@@ -94,6 +94,7 @@ from asrkd.config import (
 from asrkd.data.dataset import cut_text, load_cuts, split_by_speaker
 from asrkd.data.text import WORD_START, BpeTokenizer, Tokenizer, normalize_text, word_counts
 from asrkd.data.validate import DataError
+from asrkd.sphinx_lm import is_sphinx_lm, read_sphinx_lm
 
 NEG_INF = float("-inf")
 
@@ -236,22 +237,30 @@ def wordfreq_lm(n_words: int, tokenizer: Tokenizer) -> WordLM:
     return WordLM.from_counts(counts)
 
 
+def _shipped_file(package: str, relative: str, source: str, extra: str) -> Path:
+    """The file at `relative` inside the installed `package` (a data file it ships, only read);
+    ImportError naming the bigram `source` and asrkd's `extra` when the package or the file is
+    not there."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution(package)
+    except PackageNotFoundError as err:
+        raise ImportError(
+            f"bigrams with {source} need the {package} package: pip install 'asrkd[{extra}]'"
+        ) from err
+    path = Path(dist.locate_file(relative))
+    if not path.is_file():
+        raise ImportError(f"{package} {dist.version} does not ship {relative}")
+    return path
+
+
 @functools.cache
 def _books_pairs() -> tuple[tuple[str, str, float], ...]:
     """(previous word, word, count) of the English books' word pairs symspellpy ships
     (BOOKS_PAIRS), normalised like transcripts; read once per process (every evaluated model
     and its timing build the same LM)."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    try:
-        package = distribution("symspellpy")
-    except PackageNotFoundError as err:
-        raise ImportError(
-            "bigrams with books need the symspellpy package: pip install 'asrkd[lexicon]'"
-        ) from err
-    path = Path(package.locate_file(BOOKS_PAIRS))
-    if not path.is_file():
-        raise ImportError(f"symspellpy {package.version} does not ship {BOOKS_PAIRS}")
+    path = _shipped_file("symspellpy", BOOKS_PAIRS, "books", "lexicon")
     pairs = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -265,26 +274,17 @@ SPHINX_LM = "pocketsphinx/model/en-us/en-us.lm.bin"  # in pocketsphinx's wheel
 
 
 @functools.cache
-def _sphinx_pairs(path: Path | None = None) -> tuple[tuple[str, str, float], ...]:
-    """(previous word, word, P(word | previous)) of CMU Sphinx's US English LM as pocketsphinx
-    ships it (SPHINX_LM; or of the Sphinx LM file `path`), words normalised like transcripts,
-    <s> as SENTENCE_START, other <...> tokens left out; a context spelt two ways keeps its
-    first spelling's pairs. Read once per process."""
-    from asrkd import sphinx_lm
+def _sphinx_pairs() -> tuple[tuple[str, str, float], ...]:
+    """sphinx_pairs of CMU Sphinx's US English LM as pocketsphinx ships it (SPHINX_LM); read
+    once per process."""
+    return sphinx_pairs(_shipped_file("pocketsphinx", SPHINX_LM, "sphinx", "sphinx"))
 
-    if path is None:
-        from importlib.metadata import PackageNotFoundError, distribution
 
-        try:
-            package = distribution("pocketsphinx")
-        except PackageNotFoundError as err:
-            raise ImportError(
-                "bigrams with sphinx need the pocketsphinx package: pip install 'asrkd[sphinx]'"
-            ) from err
-        path = Path(package.locate_file(SPHINX_LM))
-        if not path.is_file():
-            raise ImportError(f"pocketsphinx {package.version} does not ship {SPHINX_LM}")
-    lm = sphinx_lm.read_sphinx_lm(path)
+def sphinx_pairs(path: Path) -> tuple[tuple[str, str, float], ...]:
+    """(previous word, word, P(word | previous)) of a Sphinx LM file's word pairs, words
+    normalised like transcripts, <s> as SENTENCE_START, other <...> tokens left out; a context
+    spelt two ways keeps its first spelling's pairs."""
+    lm = read_sphinx_lm(path)
     names = []
     for raw in lm.words:
         word = "" if raw.startswith("<") else normalize_text(raw)
@@ -367,10 +367,8 @@ def _read_arpa(
 
 def _parse_arpa(path: Path, order: int, chars: frozenset[str]) -> WordLM:
     """arpa_lm's reading, uncached: an ARPA text file, or a Sphinx binary one (asrkd.sphinx_lm)."""
-    from asrkd import sphinx_lm
-
-    if sphinx_lm.is_sphinx_lm(path):
-        entries = sphinx_lm.read_sphinx_lm(path).entries(order)
+    if is_sphinx_lm(path):
+        entries = read_sphinx_lm(path).entries(order)
     else:
         entries = _arpa_entries(path, order)
     return _lm_of_entries(path, entries, order, chars)
