@@ -1,6 +1,6 @@
 """The flashlight-text engine of the lexicon search (the fast path) against asrkd's Python
 search (the reference): the KenLM copy of the word LM scores as WordLM does, both engines read
-the same text from the same log-probs, the end of an utterance is finished alike, and the
+the same text from the same log-probs (bigram and trigram LMs), the end of an utterance is finished alike, and the
 engine is a config choice recorded in the decoding tag."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from asrkd.config import ConfigError, EvalConfig
 from asrkd.data.text import Tokenizer, train_bpe
-from asrkd.lexicon import SENTENCE_START, LexiconDecoder, WordLM, eval_decoder
+from asrkd.lexicon import SENTENCE_START, LexiconDecoder, WordLM, WordTriples, eval_decoder
 from asrkd.lexicon_flashlight import LN10, FlashlightSearch
 
 TEXTS = [
@@ -61,9 +61,35 @@ def noisy(tok: Tokenizer, text: str, rng: np.random.Generator, noise: float) -> 
     return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
 
 
-def test_both_engines_read_the_same_text() -> None:
+def with_triples(lm: WordLM, texts: list[str], share: float = 0.6) -> WordLM:
+    """`lm` with the word triples of `texts` (the sentence start as a context): each context's
+    triples take `share` of its mass by their counts, the bigram the rest (WordTriples)."""
+    words = tuple(lm.log_probs)
+    ids = {w: i for i, w in enumerate((*words, SENTENCE_START))}
+    counts: dict[tuple[int, int, int], int] = {}
+    for text in texts:
+        seq = [SENTENCE_START, *text.split()]
+        for u, v, w in zip(seq, seq[1:], seq[2:]):
+            key = (ids[u], ids[v], ids[w])
+            counts[key] = counts.get(key, 0) + 1
+    totals: dict[tuple[int, int], int] = {}
+    for (u, v, _), c in counts.items():
+        totals[u, v] = totals.get((u, v), 0) + c
+    rows = np.array(list(counts), dtype=np.int64)
+    shares = np.array([share * c / totals[u, v] for (u, v, _), c in counts.items()])
+    contexts = {k: math.log(1 - share) for k in totals}
+    return WordLM(lm.log_probs, lm.contexts, WordTriples.from_arrays(words, rows, shares, contexts))
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_both_engines_read_the_same_text(order: int) -> None:
     tok = Tokenizer()
     lm = WordLM.from_texts(TEXTS, 2)
+    if order == 3:
+        lm = with_triples(lm, TEXTS)
+        assert lm.order == 3 and math.isclose(
+            sum(math.exp(lm.next_score(("the", "cat"), w)) for w in lm.log_probs), 1.0
+        )
     rng, words = np.random.default_rng(0), sorted(lm.log_probs)
     py = LexiconDecoder(tok, lm, 16, 0.7, 1.5, prune=-5.0, engine="python")
     fl = LexiconDecoder(tok, lm, 16, 0.7, 1.5, prune=-5.0, engine="flashlight")

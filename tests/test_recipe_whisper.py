@@ -94,7 +94,8 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
     targets = report.split("## Targets")[1].split("##")[0]
     assert targets.count("95 % interval over the test utterances [") == 4, targets
     pairs = "word pairs of the student's own transcripts over CMU Sphinx's US English LM"
-    assert f"bigram LM ({pairs} (pocketsphinx), backing off to the unigram)" in report
+    triples = "trigram LM (CMU Sphinx's US English word triples over a bigram of the"
+    assert f"{triples} {pairs} (pocketsphinx), backing off to the unigram)" in report
     # the RTF of a student row is its network and its lexicon decoder
     assert "its decoder takes" in report and rows[f"full-{student}-init"]["decoder_rtf"] > 0
     assert "the lexicon beam search, flashlight-text's C++ search)" in report  # the recipe's

@@ -74,33 +74,44 @@ def parse_bigrams(spec: str) -> tuple[str, ...]:
 
 def transcript_order(lm_order: int, bigrams: str) -> int:
     """The order of the transcripts' own LM: 2 where the bigram counts their word pairs."""
-    return 2 if lm_order == 2 and "train" in parse_bigrams(bigrams) else 1
+    return 2 if lm_order >= 2 and "train" in parse_bigrams(bigrams) else 1
+
+
+LM_ORDERS = {1: "unigram", 2: "bigram", 3: "trigram"}
 
 
 def _check_vocabulary(
-    prefix: str, spec: str, wordfreq_weight: float, lm_order: int, bigrams: str
+    prefix: str, spec: str, wordfreq_weight: float, lm_order: int, bigrams: str, arpa: str
 ) -> None:
     use_train = parse_vocabulary(spec)[0]
     sources = parse_bigrams(bigrams)
     if not 0 < wordfreq_weight < 1:
         raise ConfigError(f"{prefix}wordfreq_weight must lie strictly between 0 and 1")
-    if lm_order not in (1, 2):
-        raise ConfigError(f"{prefix}lm_order={lm_order} is not 1 (unigram) or 2 (bigram)")
+    if lm_order not in LM_ORDERS:
+        raise ConfigError(
+            f"{prefix}lm_order={lm_order} is not 1 (unigram), 2 (bigram) or 3 (trigram)"
+        )
     if lm_order == 1 and bigrams != "train":
         raise ConfigError(f"{prefix}bigrams={bigrams!r} needs {prefix}lm_order=2 (a bigram)")
-    if lm_order == 2 and "train" in sources and not use_train:
+    if lm_order >= 2 and "train" in sources and not use_train:
         raise ConfigError(
-            f"{prefix}lm_order=2 with {prefix}bigrams={bigrams!r} counts word pairs in the "
-            "transcripts: "
+            f"{prefix}lm_order={lm_order} with {prefix}bigrams={bigrams!r} counts word pairs in "
+            "the transcripts: "
             f"{prefix}vocabulary={spec!r} has none ('train' or 'train+wordfreq:N'; or "
             f"{prefix}bigrams=books)"
+        )
+    if lm_order == 3 and not arpa and "sphinx" not in sources:
+        raise ConfigError(
+            f"{prefix}lm_order=3 takes its word triples from CMU Sphinx's LM: "
+            f"{prefix}bigrams={bigrams!r} must include 'sphinx' (e.g. 'train+sphinx'), or "
+            f"{prefix}arpa must name an LM file with 3-grams"
         )
 
 
 def _vocabulary_tag(spec: str, wordfreq_weight: float, lm_order: int, bigrams: str) -> str:
     """'' for the default "train" unigram, else e.g. '-train+wordfreq50000w0.5-bigram' or
-    '...-bigram-train+books' (file-name safe)."""
-    order = "-bigram" if lm_order == 2 else ""
+    '...-bigram-train+books', '...-trigram-train+sphinx' (file-name safe)."""
+    order = f"-{LM_ORDERS[lm_order]}" if lm_order >= 2 else ""
     if bigrams != "train":
         order += f"-{bigrams}"
     if spec == "train":
@@ -521,7 +532,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     """How `asrkd evaluate` decodes and measures. decoder "greedy" is CTC best path; "lexicon"
-    is a beam search restricted to the words of `vocabulary` with a unigram or bigram LM
+    is a beam search restricted to the words of `vocabulary` with a unigram, bigram or trigram LM
     (`lm_order`, `bigrams`; asrkd.lexicon): "train" takes the transcripts of `lexicon_cuts` (a
     cut manifest; empty: the lexicon an exported file carries, else the model's own training
     manifest, named in its checkpoint); "wordfreq:N" the N most frequent English words of the
@@ -538,7 +549,8 @@ class EvalConfig:
     word_bonus: float = 1.0
     vocabulary: str = "train"
     wordfreq_weight: float = 0.5  # lambda of the "train+wordfreq:N" interpolation
-    # 1: unigram; 2: bigram, backing off to the unigram
+    # 1: unigram; 2: bigram, backing off to the unigram; 3: trigram, CMU Sphinx's word triples
+    # (1.6 M, shipped by pocketsphinx; `bigrams` must include "sphinx") over the bigram
     lm_order: int = 1
     # the bigram's word pairs: "train", the transcripts'; "books", English books' (242k frequent
     # pairs from Google Books, shipped by the symspellpy package); "sphinx", CMU Sphinx's US
@@ -556,8 +568,8 @@ class EvalConfig:
     blank_penalty: float = 0.0
     # a word LM in ARPA format (KenLM's lmplz, SRILM; .arpa or .arpa.gz), or a CMU Sphinx binary
     # one (.lm.bin, e.g. pocketsphinx's model/en-us/en-us.lm.bin; asrkd.sphinx_lm): its words are
-    # the vocabulary and its 1-grams (and, for lm_order=2, its 2-grams with their back-offs) the
-    # LM, in place of `vocabulary` and `bigrams`; higher orders are not read
+    # the vocabulary and its 1-grams (and, for lm_order 2 or 3, its 2-grams and 3-grams with
+    # their back-offs) the LM, in place of `vocabulary` and `bigrams`; higher orders are not read
     arpa: str = ""
     # "flashlight" (C++, several times faster, a fraction of the memory) or "python" (the
     # reference search); BPE tokenizers are searched by the Python engine either way
@@ -578,7 +590,7 @@ class EvalConfig:
         _check_token_prune("eval.", self.token_prune)
         _check_blank_penalty("eval.", self.blank_penalty)
         _check_vocabulary(
-            "eval.", self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams
+            "eval.", self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams, self.arpa
         )
 
     @property
@@ -964,7 +976,9 @@ class ExportConfig:
             raise ConfigError("beam must be at least 1")
         _check_token_prune("", self.token_prune)
         _check_blank_penalty("", self.blank_penalty)
-        _check_vocabulary("", self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams)
+        _check_vocabulary(
+            "", self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams, self.arpa
+        )
         mixes_train = self.vocabulary != "train" and parse_vocabulary(self.vocabulary)[0]
         if mixes_train and not self.lexicon_cuts:
             raise ConfigError(

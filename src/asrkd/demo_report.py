@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from asrkd import __version__
-from asrkd.config import DemoConfig, EvalConfig, parse_bigrams, to_dict
+from asrkd.config import LM_ORDERS, DemoConfig, EvalConfig, parse_bigrams, to_dict
 from asrkd.distill.pseudo_labels import LEFT_OUT_FILE
 
 # The targets the demo is judged by (our source: 25 % lower WER at 40 % less memory).
@@ -574,7 +574,7 @@ def decoding_text(cfg: DemoConfig, rows: list[dict]) -> str:
     if cfg.eval.blank_penalty:
         prune += f", blank's log-prob lowered by {cfg.eval.blank_penalty:g}"
     if cfg.eval.arpa:
-        order = "bigram" if cfg.eval.lm_order == 2 else "unigram"
+        order = LM_ORDERS[cfg.eval.lm_order]
         return (
             f"a lexicon beam search (beam {cfg.eval.beam}{prune}) over the words of the ARPA LM "
             f"`{cfg.eval.arpa}` with its {order} (weight {cfg.eval.lm_weight:g}, word bonus "
@@ -588,6 +588,8 @@ def decoding_text(cfg: DemoConfig, rows: list[dict]) -> str:
     chain = " over ".join(sources[s] for s in parse_bigrams(cfg.eval.bigrams))
     pairs = f"word pairs of {chain}, backing off to the unigram"
     lm = f"bigram LM ({pairs})" if cfg.eval.lm_order == 2 else "unigram LM"
+    if cfg.eval.lm_order == 3:
+        lm = f"trigram LM (CMU Sphinx's US English word triples over a bigram of the {pairs})"
     return (
         f"a lexicon beam search (beam {cfg.eval.beam}{prune}) over {words} with a {lm} "
         f"(weight {cfg.eval.lm_weight:g}, word bonus {cfg.eval.word_bonus:g}; "

@@ -1,4 +1,4 @@
-"""Lexicon-constrained CTC prefix beam search with a unigram or bigram word language model.
+"""Lexicon-constrained CTC prefix beam search with a unigram, bigram or trigram word LM.
 
 Greedy CTC decoding spells freely, so a model that gets most letters right still misspells most
 words. This decoder only lets hypotheses spell words of a closed vocabulary and scores each
@@ -25,6 +25,11 @@ Bigram (`lm_order` 2, in `eval` and `export`), from the word pairs `bigrams` nam
 - Sources joined by "+" in that order ("train+books", "train+sphinx", "train+books+sphinx"): each
   interpolated over the next instead of over the unigram (WordLM.over): in-domain pairs first,
   then general English pairs, then P(w).
+Trigram (`lm_order` 3): the word triples of CMU Sphinx's US English LM (1.67 M; 1.62 M within
+train+wordfreq:50000) over the bigram above, which must include "sphinx": a listed triple keeps
+its P(w | u, v), the rest of the context's mass goes to the bigram,
+P(w | u, v) = P_sphinx(w | u, v) [listed] + (1 - S_uv) P(w | v) (sphinx_trigram; the triples are
+numpy arrays, WordTriples). An ARPA file's 3-grams are read alike (arpa_lm).
 The look-ahead inside a word stays the unigram's (the usual approximation).
 
 Vocabulary (`eval.vocabulary`, `export`'s `vocabulary`): "train", the words of a transcript
@@ -104,6 +109,96 @@ BOOKS_PAIRS = "symspellpy/frequency_bigramdictionary_en_243_342.txt"  # in symsp
 BOOKS_MASS = 0.9  # m: the listed pairs' share of P(. | v) (dev: 0.9-0.97 > 0.7 > 0.5)
 
 
+@dataclass(frozen=True, eq=False)
+class WordTriples:
+    """A trigram's listed word triples (u, v, w) over a bigram, as numpy arrays: the 1.6 M
+    triples of CMU Sphinx's LM take ~30 MB so, several hundred MB as Python dicts. C contexts,
+    R triples. P(w | u, v) = seen + exp(backoff) P_bigram(w | v), seen 0 for a word the context
+    does not list; a context (u, v) not listed backs off to P_bigram(w | v) whole.
+
+    words: the vocabulary, word id = position; SENTENCE_START has id len(words) (a context only).
+    context: (C,) int64 keys u * (len(words) + 1) + v, increasing; backoff: (C,) float64 log b.
+    start: (C + 1,) int64: context c's triples are rows start[c]:start[c + 1] of
+    word: (R,) int64 ids, increasing within a context, and seen: (R,) float64."""
+
+    words: tuple[str, ...]
+    context: np.ndarray
+    backoff: np.ndarray
+    start: np.ndarray
+    word: np.ndarray
+    seen: np.ndarray
+
+    @functools.cached_property
+    def ids(self) -> dict[str, int]:
+        """word -> id, SENTENCE_START included."""
+        return {w: i for i, w in enumerate((*self.words, SENTENCE_START))}
+
+    def __len__(self) -> int:
+        return len(self.word)
+
+    def lookup(self, u: str, v: str, w: str) -> tuple[float, float] | None:
+        """(log b(u v), seen(u v w)) for a context the triples list (seen 0.0 where w is not
+        listed after it), else None."""
+        ids, base = self.ids, len(self.words) + 1
+        if u not in ids or v not in ids or w not in ids:
+            return None
+        key = ids[u] * base + ids[v]
+        c = int(np.searchsorted(self.context, key))
+        if c == len(self.context) or self.context[c] != key:
+            return None
+        lo, hi = int(self.start[c]), int(self.start[c + 1])
+        i = lo + int(np.searchsorted(self.word[lo:hi], ids[w]))
+        seen = float(self.seen[i]) if i < hi and self.word[i] == ids[w] else 0.0
+        return float(self.backoff[c]), seen
+
+    def rows(self) -> Iterator[tuple[str, str, float, list[tuple[str, float]]]]:
+        """(u, v, log b(u v), [(w, seen)]) per context, in key order."""
+        words = (*self.words, SENTENCE_START)
+        base = len(self.words) + 1
+        word, seen, start = self.word.tolist(), self.seen.tolist(), self.start.tolist()
+        for c, (key, b) in enumerate(zip(self.context.tolist(), self.backoff.tolist())):
+            lo, hi = start[c], start[c + 1]
+            listed = [(words[i], p) for i, p in zip(word[lo:hi], seen[lo:hi])]
+            yield words[key // base], words[key % base], b, listed
+
+    @classmethod
+    def from_arrays(
+        cls,
+        words: tuple[str, ...],
+        ids: np.ndarray,
+        probs: np.ndarray,
+        contexts: Mapping[tuple[int, int], float] | None = None,
+    ) -> WordTriples:
+        """Triples from (R, 3) word ids (u, v, w; SENTENCE_START = len(words)) and their listed
+        share `probs` (R,) (rows of the same triple add up). contexts: log b(u v) by (u, v)
+        ids; None: each context's rest of the mass, b = 1 - the listed shares (a sliver where
+        they take it all: the listed shares are scaled to leave 1e-6), as sphinx_bigram does."""
+        base = len(words) + 1
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1, 3)
+        keys = (ids[:, 0] * base + ids[:, 1]) * base + ids[:, 2]
+        keys, inverse = np.unique(keys, return_inverse=True)
+        seen = np.bincount(inverse.ravel(), weights=probs, minlength=len(keys))
+        row_context, word = keys // base, keys % base
+        listed_contexts = np.unique(row_context)
+        if contexts is None:
+            context = listed_contexts
+            start = np.searchsorted(row_context, np.append(context, np.iinfo(np.int64).max))
+            mass = np.add.reduceat(seen, start[:-1]) if len(seen) else np.zeros(0)
+            rest = 1.0 - mass
+            full = rest <= 1e-9
+            if full.any():
+                scale = np.repeat(np.where(full, (1 - 1e-6) / mass, 1.0), np.diff(start))
+                seen, rest = seen * scale, np.where(full, 1e-6, rest)
+            backoff = np.log(rest)
+        else:
+            given = np.array([u * base + v for u, v in contexts], dtype=np.int64)
+            context = np.union1d(listed_contexts, given)
+            by_key = dict(zip(given.tolist(), contexts.values()))
+            backoff = np.array([by_key.get(k, 0.0) for k in context.tolist()])
+            start = np.searchsorted(row_context, np.append(context, np.iinfo(np.int64).max))
+        return cls(words, context, backoff, start.astype(np.int64), word, seen)
+
+
 @dataclass(frozen=True)
 class WordLM:
     """Unigram log probabilities of a closed vocabulary (relative frequencies) and, for a
@@ -111,6 +206,7 @@ class WordLM:
 
     log_probs: dict[str, float]
     contexts: dict[str, tuple[float, dict[str, float]]] = field(default_factory=dict)
+    triples: WordTriples | None = None  # a trigram's word triples over the bigram (lm_order 3)
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], order: int = 1) -> WordLM:
@@ -139,7 +235,21 @@ class WordLM:
 
     @property
     def order(self) -> int:
-        return 2 if self.contexts else 1
+        return 3 if self.triples is not None else 2 if self.contexts else 1
+
+    def next_score(self, words: tuple[str, ...], word: str) -> float:
+        """log P(word | the words before it in the utterance), as far back as the LM's order
+        looks: P(w | u, v) = seen(u v w) + b(u v) P(w | v) for a trigram context (u, v) the
+        triples list (u: SENTENCE_START for the second word), else P(w | v)."""
+        prev = words[-1] if words else SENTENCE_START
+        bigram = self.score(prev, word)
+        if self.triples is None or not words:
+            return bigram
+        found = self.triples.lookup(words[-2] if len(words) > 1 else SENTENCE_START, prev, word)
+        if found is None:
+            return bigram
+        backoff, seen = found
+        return math.log(seen + math.exp(backoff + bigram)) if seen else backoff + bigram
 
     def score(self, prev: str, word: str) -> float:
         """log P(word | prev) (prev: the previous word or SENTENCE_START); the unigram's
@@ -155,7 +265,9 @@ class WordLM:
     def over(self, lower: WordLM) -> WordLM:
         """This LM's bigram interpolated over `lower`'s bigram (same vocabulary) instead of over
         the unigram: P(w | v) = λ_v P_ML(w | v) + (1 - λ_v) P_lower(w | v) for the contexts this
-        LM has, P_lower elsewhere. Normalised when both are."""
+        LM has, P_lower elsewhere. Normalised when both are. Bigrams only (triples come last)."""
+        if self.triples is not None or lower.triples is not None:
+            raise ValueError("WordLM.over joins bigrams: add the triples after (sphinx_trigram)")
         contexts = dict(lower.contexts)
         for prev, (backoff, seen) in self.contexts.items():
             low_backoff, low_seen = lower.contexts.get(prev, (0.0, {}))
@@ -175,13 +287,18 @@ class WordLM:
     def mix(self, other: WordLM, weight: float) -> WordLM:
         """Linear interpolation (1 - weight) * self + weight * other of the unigrams over both
         vocabularies; self's bigram contexts are kept and back off to the mixed unigram."""
+        if self.triples is not None:
+            raise ValueError("WordLM.mix mixes unigrams: add the triples after (sphinx_trigram)")
         probs = {w: (1 - weight) * math.exp(lp) for w, lp in self.log_probs.items()}
         for w, lp in other.log_probs.items():
             probs[w] = probs.get(w, 0.0) + weight * math.exp(lp)
         return WordLM({w: math.log(p) for w, p in sorted(probs.items())}, self.contexts)
 
     def to_json(self) -> dict:
-        """{"log_probs", "contexts"} for a file's metadata (from_json reads it back)."""
+        """{"log_probs", "contexts"} for a file's metadata (from_json reads it back); a
+        trigram's triples travel as ARPA text only (ArpaSource)."""
+        if self.triples is not None:
+            raise ValueError("a trigram LM is stored as ARPA text (ArpaSource), not as JSON")
         contexts = {v: [b, seen] for v, (b, seen) in self.contexts.items()}
         return {"log_probs": self.log_probs, "contexts": contexts}
 
@@ -197,6 +314,7 @@ def clear_caches() -> None:
     uses): ~45 MB after building the real-speech recipe's decoder."""
     _books_pairs.cache_clear()
     _sphinx_pairs.cache_clear()
+    _sphinx_triples.cache_clear()
     _read_arpa.cache_clear()
     wordfreq = sys.modules.get("wordfreq")
     for name in ("get_frequency_dict", "get_frequency_list", "top_n_list"):
@@ -280,15 +398,69 @@ def _sphinx_pairs() -> tuple[tuple[str, str, float], ...]:
     return sphinx_pairs(_shipped_file("pocketsphinx", SPHINX_LM, "sphinx", "sphinx"))
 
 
+@functools.cache
+def _sphinx_triples() -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """sphinx_triples of CMU Sphinx's US English LM as pocketsphinx ships it (SPHINX_LM); read
+    once per process."""
+    return sphinx_triples(_shipped_file("pocketsphinx", SPHINX_LM, "sphinx", "sphinx"))
+
+
+def _sphinx_names(words: Iterable[str]) -> list[str]:
+    """A Sphinx LM's words normalised like transcripts: <s> as SENTENCE_START, '' for other
+    <...> tokens and for what normalises to more than one word."""
+    names = []
+    for raw in words:
+        word = "" if raw.startswith("<") else normalize_text(raw)
+        names.append(SENTENCE_START if raw == "<s>" else "" if " " in word else word)
+    return names
+
+
+def sphinx_triples(path: Path) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """(names, ids, P) of a Sphinx LM file's word triples: names, its words normalised
+    (_sphinx_names); ids (R, 3) (u, v, w) into names, with u and v each the first id of its
+    name (a context spelt two ways keeps its first spelling's triples); P (R,) P(w | u, v).
+    A file of order 2 has none (R = 0)."""
+    lm = read_sphinx_lm(path)
+    names = _sphinx_names(lm.words)
+    if lm.order < 3:
+        return tuple(names), np.zeros((0, 3), dtype=np.int64), np.zeros(0)
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name:
+            first.setdefault(name, i)
+    is_first = np.array([bool(n) and first[n] == i for i, n in enumerate(names)])
+    grams = lm.higher[1]
+    ids = grams.ids
+    keep = is_first[ids[:, 0]] & is_first[ids[:, 1]] & np.array([bool(n) for n in names])[ids[:, 2]]
+    return tuple(names), ids[keep].astype(np.int64), 10.0 ** grams.logprob[keep]
+
+
+def sphinx_trigram(lm: WordLM, source: tuple | None = None) -> WordLM:
+    """The bigram `lm` with the word triples of CMU Sphinx's US English LM (_sphinx_triples,
+    or `source`: sphinx_triples of another file) whose three words are in lm's vocabulary (the
+    first may be the sentence start): a listed triple keeps its P(w | u, v), the mass left in
+    its context (1 - the listed triples' P in the vocabulary) goes to the bigram:
+    P(w | u, v) = P_sphinx(w | u, v) [listed] + (1 - S_uv) P_lm(w | v)."""
+    if lm.triples is not None:
+        raise ValueError("this LM has its triples already")
+    names, ids, probs = source if source is not None else _sphinx_triples()
+    words = tuple(lm.log_probs)
+    index = {w: i for i, w in enumerate(words)}
+    index[SENTENCE_START] = len(words)
+    to_vocabulary = np.array([index.get(n, -1) for n in names], dtype=np.int64)
+    mapped = to_vocabulary[ids] if len(ids) else np.zeros((0, 3), dtype=np.int64)
+    word_ids = mapped[:, 1:]
+    keep = (mapped[:, 0] >= 0) & (word_ids >= 0).all(axis=1) & (word_ids < len(words)).all(axis=1)
+    triples = WordTriples.from_arrays(words, mapped[keep], probs[keep])
+    return WordLM(lm.log_probs, lm.contexts, triples)
+
+
 def sphinx_pairs(path: Path) -> tuple[tuple[str, str, float], ...]:
     """(previous word, word, P(word | previous)) of a Sphinx LM file's word pairs, words
     normalised like transcripts, <s> as SENTENCE_START, other <...> tokens left out; a context
     spelt two ways keeps its first spelling's pairs."""
     lm = read_sphinx_lm(path)
-    names = []
-    for raw in lm.words:
-        word = "" if raw.startswith("<") else normalize_text(raw)
-        names.append(SENTENCE_START if raw == "<s>" else "" if " " in word else word)
+    names = _sphinx_names(lm.words)
     first: dict[str, int] = {}  # normalised word -> the id of its first spelling
     for i, name in enumerate(names):
         if name:
@@ -339,7 +511,7 @@ def books_bigram(unigram: WordLM) -> WordLM:
 
 
 def arpa_lm(path: str | Path, order: int, tokenizer: Tokenizer) -> WordLM:
-    """The word LM of an ARPA file (.arpa, or gzipped .arpa.gz), up to `order` (1 or 2).
+    """The word LM of an ARPA file (.arpa, or gzipped .arpa.gz), up to `order` (1, 2 or 3).
 
     Words are normalised like transcripts (normalize_text); <s> is SENTENCE_START; </s>, <unk>
     and words that are not one word spelt with the tokenizer's characters are left out. Spellings
@@ -348,7 +520,8 @@ def arpa_lm(path: str | Path, order: int, tokenizer: Tokenizer) -> WordLM:
     (summing the contexts' pairs would give P(. | v) a mass above 1). The unigram is the 1-grams'
     probabilities; the bigram puts each context's listed 2-grams over its back-off weight b(v):
     P(w | v) is the listed P_arpa(w | v), else b(v) P(w); a listed pair below b(v) P(w) (rare in
-    pruned models) is read as unlisted. Higher-order sections are not read. A file that cannot
+    pruned models) is read as unlisted; 3-grams alike over the bigram (_with_arpa_triples).
+    Higher-order sections are not read. A file that cannot
     be read, a malformed line, or lm_order 2 without 2-grams is a DataError naming the file.
     Read once per process while the file stays the same (every evaluated model builds its LM)."""
     path = Path(path)
@@ -431,34 +604,75 @@ def _lm_of_entries(
             )
         return names[raw]
 
-    has_bigrams = False
+    pair_backoff: dict[tuple[str, str], float] = {}  # (u, v) -> ln b(u v)
+    triples: dict[tuple[str, str, str], float] = {}  # (u, v, w) -> P(w | u, v)
+
+    def first(words: list[str], raws: tuple[str, ...]) -> bool:  # contexts: first spellings
+        return all(backoff.get(w, (0, ""))[1] == r for w, r in zip(words, raws))
+
+    found = set()
     for section, raws, log10_p, bow in entries:
         words = [word(w) for w in raws]
+        found.add(section)
         if section == 1 and words[0]:
             backoff.setdefault(words[0], (bow * ln10, raws[0]))
             if words[0] != SENTENCE_START:
                 unigram[words[0]] = unigram.get(words[0], 0.0) + 10.0**log10_p
-        elif section == 2:
-            has_bigrams = True
-            if all(words) and backoff.get(words[0], (0, ""))[1] == raws[0]:
-                key = (words[0], words[1])  # target spellings that merge: probabilities add
-                pairs[key] = pairs.get(key, 0.0) + 10.0**log10_p
+        elif section == 2 and all(words) and first(words[:1], raws[:1]):
+            key = (words[0], words[1])  # target spellings that merge: probabilities add
+            pairs[key] = pairs.get(key, 0.0) + 10.0**log10_p
+            if bow and first(words, raws):
+                pair_backoff.setdefault(key, bow * ln10)
+        elif section == 3 and all(words) and first(words[:2], raws[:2]):
+            key = (words[0], words[1], words[2])
+            triples[key] = triples.get(key, 0.0) + 10.0**log10_p
     if not unigram:
         raise DataError(f"{path}: no 1-gram spellable with the tokenizer's characters")
-    if order == 2 and not has_bigrams:
-        raise DataError(f"{path}: lm_order=2 but the file has no 2-grams")
+    for n in range(2, order + 1):
+        if n not in found:
+            raise DataError(f"{path}: lm_order={order} but the file has no {n}-grams")
     log_probs = {w: math.log(p) for w, p in sorted(unigram.items()) if p > 0}
     contexts: dict[str, tuple[float, dict[str, float]]] = {}
-    if order == 2:  # every context the file weighs, listed pairs or not
+    if order >= 2:  # every context the file weighs, listed pairs or not
         contexts = {v: (b, {}) for v, (b, _) in sorted(backoff.items()) if b != 0.0}
-    for (prev, w), p in sorted(pairs.items()):
-        if w not in log_probs:
-            continue
-        b = backoff[prev][0]
-        rest = p - math.exp(b + log_probs[w])
-        if rest > 0:
-            contexts.setdefault(prev, (b, {}))[1][w] = float(f"{rest:.6g}")
-    return WordLM(log_probs, contexts)
+        for (prev, w), p in sorted(pairs.items()):
+            if w not in log_probs:
+                continue
+            b = backoff[prev][0]
+            rest = p - math.exp(b + log_probs[w])
+            if rest > 0:
+                contexts.setdefault(prev, (b, {}))[1][w] = float(f"{rest:.6g}")
+    lm = WordLM(log_probs, contexts)
+    return _with_arpa_triples(lm, pair_backoff, triples) if order == 3 else lm
+
+
+def _with_arpa_triples(
+    lm: WordLM,
+    pair_backoff: Mapping[tuple[str, str], float],
+    triples: Mapping[tuple[str, str, str], float],
+) -> WordLM:
+    """The bigram `lm` with an ARPA file's 3-grams in back-off form: P(w | u, v) is the listed
+    P_arpa(w | u, v), else b(u v) P(w | v); a listed triple below b(u v) P(w | v) is read as
+    unlisted (as _lm_of_entries reads pairs)."""
+    words = tuple(lm.log_probs)
+    index = {w: i for i, w in enumerate(words)}
+    index[SENTENCE_START] = len(words)
+
+    def known(u: str, v: str) -> bool:
+        return u in index and v in lm.log_probs
+
+    rows, shares = [], []
+    for (u, v, w), p in sorted(triples.items()):
+        if known(u, v) and w in lm.log_probs:
+            rest = p - math.exp(pair_backoff.get((u, v), 0.0) + lm.score(v, w))
+            if rest > 0:
+                rows.append((index[u], index[v], index[w]))
+                shares.append(float(f"{rest:.6g}"))
+    contexts = {(index[u], index[v]): b for (u, v), b in pair_backoff.items() if known(u, v)}
+    ids = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    return WordLM(
+        lm.log_probs, lm.contexts, WordTriples.from_arrays(words, ids, np.array(shares), contexts)
+    )
 
 
 def vocabulary_lm(
@@ -498,13 +712,14 @@ def config_lm(cfg: EvalConfig | ExportConfig, tokenizer: Tokenizer, train_lm) ->
         return arpa_lm(cfg.arpa, cfg.lm_order, tokenizer)
     order = transcript_order(cfg.lm_order, cfg.bigrams)
     general = tuple(s for s in parse_bigrams(cfg.bigrams) if s != "train")
-    return vocabulary_lm(
+    lm = vocabulary_lm(
         cfg.vocabulary,
         cfg.wordfreq_weight,
         tokenizer,
         lambda: train_lm(order),
-        general if cfg.lm_order == 2 else (),
+        general if cfg.lm_order >= 2 else (),
     )
+    return sphinx_trigram(lm) if cfg.lm_order == 3 else lm
 
 
 def training_manifest(run_config: dict, model_path: str | Path) -> str:
@@ -646,7 +861,7 @@ class ArpaSource:
     """A word LM as the ARPA text write_arpa writes, gzipped and base64-encoded: how an exported
     file carries its decoder's LM (the format KenLM, flashlight and sherpa-onnx read): 6.9 MB
     of text, 3.1 MB packed, for the real-speech recipe's 50k words and their word pairs, whose
-    Python tables take ~100 MB. `order`: the LM's (1 or 2)."""
+    Python tables take ~100 MB. `order`: the LM's (1, 2 or 3)."""
 
     packed: str
     order: int
@@ -701,7 +916,7 @@ class LexiconDecoder:
         blank_penalty: subtracted from blank's log-probability at every frame (EvalConfig)."""
         self.blank, self.blank_penalty = tokenizer.blank_id, blank_penalty
         self.tokenizer, self.vocabulary = tokenizer, vocabulary  # where lm's words came from
-        self.bigrams = bigrams  # where its word pairs came from (lm_order 2)
+        self.bigrams = bigrams  # where its word pairs came from (lm_order 2 or 3)
         self.beam, self.lm_weight, self.word_bonus, self.prune = beam, lm_weight, word_bonus, prune
         self.bpe = isinstance(tokenizer, BpeTokenizer)
         # flashlight searches character tokenizers; BPE pieces always the Python search
@@ -789,9 +1004,9 @@ class LexiconDecoder:
         return self.lm_weight * self._lm.log_probs[word] + self.word_bonus
 
     def _next_score(self, words: tuple[str, ...], word: str) -> float:
-        """The score of `word` completed after `words` (the bigram's, with contexts)."""
-        prev = words[-1] if words else SENTENCE_START
-        return self.lm_weight * self._lm.score(prev, word) + self.word_bonus
+        """The score of `word` completed after `words` (the bigram's or trigram's, with
+        contexts)."""
+        return self.lm_weight * self._lm.next_score(words, word) + self.word_bonus
 
     def _extend(self, hyp: _Hyp, token: int) -> _Hyp | None:
         """The hypothesis after emitting `token`, or None where the lexicon forbids it."""

@@ -6,7 +6,8 @@ completes, the unigram look-ahead inside words) in flashlight-text, the C++ deco
 torchaudio's `ctc_decoder` and wav2letter. On the real-speech recipe it searches ~5x faster at
 the same dev WER (docs/benchmarks.md). How asrkd's search maps onto it:
 - Word LM: the WordLM is written as an ARPA file (the bigram's listed pairs as 2-grams, each
-  context's back-off weight as its 1-gram's back-off: the same P(w | v) to float precision) and
+  context's back-off weight as its 1-gram's back-off; a trigram's triples as 3-grams, their
+  contexts' back-offs on the 2-grams: the same P(w | v) and P(w | u, v) to float precision) and
   read by KenLM; an exported file carries that ARPA text, which KenLM reads as it is. KenLM scores in log10: lm_weight is scaled by ln 10 to weigh ln P as asrkd does.
   asrkd's LM has no end-of-sentence event: </s> gets probability 1 after every context.
 - Lexicon: each word spelt with the tokenizer's characters followed by the space, as the
@@ -33,6 +34,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -55,39 +57,95 @@ def _log10(p: float) -> str:
 
 def write_arpa(lm: WordLM, path: str | Path) -> None:
     """`lm` as an ARPA file KenLM reads: P(w) as 1-grams, each bigram context's back-off weight
-    on its 1-gram, its listed pairs as 2-grams with P(w | v) = seen(w) + b(v) P(w); </s> has
-    probability 1 after every context (asrkd's word LMs do not model the sentence end)."""
-    contexts = lm.contexts
-    lines_2: list[str] = []
-    for prev, (backoff, seen) in contexts.items():
+    on its 1-gram, its listed pairs as 2-grams with P(w | v) = seen(w) + b(v) P(w); a trigram's
+    listed triples as 3-grams with P(w | u, v) = seen(u v w) + b(u v) P(w | v), b(u v) on the
+    2-gram (u, v), which is listed (with its own P(v | u)) wherever it is a context, as is every
+    3-gram's last pair (v, w); </s> has probability 1 after every context (asrkd's word LMs do
+    not model the sentence end). The n-grams are streamed through temporary files: a trigram's
+    millions of lines are never held in memory."""
+    contexts, triples = lm.contexts, lm.triples
+    with tempfile.TemporaryDirectory(prefix="asrkd-arpa-") as folder:
+        body_2, body_3 = Path(folder) / "2-grams", Path(folder) / "3-grams"
+        with open(body_2, "w", encoding="utf-8") as f2, open(body_3, "w", encoding="utf-8") as f3:
+            n_2 = _write_pairs(lm, f2)
+            n_3 = _write_triples(lm, f2, f3) if triples is not None else (0, 0)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"\\data\\\nngram 1={len(lm.log_probs) + 3}\n")
+            f.write(f"ngram 2={n_2 + n_3[0]}\n")
+            if n_3[1]:
+                f.write(f"ngram 3={n_3[1]}\n")
+            f.write("\n\\1-grams:\n")
+            f.write(f"-99\t{UNK}\n0\t{END}\n")
+            start = contexts.get(SENTENCE_START)
+            f.write(
+                f"-99\t{SENTENCE_START}\t{start[0] / LN10:.7g}\n"
+                if start
+                else f"-99\t{SENTENCE_START}\n"
+            )
+            for word, log_p in lm.log_probs.items():
+                backoff = contexts.get(word)
+                bow = f"\t{backoff[0] / LN10:.7g}" if backoff else ""
+                f.write(f"{log_p / LN10:.7g}\t{word}{bow}\n")
+            for name, body in (("2", body_2), ("3", body_3)):
+                if name == "3" and not n_3[1]:
+                    continue
+                f.write(f"\n\\{name}-grams:\n")
+                with open(body, encoding="utf-8") as src:
+                    shutil.copyfileobj(src, f, 1 << 20)
+            f.write("\n\\end\\\n")
+
+
+def _write_pairs(lm: WordLM, f) -> int:
+    """write_arpa's 2-gram lines of the bigram's listed pairs (with the trigram contexts'
+    back-offs); their number."""
+    triples = lm.triples
+    bows: dict[int, float] = {}  # a trigram context's key -> log10 b(u v)
+    if triples is not None:
+        bows = dict(zip(triples.context.tolist(), (triples.backoff / LN10).tolist()))
+        ids, base = triples.ids, len(triples.words) + 1
+    n = 0
+    for prev, (backoff, seen) in lm.contexts.items():
         if prev != SENTENCE_START and prev not in lm.log_probs:
             continue  # a context no 1-gram names (KenLM needs one): P(. | prev) is never asked
         rest = math.exp(backoff)
+        at = ids[prev] * base if bows else 0
         for word, p in seen.items():
-            lines_2.append(f"{_log10(p + rest * math.exp(lm.log_probs[word]))}\t{prev} {word}")
-        lines_2.append(f"0\t{prev} {END}")
-    if SENTENCE_START not in contexts:  # KenLM reads no model without 2-grams (a unigram)
-        lines_2.append(f"0\t{SENTENCE_START} {END}")
-    with open(path, "w", encoding="utf-8") as f:
-        n_1 = len(lm.log_probs) + 3
-        f.write(f"\\data\\\nngram 1={n_1}\n")
-        f.write(f"ngram 2={len(lines_2)}\n")
-        f.write("\n\\1-grams:\n")
-        f.write(f"-99\t{UNK}\n0\t{END}\n")
-        start = contexts.get(SENTENCE_START)
-        f.write(
-            f"-99\t{SENTENCE_START}\t{start[0] / LN10:.7g}\n"
-            if start
-            else f"-99\t{SENTENCE_START}\n"
-        )
-        for word, log_p in lm.log_probs.items():
-            backoff = contexts.get(word)
-            bow = f"\t{backoff[0] / LN10:.7g}" if backoff else ""
-            f.write(f"{log_p / LN10:.7g}\t{word}{bow}\n")
-        f.write("\n\\2-grams:\n")
-        f.write("\n".join(lines_2))
-        f.write("\n")
-        f.write("\n\\end\\\n")
+            bow = bows.get(at + ids[word]) if bows else None
+            tail = f"\t{bow:.7g}\n" if bow else "\n"
+            f.write(f"{_log10(p + rest * math.exp(lm.log_probs[word]))}\t{prev} {word}{tail}")
+        f.write(f"0\t{prev} {END}\n")
+        n += len(seen) + 1
+    if SENTENCE_START not in lm.contexts:  # KenLM reads no model without 2-grams (a unigram)
+        f.write(f"0\t{SENTENCE_START} {END}\n")
+        n += 1
+    return n
+
+
+def _write_triples(lm: WordLM, f2, f3) -> tuple[int, int]:
+    """write_arpa's 3-gram lines, and the 2-grams they need that the bigram does not list (a
+    context (u, v), with its back-off; a last pair (v, w); v </s>); their numbers."""
+    listed = lm.contexts
+    added: set[tuple[str, str]] = set()
+
+    def pair(v: str, w: str, p: float, bow: float = 0.0) -> int:
+        if w in listed.get(v, (0.0, {}))[1] or (v, w) in added or (w == END and v in listed):
+            return 0
+        added.add((v, w))
+        f2.write(f"{_log10(p)}\t{v} {w}" + (f"\t{bow:.7g}\n" if bow else "\n"))
+        return 1
+
+    n_2 = n_3 = 0
+    for u, v, backoff, after in lm.triples.rows():
+        n_2 += pair(u, v, math.exp(lm.score(u, v)), backoff / LN10)
+        rest = math.exp(backoff)
+        for word, seen in after:
+            lower = math.exp(lm.score(v, word))
+            n_2 += pair(v, word, lower)
+            f3.write(f"{_log10(seen + rest * lower)}\t{u} {v} {word}\n")
+        f3.write(f"0\t{u} {v} {END}\n")
+        n_2 += pair(v, END, 1.0)
+        n_3 += len(after) + 1
+    return n_2, n_3
 
 
 @contextmanager

@@ -5,7 +5,7 @@ pocketsphinx ships such files (its US English LM: model/en-us/en-us.lm.bin, 72,5
 pocketsphinx's only converter to ARPA text (`NGramModel.write(path, "arpa")`) crashes half-way
 on its own English LM (cmusphinx/sphinxbase issue 89; pocketsphinx 5.0.4 and 5.1.1 alike), so
 asrkd reads the binary itself; `eval.arpa` / export's `arpa` take such a file like an ARPA one
-(asrkd.lexicon.arpa_lm). Only the 1- and 2-grams are decoded: the lexicon's LM is a bigram.
+(asrkd.lexicon.arpa_lm), and the lexicon's `sphinx` sources take its word pairs and triples.
 
 Layout (little-endian; sphinxbase's ngram_model_trie.c, lm_trie.c, lm_trie_quant.c):
     "Trie Language Model" (19 bytes), uint8 order, uint32 counts[order]
@@ -18,7 +18,8 @@ Layout (little-endian; sphinxbase's ngram_model_trie.c, lm_trie.c, lm_trie_quant
         probability index (16); byte-rounded, then 8 bytes of slack
     int32 K, then K bytes: the words, NUL-terminated, in id order
 The trie runs backwards: a unigram's children are the words that came before it, so the
-2-gram record under word w with word id v is the pair (v, w). Scores are in logmath units
+2-gram record under word w with word id v is the pair (v, w), and a 3-gram record with word id
+u under that pair's record is the triple (u, v, w). Scores are in logmath units
 (log base 1.0001, pocketsphinx's default; the file does not say): log10 = value * log10(1.0001).
 The header's counts are the sizes the arrays were allocated with; the records really written
 are the parent level's last child pointer (en-us.lm.bin leaves 6 bigram slots empty).
@@ -53,29 +54,51 @@ def is_sphinx_lm(path: str | Path) -> bool:
 
 
 @dataclass(frozen=True)
-class SphinxBigrams:
-    """A Sphinx LM's 1- and 2-grams. N words, P listed pairs.
+class NGrams:
+    """One order n >= 2 of a Sphinx LM: R listed n-grams, in the file's (trie) order.
+
+    ids: (R, n) word ids, first word first (ARPA's order); logprob: (R,) log10 P(last | the
+    others); backoff: (R,) log10 b of the n-gram as a context, zeros at the highest order."""
+
+    ids: np.ndarray
+    logprob: np.ndarray
+    backoff: np.ndarray
+
+
+@dataclass(frozen=True)
+class SphinxLM:
+    """A Sphinx LM's n-grams. N words.
 
     words: N strings, by id. unigram, unigram_backoff: (N,) log10 P(w) and log10 b(w).
-    pairs: (P, 2) word ids (previous word, word); pair_logprob: (P,) log10 P(word | previous).
+    higher: the 2-grams, 3-grams, ... (NGrams), as many as the file's order has.
     """
 
     order: int
     words: tuple[str, ...]
     unigram: np.ndarray
     unigram_backoff: np.ndarray
-    pairs: np.ndarray
-    pair_logprob: np.ndarray
+    higher: tuple[NGrams, ...]
+
+    @property
+    def pairs(self) -> np.ndarray:
+        """(P, 2) word ids (previous word, word) of the listed pairs ((0, 2) for a unigram)."""
+        return self.higher[0].ids if self.higher else np.zeros((0, 2), dtype=np.int64)
+
+    @property
+    def pair_logprob(self) -> np.ndarray:
+        """(P,) log10 P(word | previous)."""
+        return self.higher[0].logprob if self.higher else np.zeros(0)
 
     def entries(self, order: int) -> Iterator[tuple[int, tuple[str, ...], float, float]]:
         """(n, words, log10 P, log10 back-off) as an ARPA file lists them, up to `order`."""
         for word, p, b in zip(self.words, self.unigram.tolist(), self.unigram_backoff.tolist()):
             yield 1, (word,), p, b
-        if order < 2:
-            return
         words = self.words
-        for (v, w), p in zip(self.pairs.tolist(), self.pair_logprob.tolist()):
-            yield 2, (words[v], words[w]), p, 0.0
+        for n, grams in enumerate(self.higher[: max(order - 1, 0)], 2):
+            for ids, p, b in zip(
+                grams.ids.tolist(), grams.logprob.tolist(), grams.backoff.tolist()
+            ):
+                yield n, tuple(words[i] for i in ids), p, b
 
 
 def _bits(max_value: int) -> int:
@@ -99,9 +122,9 @@ def _read_fields(mem: np.ndarray, offsets: np.ndarray, n_bits: int) -> np.ndarra
     return (value >> (offsets & np.uint64(7))) & np.uint64((1 << n_bits) - 1)
 
 
-def read_sphinx_lm(path: str | Path, logbase: float = LOGBASE) -> SphinxBigrams:
-    """The 1- and 2-grams of a Sphinx trie LM file (module docstring); a file that is not one,
-    or is truncated or inconsistent, is a DataError naming it."""
+def read_sphinx_lm(path: str | Path, logbase: float = LOGBASE) -> SphinxLM:
+    """Every n-gram of a Sphinx trie LM file (module docstring); a file that is not one, or is
+    truncated or inconsistent, is a DataError naming it."""
     path = Path(path)
     try:
         buf = path.read_bytes()
@@ -113,7 +136,7 @@ def read_sphinx_lm(path: str | Path, logbase: float = LOGBASE) -> SphinxBigrams:
         raise DataError(f"{path}: not a readable Sphinx trie LM ({err})") from err
 
 
-def _parse(buf: bytes, to_log10: float) -> SphinxBigrams:
+def _parse(buf: bytes, to_log10: float) -> SphinxLM:
     if not buf.startswith(HEADER):
         raise ValueError(f"it does not start with {HEADER.decode()!r}")
     pos = len(HEADER)
@@ -124,45 +147,62 @@ def _parse(buf: bytes, to_log10: float) -> SphinxBigrams:
     counts = [int(c) for c in np.frombuffer(buf, "<u4", order, pos)]
     pos += 4 * order
     table = 1 << QUANT_BITS
-    pair_probs = None
+    probs, backoffs = [], []  # per order 2 .. order: its quantisation tables
     if order > 1:
         pos += 4  # an int32 left from an older quantisation field
-        tables = [
-            np.frombuffer(buf, "<f4", table, pos + 4 * table * i) for i in range(2 * order - 3)
-        ]
-        pos += 4 * table * (2 * order - 3)
-        # per middle order its probabilities, then its back-offs; the highest order's
-        # probabilities last: the 2-grams' probabilities come first either way
-        pair_probs = tables[0]
+        for n in range(2, order + 1):  # middle orders: probabilities, back-offs; the top: probs
+            for kind in (probs, backoffs) if n < order else (probs,):
+                kind.append(np.frombuffer(buf, "<f4", table, pos))
+                pos += 4 * table
     n_words = counts[0]
     unigram_type = np.dtype([("prob", "<f4"), ("backoff", "<f4"), ("child", "<u4")])
     unigrams = np.frombuffer(buf, unigram_type, n_words + 1, pos)
     pos += unigram_type.itemsize * (n_words + 1)
     word_bits = _bits(n_words)
-    pairs = np.zeros((0, 2), dtype=np.int64)
-    pair_logprob = np.zeros(0)
+    # the parent level: each record's n-gram (word ids, last word first: the trie's order) and
+    # its first child; its final entry is the end of the last child range
+    parent_ids = np.arange(n_words, dtype=np.int64)[:, None]
+    children = unigrams["child"].astype(np.int64)
+    higher = []
     for n in range(2, order + 1):
         middle = n < order
-        record_bits = word_bits + (2 * QUANT_BITS + _bits(counts[n]) if middle else QUANT_BITS)
+        child_bits = _bits(counts[n]) if middle else 0
+        record_bits = word_bits + (2 * QUANT_BITS + child_bits if middle else QUANT_BITS)
         size = _packed_bytes(counts[n - 1], record_bits)
         if pos + size > len(buf):
             raise ValueError(f"the {n}-gram array ends past the file's end")
-        if n == 2:
-            used = int(unigrams["child"][n_words])
-            if not 0 <= used <= counts[1]:
-                raise ValueError(f"{used} 2-grams written, {counts[1]} allocated")
-            parent_of = np.repeat(np.arange(n_words), np.diff(unigrams["child"].astype(np.int64)))
-            if len(parent_of) != used:
-                raise ValueError("the unigrams' child pointers do not cover the 2-grams")
-            mem = np.frombuffer(buf, np.uint8, size, pos)
-            offsets = np.arange(used, dtype=np.uint64) * np.uint64(record_bits)
-            previous = _read_fields(mem, offsets, word_bits).astype(np.int64)
-            if used and previous.max() >= n_words:
-                raise ValueError("a 2-gram names a word id past the vocabulary")
-            prob_at = word_bits + (QUANT_BITS if middle else 0)
-            index = _read_fields(mem, offsets + np.uint64(prob_at), QUANT_BITS).astype(np.int64)
-            pairs = np.stack([previous, parent_of], axis=1)
-            pair_logprob = pair_probs[index].astype(np.float64) * to_log10
+        used = int(children[-1])
+        if not 0 <= used <= counts[n - 1]:
+            raise ValueError(f"{used} {n}-grams written, {counts[n - 1]} allocated")
+        spans = np.diff(children)
+        if (spans < 0).any():
+            raise ValueError(f"the {n - 1}-grams' child pointers go backwards")
+        parent_of = np.repeat(np.arange(len(spans)), spans)
+        if len(parent_of) != used:
+            raise ValueError(f"the {n - 1}-grams' child pointers do not cover the {n}-grams")
+        mem = np.frombuffer(buf, np.uint8, size, pos)
+        offsets = np.arange(used + 1, dtype=np.uint64) * np.uint64(record_bits)
+        word = _read_fields(mem, offsets[:used], word_bits).astype(np.int64)
+        if used and word.max() >= n_words:
+            raise ValueError(f"a {n}-gram names a word id past the vocabulary")
+        prob_at = word_bits + (QUANT_BITS if middle else 0)
+        prob = _read_fields(mem, offsets[:used] + np.uint64(prob_at), QUANT_BITS).astype(np.int64)
+        backoff = np.zeros(used)
+        if middle:
+            index = _read_fields(mem, offsets[:used] + np.uint64(word_bits), QUANT_BITS)
+            backoff = backoffs[n - 2][index.astype(np.int64)].astype(np.float64) * to_log10
+            at = np.uint64(word_bits + 2 * QUANT_BITS)
+            next_children = _read_fields(mem, offsets + at, child_bits).astype(np.int64)
+        reversed_ids = np.concatenate([parent_ids[parent_of], word[:, None]], axis=1)
+        higher.append(
+            NGrams(
+                ids=np.ascontiguousarray(reversed_ids[:, ::-1]),
+                logprob=probs[n - 2][prob].astype(np.float64) * to_log10,
+                backoff=backoff,
+            )
+        )
+        if middle:
+            parent_ids, children = reversed_ids, next_children
         pos += size
     n_chars = int(np.frombuffer(buf, "<i4", 1, pos)[0])
     pos += 4
@@ -173,11 +213,10 @@ def _parse(buf: bytes, to_log10: float) -> SphinxBigrams:
         words.pop()
     if len(words) != n_words:
         raise ValueError(f"{len(words)} words listed, the header says {n_words}")
-    return SphinxBigrams(
+    return SphinxLM(
         order=order,
         words=tuple(w.decode("utf-8", errors="replace") for w in words),
         unigram=unigrams["prob"][:n_words].astype(np.float64) * to_log10,
         unigram_backoff=unigrams["backoff"][:n_words].astype(np.float64) * to_log10,
-        pairs=pairs,
-        pair_logprob=pair_logprob,
+        higher=tuple(higher),
     )
