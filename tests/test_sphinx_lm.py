@@ -266,7 +266,7 @@ def test_sphinx_triples_as_a_trigram_source(tmp_path: Path, monkeypatch) -> None
 
 @pytest.mark.parametrize("engine", ["python", "flashlight"])
 def test_the_trigram_decides_and_travels_in_an_exported_file(tmp_path: Path, engine: str) -> None:
-    """"mad" then e/a heard alike: the bigram says rad after mad, the triple (<s> mad red) says
+    """ "mad" then e/a heard alike: the bigram says rad after mad, the triple (<s> mad red) says
     red: lm_order 2 reads "mad rad", 3 "mad red", in both engines; an exported file carries
     the trigram (ARPA text with 3-grams) and decodes with it."""
     import json
