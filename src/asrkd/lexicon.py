@@ -112,7 +112,7 @@ BOOKS_MASS = 0.9  # m: the listed pairs' share of P(. | v) (dev: 0.9-0.97 > 0.7 
 @dataclass(frozen=True, eq=False)
 class WordTriples:
     """A trigram's listed word triples (u, v, w) over a bigram, as numpy arrays: the 1.6 M
-    triples of CMU Sphinx's LM take ~30 MB so, several hundred MB as Python dicts. C contexts,
+    triples of CMU Sphinx's LM take ~30 MB so, where Python dicts took several hundred. C contexts,
     R triples. P(w | u, v) = seen + exp(backoff) P_bigram(w | v), seen 0 for a word the context
     does not list; a context (u, v) not listed backs off to P_bigram(w | v) whole.
 
@@ -435,15 +435,15 @@ def sphinx_triples(path: Path) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]
     return tuple(names), ids[keep].astype(np.int64), 10.0 ** grams.logprob[keep]
 
 
-def sphinx_trigram(lm: WordLM, source: tuple | None = None) -> WordLM:
-    """The bigram `lm` with the word triples of CMU Sphinx's US English LM (_sphinx_triples,
-    or `source`: sphinx_triples of another file) whose three words are in lm's vocabulary (the
-    first may be the sentence start): a listed triple keeps its P(w | u, v), the mass left in
-    its context (1 - the listed triples' P in the vocabulary) goes to the bigram:
+def sphinx_trigram(lm: WordLM) -> WordLM:
+    """The bigram `lm` with the word triples of CMU Sphinx's US English LM (_sphinx_triples)
+    whose three words are in lm's vocabulary (the first may be the sentence start): a listed
+    triple keeps its P(w | u, v), the mass left in its context (1 - the listed triples' P in
+    the vocabulary) goes to the bigram:
     P(w | u, v) = P_sphinx(w | u, v) [listed] + (1 - S_uv) P_lm(w | v)."""
     if lm.triples is not None:
         raise ValueError("this LM has its triples already")
-    names, ids, probs = source if source is not None else _sphinx_triples()
+    names, ids, probs = _sphinx_triples()
     words = tuple(lm.log_probs)
     index = {w: i for i, w in enumerate(words)}
     index[SENTENCE_START] = len(words)
@@ -521,8 +521,8 @@ def arpa_lm(path: str | Path, order: int, tokenizer: Tokenizer) -> WordLM:
     probabilities; the bigram puts each context's listed 2-grams over its back-off weight b(v):
     P(w | v) is the listed P_arpa(w | v), else b(v) P(w); a listed pair below b(v) P(w) (rare in
     pruned models) is read as unlisted; 3-grams alike over the bigram (_with_arpa_triples).
-    Higher-order sections are not read. A file that cannot
-    be read, a malformed line, or lm_order 2 without 2-grams is a DataError naming the file.
+    Higher-order sections are not read. A file that cannot be read, a malformed line, or an
+    lm_order of n without n-grams is a DataError naming the file.
     Read once per process while the file stays the same (every evaluated model builds its LM)."""
     path = Path(path)
     if not path.is_file():
