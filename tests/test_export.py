@@ -143,6 +143,32 @@ def test_metadata_round_trip(tiny_teacher, onnx_files) -> None:
         OnnxTranscriber(onnx_files["fp32"].with_name("missing.onnx"))
 
 
+def test_the_session_is_made_without_the_lexicon_metadata(onnx_files, tmp_path) -> None:
+    """model_without_lexicon reads a file's metadata as onnxruntime does and serialises the
+    model again without the lexicon's entries (the onnx package reads the result as the same
+    graph); files without a lexicon are left to onnxruntime; a damaged file is named."""
+    import onnx
+
+    from asrkd.ondevice import LEXICON_PROPS, model_without_lexicon
+
+    path = onnx_files["int8-lexicon"]
+    stripped, props = model_without_lexicon(path)
+    whole = onnx_session(path, threads=1).get_modelmeta().custom_metadata_map
+    assert props == whole and any(k in props for k in LEXICON_PROPS)
+    original, again = onnx.load(str(path)), onnx.load_from_string(stripped)
+    assert again.graph == original.graph and again.opset_import == original.opset_import
+    assert {p.key for p in again.metadata_props} == set(props) - set(LEXICON_PROPS)
+    recognizer = OnnxRecognizer(path, threads=1)
+    assert recognizer.lexicon is not None
+    assert not set(recognizer.session.get_modelmeta().custom_metadata_map) & set(LEXICON_PROPS)
+    assert recognizer.file_lexicon() is not None  # read from the file again
+    assert model_without_lexicon(onnx_files["int8"]) is None  # no lexicon: onnxruntime reads it
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(CheckpointError, match="damaged.onnx: unreadable ONNX model"):
+        OnnxRecognizer(damaged, threads=1)
+
+
 def test_onnx_transcribes_like_the_model_file(tiny_teacher, onnx_files, test_audio) -> None:
     """fp32 .onnx: the same text as the .safetensors file on every test utterance. int8: a
     smaller file whose text stays within INT8_CER of eager (0 on the machine that wrote this

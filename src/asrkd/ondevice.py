@@ -50,15 +50,90 @@ def is_onnx(model_path: str | Path) -> bool:
     return Path(model_path).suffix.lower() == ".onnx"
 
 
-def onnx_session(path: str | Path, threads: int = 0):
-    """An onnxruntime CPU session of an exported file; threads=0 lets onnxruntime decide."""
+LEXICON_PROPS = ("asrkd.lexicon", "asrkd.lexicon_gz", LEXICON_ARPA_KEY)  # a file's lexicon
+
+
+METADATA_FIELD = 14  # ModelProto.metadata_props: StringStringEntryProto {key = 1, value = 2}
+
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("a varint longer than 10 bytes")
+
+
+def _fields(data: memoryview):
+    """(field number, start, value start, end) of a protobuf message's top-level fields; the
+    value start is that of a length-delimited field's bytes (None for the other wire types)."""
+    pos = 0
+    while pos < len(data):
+        start = pos
+        key, pos = _varint(data, pos)
+        field, wire, value = key >> 3, key & 7, None
+        if wire == 0:
+            pos = _varint(data, pos)[1]
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size, value = _varint(data, pos)
+            pos = value + size
+        else:
+            raise ValueError(f"protobuf wire type {wire} at byte {start}")
+        if pos > len(data):
+            raise ValueError("the message ends inside a field")
+        yield field, start, value, pos
+
+
+def model_without_lexicon(path: str | Path) -> tuple[bytes, dict[str, str]] | None:
+    """An exported file's metadata (every entry) and its model serialised again without the
+    lexicon's entries (LEXICON_PROPS), for onnx_session; None for a file without a lexicon.
+    onnxruntime holds a model's metadata as long as its session lives: the real-speech
+    recipe's int8 file with its trigram LM (45 MB of packed ARPA text) took 174 MB in a session
+    of the whole file. The file's top-level protobuf fields are read here (the onnx package's
+    import alone takes 0.5 s); a file that is not one is a CheckpointError."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    data = memoryview(Path(path).read_bytes())
+    props: dict[str, str] = {}
+    kept: list[memoryview] = []
+    try:
+        for field, start, value, end in _fields(data):
+            if field != METADATA_FIELD or value is None:
+                kept.append(data[start:end])
+                continue
+            message = data[value:end]
+            entry = {f: bytes(message[v:e]).decode("utf-8") for f, _, v, e in _fields(message)
+                     if v is not None}  # fmt: skip
+            key = entry.get(1, "")
+            props[key] = entry.get(2, "")
+            if key not in LEXICON_PROPS:
+                kept.append(data[start:end])
+    except (ValueError, IndexError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable ONNX model ({err})") from err
+    if not any(k in props for k in LEXICON_PROPS):
+        return None
+    return b"".join(kept), props
+
+
+def onnx_session(path: str | Path, threads: int = 0, model: bytes | None = None):
+    """An onnxruntime CPU session of an exported file (or of `model`, its serialised bytes,
+    e.g. model_without_lexicon's); threads=0 lets onnxruntime decide."""
     try:
         import onnxruntime as ort
     except ImportError as err:
         raise ImportError(
             "running .onnx models needs onnxruntime: pip install onnxruntime"
         ) from err
-    if not Path(path).is_file():
+    if model is None and not Path(path).is_file():
         raise CheckpointError(f"{path}: no such model file")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -73,7 +148,8 @@ def onnx_session(path: str | Path, threads: int = 0):
     opts.enable_cpu_mem_arena = False
     opts.enable_mem_pattern = False
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        source = model if model is not None else str(path)
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime's InvalidProtobuf, Fail, ... share no base class
         raise CheckpointError(f"{path}: unreadable ONNX model ({err})") from err
 
@@ -85,8 +161,7 @@ def read_onnx_metadata(
     file's metadata_props, e.g. onnxruntime's ``session.get_modelmeta().custom_metadata_map``;
     lexicon=False leaves the lexicon (the bulk of it) undecoded and out."""
     if not lexicon:
-        left_out = ("asrkd.lexicon", "asrkd.lexicon_gz", LEXICON_ARPA_KEY)
-        props = {k: v for k, v in props.items() if k not in left_out}
+        props = {k: v for k, v in props.items() if k not in LEXICON_PROPS}
     if props.get("asrkd.format") != ONNX_FORMAT:
         found = props.get("asrkd.format")
         raise CheckpointError(f"{path}: not an asrkd ONNX export (asrkd.format={found!r})")
@@ -192,8 +267,17 @@ class OnnxRecognizer:
         who searches it (EvalConfig.lexicon_engine; None: the search the file was exported
         with)."""
         self.model_path = model_path
-        self.session = onnx_session(model_path, threads)
-        meta = self._metadata(lexicon)
+        loaded = model_without_lexicon(model_path)  # the session without the lexicon's bulk
+        try:
+            self.session = onnx_session(model_path, threads, loaded[0] if loaded else None)
+        except CheckpointError:
+            if loaded is None:
+                raise
+            loaded = None  # e.g. tensors in external files, found beside the path only
+            self.session = onnx_session(model_path, threads)
+        props = loaded[1] if loaded else self.session.get_modelmeta().custom_metadata_map
+        meta = read_onnx_metadata(props, model_path, lexicon)
+        del loaded, props
         self.tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
         self.features = FeatureConfig(**meta["features"])
         self.dims = meta["dims"]
@@ -204,9 +288,14 @@ class OnnxRecognizer:
             lexicon_from_metadata(meta, self.tokenizer, engine, model_path) if lexicon else None
         )
 
+    def _props(self) -> dict[str, str]:
+        """The file's metadata, lexicon included (read from the file again: the session may
+        have been made without it)."""
+        loaded = model_without_lexicon(self.model_path)
+        return loaded[1] if loaded else self.session.get_modelmeta().custom_metadata_map
+
     def _metadata(self, lexicon: bool = True) -> dict[str, Any]:
-        props = self.session.get_modelmeta().custom_metadata_map
-        return read_onnx_metadata(props, self.model_path, lexicon)
+        return read_onnx_metadata(self._props(), self.model_path, lexicon)
 
     def file_lexicon(self, engine: str | None = None) -> LexiconDecoder | None:
         """The lexicon decoder the file carries (None without one), searched by `engine` (None:
