@@ -205,9 +205,9 @@ def test_a_trigram_sphinx_file_is_read_like_its_arpa_text(tmp_path: Path) -> Non
     assert math.isclose(binary.next_score(("mad",), "rad"), -0.1 * ln10, rel_tol=1e-5)
     backed_off = (-0.05 + -0.2 + -0.5) * ln10  # b(<s> mad) b(mad) P(mad)
     assert math.isclose(binary.next_score(("mad",), "mad"), backed_off, rel_tol=1e-5)
+    write_sphinx_lm(tmp_path / "two.bin", UNIGRAMS, BIGRAMS)
     with pytest.raises(DataError, match="lm_order=3 but the file has no 3-grams"):
-        arpa_lm(tmp_path / "two.bin" if write_sphinx_lm(tmp_path / "two.bin", UNIGRAMS, BIGRAMS)
-                is None else path, 3, tok)  # fmt: skip
+        arpa_lm(tmp_path / "two.bin", 3, tok)
 
 
 def test_sphinx_triples_as_a_trigram_source(tmp_path: Path, monkeypatch) -> None:

@@ -587,9 +587,11 @@ def decoding_text(cfg: DemoConfig, rows: list[dict]) -> str:
     }
     chain = " over ".join(sources[s] for s in parse_bigrams(cfg.eval.bigrams))
     pairs = f"word pairs of {chain}, backing off to the unigram"
-    lm = f"bigram LM ({pairs})" if cfg.eval.lm_order == 2 else "unigram LM"
-    if cfg.eval.lm_order == 3:
-        lm = f"trigram LM (CMU Sphinx's US English word triples over a bigram of the {pairs})"
+    lm = {
+        1: "unigram LM",
+        2: f"bigram LM ({pairs})",
+        3: f"trigram LM (CMU Sphinx's US English word triples over a bigram of the {pairs})",
+    }[cfg.eval.lm_order]
     return (
         f"a lexicon beam search (beam {cfg.eval.beam}{prune}) over {words} with a {lm} "
         f"(weight {cfg.eval.lm_weight:g}, word bonus {cfg.eval.word_bonus:g}; "

@@ -109,6 +109,24 @@ BOOKS_PAIRS = "symspellpy/frequency_bigramdictionary_en_243_342.txt"  # in symsp
 BOOKS_MASS = 0.9  # m: the listed pairs' share of P(. | v) (dev: 0.9-0.97 > 0.7 > 0.5)
 
 
+def _word_ids(words: Iterable[str]) -> dict[str, int]:
+    """word -> its position in `words`, and SENTENCE_START -> the number of words (the ids of
+    WordTriples)."""
+    ids = {w: i for i, w in enumerate(words)}
+    ids[SENTENCE_START] = len(ids)
+    return ids
+
+
+def _first_ids(names: list[str]) -> dict[str, int]:
+    """name -> the id of its first spelling, for a Sphinx LM's normalised words (_sphinx_names;
+    '' left out): a context spelt two ways keeps its first spelling's n-grams."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name:
+            first.setdefault(name, i)
+    return first
+
+
 @dataclass(frozen=True, eq=False)
 class WordTriples:
     """A trigram's listed word triples (u, v, w) over a bigram, as numpy arrays: the 1.6 M
@@ -131,7 +149,7 @@ class WordTriples:
     @functools.cached_property
     def ids(self) -> dict[str, int]:
         """word -> id, SENTENCE_START included."""
-        return {w: i for i, w in enumerate((*self.words, SENTENCE_START))}
+        return _word_ids(self.words)
 
     def __len__(self) -> int:
         return len(self.word)
@@ -179,10 +197,12 @@ class WordTriples:
         keys, inverse = np.unique(keys, return_inverse=True)
         seen = np.bincount(inverse.ravel(), weights=probs, minlength=len(keys))
         row_context, word = keys // base, keys % base
-        listed_contexts = np.unique(row_context)
+        context = np.unique(row_context)
+        if contexts is not None:
+            given = np.array([u * base + v for u, v in contexts], dtype=np.int64)
+            context = np.union1d(context, given)
+        start = np.searchsorted(row_context, np.append(context, np.iinfo(np.int64).max))
         if contexts is None:
-            context = listed_contexts
-            start = np.searchsorted(row_context, np.append(context, np.iinfo(np.int64).max))
             mass = np.add.reduceat(seen, start[:-1]) if len(seen) else np.zeros(0)
             rest = 1.0 - mass
             full = rest <= 1e-9
@@ -191,11 +211,8 @@ class WordTriples:
                 seen, rest = seen * scale, np.where(full, 1e-6, rest)
             backoff = np.log(rest)
         else:
-            given = np.array([u * base + v for u, v in contexts], dtype=np.int64)
-            context = np.union1d(listed_contexts, given)
             by_key = dict(zip(given.tolist(), contexts.values()))
             backoff = np.array([by_key.get(k, 0.0) for k in context.tolist()])
-            start = np.searchsorted(row_context, np.append(context, np.iinfo(np.int64).max))
         return cls(words, context, backoff, start.astype(np.int64), word, seen)
 
 
@@ -424,10 +441,7 @@ def sphinx_triples(path: Path) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]
     names = _sphinx_names(lm.words)
     if lm.order < 3:
         return tuple(names), np.zeros((0, 3), dtype=np.int64), np.zeros(0)
-    first: dict[str, int] = {}
-    for i, name in enumerate(names):
-        if name:
-            first.setdefault(name, i)
+    first = _first_ids(names)
     is_first = np.array([bool(n) and first[n] == i for i, n in enumerate(names)])
     grams = lm.higher[1]
     ids = grams.ids
@@ -445,8 +459,7 @@ def sphinx_trigram(lm: WordLM) -> WordLM:
         raise ValueError("this LM has its triples already")
     names, ids, probs = _sphinx_triples()
     words = tuple(lm.log_probs)
-    index = {w: i for i, w in enumerate(words)}
-    index[SENTENCE_START] = len(words)
+    index = _word_ids(words)
     to_vocabulary = np.array([index.get(n, -1) for n in names], dtype=np.int64)
     mapped = to_vocabulary[ids] if len(ids) else np.zeros((0, 3), dtype=np.int64)
     word_ids = mapped[:, 1:]
@@ -461,10 +474,7 @@ def sphinx_pairs(path: Path) -> tuple[tuple[str, str, float], ...]:
     spelt two ways keeps its first spelling's pairs."""
     lm = read_sphinx_lm(path)
     names = _sphinx_names(lm.words)
-    first: dict[str, int] = {}  # normalised word -> the id of its first spelling
-    for i, name in enumerate(names):
-        if name:
-            first.setdefault(name, i)
+    first = _first_ids(names)
     return tuple(
         (names[v], names[w], 10.0**p)
         for (v, w), p in zip(lm.pairs.tolist(), lm.pair_logprob.tolist())
@@ -655,8 +665,7 @@ def _with_arpa_triples(
     P_arpa(w | u, v), else b(u v) P(w | v); a listed triple below b(u v) P(w | v) is read as
     unlisted (as _lm_of_entries reads pairs)."""
     words = tuple(lm.log_probs)
-    index = {w: i for i, w in enumerate(words)}
-    index[SENTENCE_START] = len(words)
+    index = _word_ids(words)
 
     def known(u: str, v: str) -> bool:
         return u in index and v in lm.log_probs

@@ -86,9 +86,7 @@ def write_arpa(lm: WordLM, path: str | Path) -> None:
                 backoff = contexts.get(word)
                 bow = f"\t{backoff[0] / LN10:.7g}" if backoff else ""
                 f.write(f"{log_p / LN10:.7g}\t{word}{bow}\n")
-            for name, body in (("2", body_2), ("3", body_3)):
-                if name == "3" and not n_3[1]:
-                    continue
+            for name, body in (("2", body_2), ("3", body_3))[: 2 if n_3[1] else 1]:
                 f.write(f"\n\\{name}-grams:\n")
                 with open(body, encoding="utf-8") as src:
                     shutil.copyfileobj(src, f, 1 << 20)

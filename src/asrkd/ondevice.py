@@ -275,9 +275,8 @@ class OnnxRecognizer:
                 raise
             loaded = None  # e.g. tensors in external files, found beside the path only
             self.session = onnx_session(model_path, threads)
-        props = loaded[1] if loaded else self.session.get_modelmeta().custom_metadata_map
-        meta = read_onnx_metadata(props, model_path, lexicon)
-        del loaded, props
+        meta = read_onnx_metadata(self._props(loaded), model_path, lexicon)
+        del loaded
         self.tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
         self.features = FeatureConfig(**meta["features"])
         self.dims = meta["dims"]
@@ -288,19 +287,17 @@ class OnnxRecognizer:
             lexicon_from_metadata(meta, self.tokenizer, engine, model_path) if lexicon else None
         )
 
-    def _props(self) -> dict[str, str]:
-        """The file's metadata, lexicon included (read from the file again: the session may
-        have been made without it)."""
-        loaded = model_without_lexicon(self.model_path)
+    def _props(self, loaded: tuple[bytes, dict[str, str]] | None) -> dict[str, str]:
+        """The file's metadata, lexicon included: model_without_lexicon's (`loaded`), else the
+        session's, which was made from the whole file."""
         return loaded[1] if loaded else self.session.get_modelmeta().custom_metadata_map
-
-    def _metadata(self, lexicon: bool = True) -> dict[str, Any]:
-        return read_onnx_metadata(self._props(), self.model_path, lexicon)
 
     def file_lexicon(self, engine: str | None = None) -> LexiconDecoder | None:
         """The lexicon decoder the file carries (None without one), searched by `engine` (None:
-        the file's own)."""
-        return lexicon_from_metadata(self._metadata(), self.tokenizer, engine, self.model_path)
+        the file's own); its metadata read from the file again (the session may lack it)."""
+        props = self._props(model_without_lexicon(self.model_path))
+        meta = read_onnx_metadata(props, self.model_path)
+        return lexicon_from_metadata(meta, self.tokenizer, engine, self.model_path)
 
     def log_probs(self, samples: np.ndarray) -> np.ndarray:
         """(T', V) log-probabilities of mono samples at features.sample_rate."""
