@@ -59,6 +59,7 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
         "eval.threads=1",
         "eval.latency_utterances=2",
         "eval.vocabulary=train",
+        f"eval.lm_cache={out / 'lm-cache'}",
         "eval.precision=bf16",  # the model files scored and timed in bfloat16, and said so
         f"variants={json.dumps(scaled_variants(2))}",
     ]
@@ -99,6 +100,9 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
     # the RTF of a student row is its network and its lexicon decoder
     assert "its decoder takes" in report and rows[f"full-{student}-init"]["decoder_rtf"] > 0
     assert "the lexicon beam search, flashlight-text's C++ search)" in report  # the recipe's
+    # the decoder's LM built once per set of transcripts ((a)'s, (b)'s), read by every row
+    assert len(list((out / "lm-cache").glob("*.arpa"))) == 2
+    assert "The students' decoder LMs were built once each (2: one per set of" in report
     # the distilled run heard the untranscribed folder and counted its pseudo-labels
     run = out / "runs" / f"partial-{student}-init-seq"
     summary = json.loads((run / "summary.json").read_text())

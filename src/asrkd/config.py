@@ -133,6 +133,7 @@ LEXICON_FIELDS = (
     "blank_penalty",
     "arpa",
     "lexicon_engine",
+    "lm_cache",
 )
 
 
@@ -574,6 +575,11 @@ class EvalConfig:
     # "flashlight" (C++, several times faster, a fraction of the memory) or "python" (the
     # reference search); BPE tokenizers are searched by the Python engine either way
     lexicon_engine: str = LEXICON_ENGINE
+    # a folder for the lexicon decoder's built LMs ("": none): the first decoder of an LM writes
+    # it there as ARPA text, every later one (any model, any process) reads that file instead of
+    # building the LM again (the real-speech recipe's trigram: ~13 s and ~0.86 GB at its peak
+    # to build); the C++ engine only (asrkd.lexicon_cache)
+    lm_cache: str = ""
     # a .safetensors model's forward pass: "fp32"; "bf16" under torch.autocast with bfloat16
     # (weights float32; ~2x faster on a CPU with AVX512-BF16 or AMX, emulated and slower on one
     # without); "auto" = bf16 where the CPU computes it, else fp32. WER, latency and memory are
@@ -956,6 +962,7 @@ class ExportConfig:
     # says otherwise, so that the file transcribes as it was scored (the searches differ on a
     # few words in a hundred)
     lexicon_engine: str = LEXICON_ENGINE
+    lm_cache: str = ""  # built LMs' folder, as in EvalConfig (asrkd.lexicon_cache)
 
     def __post_init__(self) -> None:
         _check_choice("format", self.format, EXPORT_FORMATS)

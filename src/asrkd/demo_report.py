@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import functools
-import hashlib
 import json
 import os
 import platform
@@ -16,25 +14,13 @@ from typing import Any
 from asrkd import __version__
 from asrkd.config import LM_ORDERS, DemoConfig, EvalConfig, parse_bigrams, to_dict
 from asrkd.distill.pseudo_labels import LEFT_OUT_FILE
+from asrkd.files import code_fingerprint
 
 # The targets the demo is judged by (our source: 25 % lower WER at 40 % less memory).
 TARGET_WER_REDUCTION = 0.25
 TARGET_MEMORY_RATIO = 0.60
 TARGET_SMALL_MEMORY_RATIO = 0.25
 TARGET_SMALL_WER_GAP = 0.10
-
-
-@functools.cache
-def code_fingerprint() -> str:
-    """12 hex digits of the SHA-256 of asrkd's own source files (paths and contents): the code
-    a table was measured with. In the scoring stamps, so a recipe run after any change to asrkd
-    measures every row again rather than reusing a table the new code would not give."""
-    root = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".txt") and p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()[:12]
 
 
 def evaluate_runs(
@@ -687,7 +673,7 @@ def search_text(cfg: DemoConfig) -> str:
     return f"the lexicon beam search, {engine[cfg.eval.lexicon_engine]}"
 
 
-def decoder_lines(rows: list[dict]) -> list[str]:
+def decoder_lines(rows: list[dict], cfg: DemoConfig) -> list[str]:
     """The decoder's part of the student rows' RTF and peak memory (in those columns already)."""
     students = [r for r in rows if r["scenario"] != "teacher"]
     parts = [r["decoder_rtf"] / r["rtf"] for r in students if r.get("decoder_rtf") and r["rtf"] > 0]
@@ -701,9 +687,41 @@ def decoder_lines(rows: list[dict]) -> list[str]:
     if tables and max(tables) >= 1:
         lines.append(
             f"Of a student row's peak MB, its decoder's tables (words, LM) take "
-            f"{min(tables):.0f}-{max(tables):.0f} MB (resident growth of building them)."
+            f"{min(tables):.0f}-{max(tables):.0f} MB (resident growth of making them)."
         )
+    lines += lm_cache_lines(cfg)
     return [*lines, ""] if lines else []
+
+
+def lm_cache_lines(cfg: DemoConfig) -> list[str]:
+    """The decoder LMs the rows read from eval.lm_cache (asrkd.lexicon_cache), as its entries
+    for cfg's LM fields and this code record them; nothing without a cache."""
+    from asrkd.lexicon_cache import LM_FIELDS, LM_SOURCES
+
+    folder = Path(cfg.eval.lm_cache) if cfg.eval.lm_cache else None
+    if folder is None or cfg.eval.decoder == "greedy" or not folder.is_dir():
+        return []
+    wanted = {k: v for k, v in to_dict(cfg.eval).items() if k in LM_FIELDS and k != "arpa"}
+    wanted["code"] = code_fingerprint(LM_SOURCES)
+    built = []
+    for about in sorted(folder.glob("*.json")):
+        record = json.loads(about.read_text())
+        if all(record.get("inputs", {}).get(k) == v for k, v in wanted.items()):
+            arpa = about.with_suffix(".arpa")
+            size = arpa.stat().st_size / 1e6 if arpa.is_file() else 0.0
+            built.append((record["build_s"], size))
+    if not built:
+        return []
+    seconds, sizes = [b[0] for b in built], [b[1] for b in built]
+    return [
+        (
+            f"The students' decoder LMs were built once each ({len(built)}: one per set of training "
+            f"transcripts; {min(seconds):.1f}-{max(seconds):.1f} s to build, ARPA text "
+            f"{min(sizes):.0f}-{max(sizes):.0f} MB) into `{folder}` (eval.lm_cache); every row's "
+            "scoring, timing and memory probe reads its LM from there, as the int8 file's decoder "
+            "reads the LM inside the file, so no row's peak MB holds the building's."
+        )
+    ]
 
 
 def sherpa_lines(sherpa: dict | None, rows: list[dict]) -> list[str]:
@@ -783,7 +801,7 @@ def write_report(
             if features
             else []
         ),
-        *decoder_lines(rows),
+        *decoder_lines(rows, cfg),
         *teacher_transcript_lines(rows),
         "## Targets",
         "",

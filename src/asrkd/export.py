@@ -36,6 +36,7 @@ from asrkd.lexicon import (
     training_lm,
     vocabulary_label,
 )
+from asrkd.lexicon_cache import cached_arpa, reads_cache
 from asrkd.models import CTCModel
 from asrkd.models.checkpoint import (
     CheckpointError,
@@ -141,10 +142,13 @@ def lexicon_metadata(
         return lm_from_manifest(cfg.lexicon_cuts, order)
 
     tokenizer = Tokenizer.from_json(json.dumps(meta["tokenizer"]))
-    lm = config_lm(cfg, tokenizer, train_lm)
+    if reads_cache(cfg, tokenizer):
+        arpa = ArpaSource.from_file(cached_arpa(cfg.lm_cache, cfg, tokenizer, train_lm))
+    else:
+        arpa = ArpaSource.from_lm(config_lm(cfg, tokenizer, train_lm))
     return {
-        "arpa_gz": ArpaSource.from_lm(lm).packed,
-        "lm_order": lm.order,
+        "arpa_gz": arpa.packed,
+        "lm_order": arpa.order,
         "beam": cfg.beam,
         "lm_weight": cfg.lm_weight,
         "word_bonus": cfg.word_bonus,

@@ -789,7 +789,8 @@ def eval_decoder(
     """The decoder cfg asks for (None for greedy), for `asrkd evaluate` on any model file: the
     lexicon the file carries (`stored`, through stored_lm) unless cfg.lexicon_cuts names other
     transcripts or cfg.arpa another ARPA file than the stored one's, else cfg's LM (config_lm)
-    whose transcripts' part is train_lm(order). Beam and weights always come from cfg."""
+    whose transcripts' part is train_lm(order), through cfg.lm_cache where it names a folder
+    and the C++ search decodes (asrkd.lexicon_cache). Beam and weights always come from cfg."""
     if cfg.decoder == "greedy":
         return None
     other_arpa = cfg.arpa and stored is not None and stored.vocabulary != vocabulary_label(cfg)
@@ -805,9 +806,14 @@ def eval_decoder(
             return stored  # the file's own decoder: not a second trie of the same words
         if stored.lm is None:
             raise ValueError(f"{model_path}: the file's decoder released its LM (release_lm)")
-        lm = stored_lm(cfg, stored, model_path)
+        lm, arpa = stored_lm(cfg, stored, model_path), None
     else:
-        lm = config_lm(cfg, tokenizer, train_lm)
+        from asrkd.lexicon_cache import cached_arpa, reads_cache
+
+        if reads_cache(cfg, tokenizer):
+            lm, arpa = None, cached_arpa(cfg.lm_cache, cfg, tokenizer, train_lm)
+        else:
+            lm, arpa = config_lm(cfg, tokenizer, train_lm), None
     return LexiconDecoder(
         tokenizer,
         lm,
@@ -818,6 +824,7 @@ def eval_decoder(
         vocabulary=vocabulary_label(cfg),
         bigrams=cfg.bigrams,
         engine=cfg.lexicon_engine,
+        arpa=arpa,
         blank_penalty=cfg.blank_penalty,
     )
 
@@ -880,8 +887,12 @@ class ArpaSource:
         from asrkd.lexicon_flashlight import lm_arpa_file
 
         with lm_arpa_file(lm) as path:
-            packed = base64.b64encode(gzip.compress(path.read_bytes(), 6)).decode("ascii")
-        return cls(packed, lm.order)
+            return cls.from_file(ArpaFile(path, lm.order))
+
+    @classmethod
+    def from_file(cls, arpa: ArpaFile) -> ArpaSource:
+        packed = base64.b64encode(gzip.compress(arpa.path.read_bytes(), 6)).decode("ascii")
+        return cls(packed, arpa.order)
 
     @contextmanager
     def file(self):
@@ -902,6 +913,23 @@ class ArpaSource:
             return _parse_arpa(path, self.order, frozenset(_letters(tokenizer)))
 
 
+@dataclass(frozen=True)
+class ArpaFile:
+    """A word LM as an ARPA text file on disk that write_arpa wrote (asrkd.lexicon_cache's
+    entries): read in place, like ArpaSource's unpacked copy. `order`: the LM's (1, 2 or 3)."""
+
+    path: Path
+    order: int
+
+    @contextmanager
+    def file(self):
+        yield self.path
+
+    def read_lm(self, tokenizer: Tokenizer) -> WordLM:
+        """The LM's Python tables (arpa_lm: P to the file's 7 significant digits), not cached."""
+        return _parse_arpa(self.path, self.order, frozenset(_letters(tokenizer)))
+
+
 class LexiconDecoder:
     """CTC prefix beam search restricted to the words of `lm`, for char or BPE tokenizers."""
 
@@ -916,7 +944,7 @@ class LexiconDecoder:
         vocabulary: str = "train",
         bigrams: str = "train",
         engine: str = LEXICON_ENGINE,
-        arpa: ArpaSource | None = None,
+        arpa: ArpaSource | ArpaFile | None = None,
         blank_penalty: float = 0.0,
     ) -> None:
         """lm: the word LM; or None and `arpa`, the LM as an ARPA file that write_arpa wrote

@@ -12,10 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import re
-import secrets
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,57 +22,12 @@ from torch import Tensor
 
 from asrkd.config import CheckpointError  # defined there (torch-free); used and re-exported
 from asrkd.data.text import Tokenizer
+from asrkd.files import atomic_write, remove_stale_temporaries  # noqa: F401  torch-free, re-exported
 from asrkd.models import DEFAULT_FAMILY, CTCModel, model_from_dims
-from asrkd.processes import process_alive
 
 FORMAT = "asrkd/1"
 
 log = logging.getLogger(__name__)
-
-# atomic_write's temporary names: .<name>.<writer's pid>.<12 hex>.tmp
-_TMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$")
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call write(tmp_path) and rename the result over `path` (same directory, so atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp, and safetensors also writes 0600: a model file is for sharing, so it gets the
-    # mode the umask gives a new file (read here from the placeholder, without touching the umask).
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"))
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    mode = os.stat(tmp).st_mode & 0o777
-    try:
-        write(tmp)
-        os.chmod(tmp, mode)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def remove_stale_temporaries(folder: str | Path, min_age_s: float = 600.0) -> list[Path]:
-    """Delete atomic_write's temporary files in `folder` left by a writer killed mid-write (a
-    checkpoint holds ~12 bytes per trained parameter): its process is gone and the file is older
-    than `min_age_s` (a write takes seconds; the age also spares a writer on another host of a
-    shared filesystem, whose process id means nothing here). Returns the files removed."""
-    removed = []
-    for path in Path(folder).glob(".*.tmp"):
-        match = _TMP_RE.match(path.name)
-        if not match or process_alive(match.group(1)):
-            continue
-        try:
-            if time.time() - path.stat().st_mtime < min_age_s:
-                continue
-            path.unlink()
-        except FileNotFoundError:  # removed meanwhile
-            continue
-        removed.append(path)
-    if removed:
-        log.warning("removed %d temporary file(s) of killed writes: %s", len(removed), removed)
-    return removed
 
 
 def save_checkpoint(
