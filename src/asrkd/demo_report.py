@@ -693,6 +693,12 @@ def decoder_lines(rows: list[dict], cfg: DemoConfig) -> list[str]:
     return [*lines, ""] if lines else []
 
 
+def _span(values: list[float], fmt: str) -> str:
+    """ "low-high" of values in format fmt, or the one value where they print alike."""
+    low, high = format(min(values), fmt), format(max(values), fmt)
+    return low if low == high else f"{low}-{high}"
+
+
 def lm_cache_lines(cfg: DemoConfig) -> list[str]:
     """The decoder LMs the rows read from eval.lm_cache (asrkd.lexicon_cache), as its entries
     for cfg's LM fields and this code record them; nothing without a cache."""
@@ -712,14 +718,15 @@ def lm_cache_lines(cfg: DemoConfig) -> list[str]:
             built.append((record["build_s"], size))
     if not built:
         return []
-    seconds, sizes = [b[0] for b in built], [b[1] for b in built]
+    seconds = _span([b[0] for b in built], ".1f")
+    sizes = _span([b[1] for b in built], ".0f")
     return [
         (
-            f"The students' decoder LMs were built once each ({len(built)}: one per set of training "
-            f"transcripts; {min(seconds):.1f}-{max(seconds):.1f} s to build, ARPA text "
-            f"{min(sizes):.0f}-{max(sizes):.0f} MB) into `{folder}` (eval.lm_cache); every row's "
-            "scoring, timing and memory probe reads its LM from there, as the int8 file's decoder "
-            "reads the LM inside the file, so no row's peak MB holds the building's."
+            f"The students' decoder LMs were built once each ({len(built)}: one per set of "
+            f"training transcripts; {seconds} s to build, ARPA text {sizes} MB) into "
+            f"`{folder}` (eval.lm_cache); every row's scoring, timing and memory probe reads "
+            "its LM from there, as the int8 file's decoder reads the LM inside the file, so no "
+            "row's peak MB holds the building's."
         )
     ]
 
