@@ -6,6 +6,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,25 @@ def test_an_exported_lexicon_through_the_cache_carries_the_same_text(tiny_teache
     decoder = LexiconDecoder(Tokenizer(), None, 8, engine="flashlight", arpa=ArpaFile(arpa, 2))
     words = arpa_words(arpa)
     assert words and all(decoder.knows(w) for w in words)
+
+
+def test_a_build_killed_mid_write_leaves_no_entry_and_is_cleaned_up(tmp_path, monkeypatch) -> None:
+    tok, folder = Tokenizer(), tmp_path / "cache"
+    cfg = config(folder)
+
+    def dies_half_way(lm, path):
+        Path(path).write_text("\\data\\\nngram 1=")  # the first bytes, then the writer dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("asrkd.lexicon_flashlight.write_arpa", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        cached_arpa(folder, cfg, tok, counting(TEXTS)[0])
+    assert not list(folder.glob("*.arpa")) and not list(folder.glob("*.json"))
+    # a writer killed by a signal leaves its temporary file behind: the next build removes it
+    stale = folder / ".abc.arpa.999999999.0123456789ab.tmp"
+    stale.write_text("half")
+    os.utime(stale, (1, 1))
+    monkeypatch.undo()
+    arpa = cached_arpa(folder, cfg, tok, counting(TEXTS)[0])
+    assert arpa.path.read_text().startswith("\\data\\") and not stale.exists()
+    assert sorted(p.suffix for p in folder.iterdir()) == [".arpa", ".json", ".lock"]

@@ -18,8 +18,10 @@ it reads, and the source of the asrkd modules that build and write it: a change 
 gives another key, never a stale LM. Only the C++ engine (character tokenizers) reads the cache;
 the Python search works on the LM's tables, which the ARPA text holds to 7 significant digits.
 Entries are never deleted by asrkd (~100 MB each for that trigram, ~50 MB for its bigram):
-delete the folder to free them. Writes are atomic, and a build holds a lock on its key, so a
-second process asking for the same LM waits for the first instead of building it again.
+delete the folder to free them. Writes are atomic (an entry counts once its `.json` is written,
+after its `.arpa`; a killed build's temporary file is deleted by the next build), and a build
+holds a lock on its key, so a second process asking for the same LM waits for the first instead
+of building it again.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 
 from asrkd.config import EvalConfig, ExportConfig, parse_vocabulary, to_dict, transcript_order
 from asrkd.data.text import BpeTokenizer, Tokenizer
-from asrkd.files import atomic_write, code_fingerprint
+from asrkd.files import atomic_write, code_fingerprint, remove_stale_temporaries
 from asrkd.lexicon import ArpaFile, WordLM, config_lm
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ def cached_arpa(
     with open(folder / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
         if not (about.is_file() and arpa.is_file()):
+            remove_stale_temporaries(folder)  # a killed build's half-written text
             _build(cfg, tokenizer, train_lm, inputs, arpa, about)
     order = int(json.loads(about.read_text())["order"])
     log.info("lexicon LM from the cache: %s", arpa)
