@@ -577,7 +577,7 @@ class EvalConfig:
     lexicon_engine: str = LEXICON_ENGINE
     # a folder for the lexicon decoder's built LMs ("": none): the first decoder of an LM writes
     # it there as ARPA text, every later one (any model, any process) reads that file instead of
-    # building the LM again (the real-speech recipe's trigram: ~13 s and ~0.86 GB at its peak
+    # building the LM again (the real-speech recipe's trigram: 7-13 s and ~0.86 GB at its peak
     # to build); the C++ engine only (asrkd.lexicon_cache)
     lm_cache: str = ""
     # a .safetensors model's forward pass: "fp32"; "bf16" under torch.autocast with bfloat16

@@ -2,7 +2,7 @@
 C++ search reads, under a key of everything that built it.
 
 Building the real-speech recipe's trigram LM (its transcripts, wordfreq's 50k words, CMU Sphinx's
-pairs and triples) takes ~13 s and peaks ~860 MB above what the decoder keeps (its Python tables,
+pairs and triples) takes 7-13 s and peaks ~860 MB above what the decoder keeps (its Python tables,
 then the ARPA text written from them; docs/benchmarks.md), and every evaluated model, its timing
 and its memory probe built it again. With a cache folder the first build writes `<key>.arpa`
 (write_arpa's text) and `<key>.json` (what built it); every later decoder of the same LM, in any
