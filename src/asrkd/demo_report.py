@@ -694,7 +694,7 @@ def decoder_lines(rows: list[dict], cfg: DemoConfig) -> list[str]:
 
 
 def _span(values: list[float], fmt: str) -> str:
-    """ "low-high" of values in format fmt, or the one value where they print alike."""
+    """The values' range in format fmt, "low-high", or one value where both print alike."""
     low, high = format(min(values), fmt), format(max(values), fmt)
     return low if low == high else f"{low}-{high}"
 
