@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asrkd.models.conformer import Dropout, ModelOutput, attention_bias, padding_mask
+from asrkd.models.conformer import (
+    Dropout,
+    ModelOutput,
+    attention_bias,
+    exported_mask,
+    padding_mask,
+)
 
 MAX_TIMESCALE = 10000  # Whisper's sinusoids(length, channels, max_timescale=10000)
 WHISPER_POSITIONS = 1500  # 30 s of Whisper input: N_FRAMES // 2 = 3000 // 2
@@ -89,7 +95,7 @@ class WhisperAttention(nn.Module):
             return y.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=exported_mask(attn_mask, t))
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
 
 
