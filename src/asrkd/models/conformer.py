@@ -185,8 +185,9 @@ def depthwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
 def exported_mask(attn_mask: Tensor, n_queries: int) -> Tensor:
     """attn_mask (B, 1, 1, T') as it is, or while exporting to ONNX expanded to (B, 1, T', T'):
     from opset 23 the exporter writes ONNX's Attention op, whose onnxruntime kernel refuses a
-    mask without the query axis and, given one, runs the recipe's int8 student 18-27 % faster
-    in ~30 MB less memory on a 23-s utterance than MatMul and Softmax (docs/benchmarks.md)."""
+    mask without the query axis and, given one, runs the recipe's int8 student's network 11-15 %
+    faster over test-other's utterances than opset 18's MatMul and Softmax (27 % and ~30 MB
+    less memory on a 23-s one; docs/benchmarks.md)."""
     if not torch.onnx.is_in_onnx_export():
         return attn_mask
     return attn_mask.expand(-1, -1, n_queries, -1)
