@@ -970,7 +970,8 @@ class ExportConfig:
         _check_arpa("", self.arpa, self.vocabulary, self.bigrams, self.lexicon_cuts)
         _check_choice("target", self.target, EXPORT_TARGETS)
         # 18: the lowest the torch.export-based exporter targets. 23 turns attention into ONNX
-        # Attention, whose onnxruntime 1.32 kernel rejects our broadcast (B, 1, 1, T') key mask.
+        # Attention, whose onnxruntime kernel rejects a broadcast (B, 1, 1, T') key mask: the
+        # models give it its query axis while exporting (models.conformer.exported_mask).
         if not 18 <= self.opset <= 23:
             raise ConfigError(f"opset={self.opset} is outside the supported 18..23")
         for op in self.quantize_ops:
