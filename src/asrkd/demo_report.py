@@ -702,20 +702,18 @@ def _span(values: list[float], fmt: str) -> str:
 def lm_cache_lines(cfg: DemoConfig) -> list[str]:
     """The decoder LMs the rows read from eval.lm_cache (asrkd.lexicon_cache), as its entries
     for cfg's LM fields and this code record them; nothing without a cache."""
-    from asrkd.lexicon_cache import LM_FIELDS, LM_SOURCES
+    from asrkd.lexicon_cache import LM_FIELDS, LM_SOURCES, cached_entries
 
     folder = Path(cfg.eval.lm_cache) if cfg.eval.lm_cache else None
     if folder is None or cfg.eval.decoder == "greedy" or not folder.is_dir():
         return []
     wanted = {k: v for k, v in to_dict(cfg.eval).items() if k in LM_FIELDS and k != "arpa"}
     wanted["code"] = code_fingerprint(LM_SOURCES)
-    built = []
-    for about in sorted(folder.glob("*.json")):
-        record = json.loads(about.read_text())
-        if all(record.get("inputs", {}).get(k) == v for k, v in wanted.items()):
-            arpa = about.with_suffix(".arpa")
-            size = arpa.stat().st_size / 1e6 if arpa.is_file() else 0.0
-            built.append((record["build_s"], size))
+    built = [
+        (record["build_s"], arpa.stat().st_size / 1e6)
+        for record, arpa in cached_entries(folder)
+        if all(record["inputs"].get(k) == v for k, v in wanted.items())
+    ]
     if not built:
         return []
     seconds = _span([b[0] for b in built], ".1f")

@@ -913,9 +913,9 @@ class ArpaSource:
             raise DataError(f"the packed ARPA text does not unpack ({err})") from err
 
     def read_lm(self, tokenizer: Tokenizer) -> WordLM:
-        """The LM's Python tables (arpa_lm: P to the file's 7 significant digits), not cached."""
+        """The LM's Python tables (ArpaFile.read_lm of the unpacked text), not cached."""
         with self.file() as path:
-            return _parse_arpa(path, self.order, frozenset(_letters(tokenizer)))
+            return ArpaFile(path, self.order).read_lm(tokenizer)
 
 
 @dataclass(frozen=True)

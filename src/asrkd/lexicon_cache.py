@@ -32,7 +32,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -127,3 +127,12 @@ def _build(cfg, tokenizer, train_lm, inputs: dict, arpa: Path, about: Path) -> N
     record = {"order": order, "build_s": round(seconds, 2), "inputs": inputs}
     atomic_write(about, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     log.info("lexicon LM built in %.1f s and cached: %s", seconds, arpa)
+
+
+def cached_entries(folder: str | Path) -> Iterator[tuple[dict, Path]]:
+    """(record, ARPA file) of every entry written in `folder`: the record is what _build wrote
+    beside it ({"order", "build_s", "inputs"}, the inputs without transcripts and symbols)."""
+    for about in sorted(Path(folder).glob("*.json")):
+        arpa = about.with_suffix(".arpa")
+        if arpa.is_file():
+            yield json.loads(about.read_text()), arpa
