@@ -121,7 +121,8 @@ def main() -> None:
 
 def compare_engines(args, configs: list[tuple[str, EvalConfig]], cuts) -> None:
     """Each engine's search time (median of --rounds, one thread) and WER on the same
-    log-probabilities, one table row per model, engine and setting of --grid."""
+    log-probabilities, one table row per model, engine and setting of --grid (the network runs
+    once per model, at eval.precision as --config / --set give it)."""
     from dataclasses import replace
 
     print(f"\n{configs[0][1]}\n")
@@ -131,7 +132,7 @@ def compare_engines(args, configs: list[tuple[str, EvalConfig]], cuts) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for path in args.models:
-        model = open_model_file(path, 1)
+        model = open_model_file(path, 1, precision=configs[0][1].precision)
         rows, refs = [], []
         with torch.inference_mode():
             for group, texts, logits, lengths in _outputs(

@@ -144,8 +144,30 @@ def test_init_copies_exactly_the_tensors_it_reports(hf_whisper) -> None:
 def test_init_rejects_a_whisper_of_another_width(hf_whisper) -> None:
     with pytest.raises(ConfigError, match="d_model, heads, ffn_dim"):
         init_from_whisper(tiny_model(d_model=32, n_heads=2), hf_whisper)
-    with pytest.raises(ConfigError, match="at most its depth"):
-        init_from_whisper(tiny_model(n_layers=3), hf_whisper)
+
+
+def test_a_deeper_student_starts_as_the_whisper_encoder(hf_whisper) -> None:
+    """Three blocks from a two-block Whisper: blocks 0-1 copied, block 2 a copy of block 1
+    whose out_proj and fc2 are zero, so every output equals the two-block student's; and it
+    trains (fc2's gradient is not zero)."""
+    deep, flat = tiny_model(n_layers=3, vocab_size=29), tiny_model(vocab_size=29)
+    report = init_from_whisper(deep, hf_whisper)
+    init_from_whisper(flat, hf_whisper)
+    assert report.layer_map == {0: 0, 1: 1, 2: 1}
+    deep.ctc_head.load_state_dict(flat.ctc_head.state_dict())
+    feats, lens = torch.randn(2, 311, 80), torch.tensor([311, 200])
+    with torch.inference_mode():
+        a, b = deep(feats, lens), flat(feats, lens)
+    assert torch.allclose(a.logits, b.logits, atol=1e-6)
+    assert torch.allclose(a.hidden_states[-1], b.hidden_states[-1], atol=1e-6)
+    state = deep.state_dict()
+    assert torch.equal(state["blocks.2.fc1.weight"], state["blocks.1.fc1.weight"])
+    for key in ("self_attn.out_proj.weight", "self_attn.out_proj.bias", "fc2.weight", "fc2.bias"):
+        assert not state[f"blocks.2.{key}"].any(), key
+    assert state["blocks.1.fc2.weight"].any()  # (a random Whisper's biases are zero)
+    deep.train()
+    deep(feats, lens).logits.logsumexp(-1).sum().backward()
+    assert deep.blocks[2].fc2.weight.grad.abs().sum() > 0
 
 
 def test_init_from_needs_no_teacher_and_a_whisper_preset() -> None:
@@ -161,7 +183,7 @@ def test_init_from_needs_no_teacher_and_a_whisper_preset() -> None:
 
 
 def test_presets_and_families() -> None:
-    for name in ("whisper-tiny-enc2", "whisper-tiny-enc4"):
+    for name in ("whisper-tiny-enc2", "whisper-tiny-enc4", "whisper-tiny-enc5"):
         assert (PRESETS[name].d_model, PRESETS[name].n_heads, PRESETS[name].ffn_dim) == (
             384, 6, 1536)  # fmt: skip
     for name in ("whisper-base-enc2", "whisper-base-enc4", "whisper-base-enc6"):

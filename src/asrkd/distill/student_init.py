@@ -83,21 +83,28 @@ def init_from_whisper(student: WhisperEncoderCTC, whisper, source: str = "whispe
     `whisper` is transformers' WhisperForConditionalGeneration or WhisperModel (what
     asrkd.models.whisper_io.load_whisper returns); `source` names it in errors. Positions are
     Whisper's sinusoid formula in the student, so nothing is copied for them. Width, heads, MLP
-    and mel bins must match (ConfigError otherwise); the student must not be deeper.
+    and mel bins must match (ConfigError otherwise).
+
+    A student deeper than the Whisper takes all its blocks in order, and each block above them
+    starts as a copy of the Whisper's last block with its two residual branches' output
+    projections (attention's out_proj, fc2) zeroed: such a block adds nothing, so the student
+    starts as exactly the Whisper's encoder, with room to grow above it (`whisper-tiny-enc5`).
     """
     if student.family != "whisper-encoder":
         raise ConfigError(f"{source}: Whisper weights fit Whisper-encoder students only")
     conf, dims = whisper.config, student.dims
     ours = (dims.d_model, dims.n_heads, dims.ffn_dim, dims.n_mels)
     theirs = (conf.d_model, conf.encoder_attention_heads, conf.encoder_ffn_dim, conf.num_mel_bins)
-    if ours != theirs or dims.n_layers > conf.encoder_layers:
+    if ours != theirs:
         raise ConfigError(
             f"{source}: encoder (d_model, heads, ffn_dim, n_mels) = {theirs} with "
             f"{conf.encoder_layers} blocks; the student has {ours} with {dims.n_layers} blocks. "
             "Choose a preset of the Whisper's width (whisper-tiny-* for tiny, whisper-base-* "
-            "for base) and at most its depth"
+            "for base)"
         )
-    layer_map = dict(enumerate(evenly_spaced(dims.n_layers, conf.encoder_layers)))
+    n_added = max(0, dims.n_layers - conf.encoder_layers)
+    layer_map = dict(enumerate(evenly_spaced(dims.n_layers - n_added, conf.encoder_layers)))
+    layer_map |= {i: conf.encoder_layers - 1 for i in range(len(layer_map), dims.n_layers)}
     w_state = whisper.get_encoder().state_dict()
     _log_position_gap(student, w_state["embed_positions.weight"])
     report = InitReport(layer_map)
@@ -111,12 +118,30 @@ def init_from_whisper(student: WhisperEncoderCTC, whisper, source: str = "whispe
         if w_state[w_key].shape != value.shape:  # a missing key raises KeyError: a bug
             raise ConfigError(f"{source}: {w_key} has shape {tuple(w_state[w_key].shape)}")
         new_state[key] = w_state[w_key].detach().to(value.dtype).clone()
+        if _added_block(key, dims.n_layers - n_added) and _residual_output(key):
+            new_state[key].zero_()
         report.copied.append(key)
     student.load_state_dict(new_state, strict=True)
     _smoke_test(student)
     n_copied = len(report.copied)
     log.info("student init from %s: copied %d tensors (blocks %s)", source, n_copied, layer_map)
+    if n_added:
+        log.info(
+            "student blocks %s added above the Whisper's %d: copies of its last block whose "
+            "attention out_proj and fc2 are zero (they start as the identity)",
+            list(range(dims.n_layers - n_added, dims.n_layers)),
+            conf.encoder_layers,
+        )
     return report
+
+
+def _added_block(key: str, n_copied_blocks: int) -> bool:
+    return key.startswith("blocks.") and int(key.split(".")[1]) >= n_copied_blocks
+
+
+def _residual_output(key: str) -> bool:
+    """A Whisper block's tensors that end a residual branch (zeroed: the block adds nothing)."""
+    return key.split(".", 2)[2].startswith(("self_attn.out_proj.", "fc2."))
 
 
 def _log_position_gap(student: WhisperEncoderCTC, stored: torch.Tensor) -> None:
