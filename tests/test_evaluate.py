@@ -144,16 +144,18 @@ def test_memory_probes_fix_mallocs_threshold(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_inference_processes_limit_onednns_kernel_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`asrkd transcribe`/`evaluate` and the memory probe keep oneDNN's per-shape kernel cache
-    small (utterances one at a time never reuse a shape); a value the user set is kept."""
+    """`asrkd transcribe`/`evaluate` and the memory probe keep oneDNN's and ideep's per-shape
+    caches small (utterances one at a time never reuse a shape); a value the user set is kept."""
     from asrkd.evaluate import probe_env
     from asrkd.precision import INFERENCE_ENV, limit_kernel_cache
 
-    key = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+    key, ideep = "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"
     monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv(ideep, raising=False)
     assert probe_env()[key] == INFERENCE_ENV[key] == "16"
-    assert limit_kernel_cache({}) == {key: "16"}
-    assert limit_kernel_cache({key: "1024"}) == {key: "1024"}
+    assert probe_env()[ideep] == INFERENCE_ENV[ideep] == "16"
+    assert limit_kernel_cache({}) == {key: "16", ideep: "16"}
+    assert limit_kernel_cache({key: "1024"}) == {key: "1024", ideep: "16"}
     monkeypatch.setenv(key, "256")
     assert probe_env()[key] == "256"
 

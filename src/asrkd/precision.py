@@ -30,15 +30,19 @@ log = logging.getLogger(__name__)
 # process 273 -> 450 MB in float32 and -> 601 MB in bfloat16 with the default, -> 349 and
 # -> 507 MB with 16, at the same speed (docs/benchmarks.md, "bfloat16 inference"). Training
 # keeps the default: its duration buckets repeat shapes, and 16 made a bf16 student's steps
-# ~15 % slower.
-INFERENCE_ENV = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16"}
+# ~15 % slower. PyTorch's own wrapper of oneDNN (ideep) keeps a second per-shape cache of the
+# same kind, 1,024 by default (LRU_CACHE_CAPACITY): it held the bfloat16 path's memory, ~1.4 MB
+# per utterance length (the recipe's 5-block student over those 100 utterances, forward passes
+# only: +138 MB with 1,024, +19 MB with 16, float32 +24 MB; the same speed; 2026-12-07,
+# docs/benchmarks.md, "The real-speech recipe cold at f5471f0").
+INFERENCE_ENV = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16", "LRU_CACHE_CAPACITY": "16"}
 
 
 def limit_kernel_cache(env: dict | None = None) -> dict:
     """INFERENCE_ENV into `env` (default: this process's os.environ) where the user has not set
-    those variables; returns `env`. oneDNN reads it once, at its first use in a process: call
-    before any PyTorch computation (`asrkd transcribe`, `asrkd evaluate` and the memory probe
-    do)."""
+    those variables; returns `env`. oneDNN and ideep read them once, at their first use in a
+    process: call before any PyTorch computation (`asrkd transcribe`, `asrkd evaluate` and the
+    memory probe do)."""
     env = os.environ if env is None else env
     for key, value in INFERENCE_ENV.items():
         env.setdefault(key, value)
