@@ -411,7 +411,7 @@ def external_target_lines(rows: list[dict]) -> list[str]:
             f"- {label}: best distilled student (by dev WER, decoded as test is) "
             f"{best['name']}: WER "
             f"{best['wer']:.1%} = {wer_ratio:.2f}x the teacher's {teacher['wer']:.1%} (target ≤ "
-            f"{WHISPER_MAX_WER_RATIO}x), {_pct(best['params_vs_teacher'])} of its parameters "
+            f"{WHISPER_MAX_WER_RATIO}x), {_pct(best['params_vs_teacher'], digits=1)} of its parameters "
             f"(≤ {WHISPER_MAX_PARAMS_RATIO:.0%}), {_times(best['speed_vs_teacher'])} its speed "
             f"(≥ {WHISPER_MIN_SPEEDUP:g}x, vs {teacher['name']}): "
             f"**{'reached' if ok else 'not reached'}**"
