@@ -90,7 +90,7 @@ def main() -> None:
     print("\n| model | utterances | frames | asrkd s | reference s | speed-up | same text |")
     print("|---|---|---|---|---|---|---|")
     for path in args.models:
-        model = open_model_file(path, 1)
+        model = open_model_file(path, 1, precision=cfg.precision)
         decoder = make_lexicon_decoder(cfg, model, path)
         rows = []
         with torch.inference_mode():

@@ -102,9 +102,14 @@ def init_from_whisper(student: WhisperEncoderCTC, whisper, source: str = "whispe
             "Choose a preset of the Whisper's width (whisper-tiny-* for tiny, whisper-base-* "
             "for base)"
         )
-    n_added = max(0, dims.n_layers - conf.encoder_layers)
-    layer_map = dict(enumerate(evenly_spaced(dims.n_layers - n_added, conf.encoder_layers)))
-    layer_map |= {i: conf.encoder_layers - 1 for i in range(len(layer_map), dims.n_layers)}
+    n_copied = min(dims.n_layers, conf.encoder_layers)  # blocks above them: the last, zeroed
+    added = range(n_copied, dims.n_layers)
+    last = conf.encoder_layers - 1
+    layer_map = dict(
+        enumerate([*evenly_spaced(n_copied, conf.encoder_layers), *[last] * len(added)])
+    )
+    # the tensors that end an added block's two residual branches: zero, so it adds nothing
+    zeroed = tuple(f"blocks.{i}.{name}." for i in added for name in ("self_attn.out_proj", "fc2"))
     w_state = whisper.get_encoder().state_dict()
     _log_position_gap(student, w_state["embed_positions.weight"])
     report = InitReport(layer_map)
@@ -118,30 +123,21 @@ def init_from_whisper(student: WhisperEncoderCTC, whisper, source: str = "whispe
         if w_state[w_key].shape != value.shape:  # a missing key raises KeyError: a bug
             raise ConfigError(f"{source}: {w_key} has shape {tuple(w_state[w_key].shape)}")
         new_state[key] = w_state[w_key].detach().to(value.dtype).clone()
-        if _added_block(key, dims.n_layers - n_added) and _residual_output(key):
+        if key.startswith(zeroed):
             new_state[key].zero_()
         report.copied.append(key)
     student.load_state_dict(new_state, strict=True)
     _smoke_test(student)
     n_copied = len(report.copied)
     log.info("student init from %s: copied %d tensors (blocks %s)", source, n_copied, layer_map)
-    if n_added:
+    if added:
         log.info(
             "student blocks %s added above the Whisper's %d: copies of its last block whose "
             "attention out_proj and fc2 are zero (they start as the identity)",
-            list(range(dims.n_layers - n_added, dims.n_layers)),
+            list(added),
             conf.encoder_layers,
         )
     return report
-
-
-def _added_block(key: str, n_copied_blocks: int) -> bool:
-    return key.startswith("blocks.") and int(key.split(".")[1]) >= n_copied_blocks
-
-
-def _residual_output(key: str) -> bool:
-    """A Whisper block's tensors that end a residual branch (zeroed: the block adds nothing)."""
-    return key.split(".", 2)[2].startswith(("self_attn.out_proj.", "fc2."))
 
 
 def _log_position_gap(student: WhisperEncoderCTC, stored: torch.Tensor) -> None:
