@@ -54,17 +54,22 @@ def counting(texts):
     return train_lm, calls
 
 
-def test_a_cached_lm_decodes_as_the_lm_built_in_memory(tmp_path, monkeypatch) -> None:
+def test_a_cached_lm_decodes_as_the_lm_built_in_memory(tmp_path, monkeypatch, caplog) -> None:
     tok, rng = Tokenizer(), np.random.default_rng(0)
     cfg = config(tmp_path / "cache")
     built = eval_decoder(dataclasses.replace(cfg, lm_cache=""), tok, None, "m", counting(TEXTS)[0])
+    caplog.set_level("INFO", logger="asrkd.lexicon_cache")
     first = eval_decoder(cfg, tok, None, "m", counting(TEXTS)[0])
+    # the log says what happened: built (and cached), not read "from the cache"
+    assert "lexicon LM built in" in caplog.text and "from the cache" not in caplog.text
     entries = sorted(p.suffix for p in (tmp_path / "cache").iterdir())
     assert entries == [".arpa", ".json", ".lock"]
     # the second decoder of the same LM reads the file: nothing is built again
     monkeypatch.setattr(lexicon, "config_lm", lambda *a: pytest.fail("built again"))
     monkeypatch.setattr("asrkd.lexicon_cache.config_lm", lambda *a: pytest.fail("built again"))
+    caplog.clear()
     second = eval_decoder(cfg, tok, None, "m", counting(TEXTS)[0])
+    assert "lexicon LM from the cache" in caplog.text and "built in" not in caplog.text
     assert first._lm is None and second._lm is None  # no Python tables held
     words = sorted(WordLM.from_texts(TEXTS).log_probs)
     for k in range(60):

@@ -84,3 +84,39 @@ def test_the_demo_reports_its_comparisons_with_their_interval(tmp_path) -> None:
     rows[1]["hyps"] = None  # results measured before the files were kept: no interval
     (line,) = [x for x in target_lines(rows) if x.startswith("- (a)")]
     assert "(14.3% vs 28.6%)" in line and "interval" not in line
+
+
+def test_the_recipe_holds_its_delivered_file_to_the_first_target() -> None:
+    """The real-speech recipe's first target is judged on the best distilled student (by dev
+    WER) and again on the int8 file exported from it, scored as delivered; a file exported from
+    another student gets no line."""
+    from asrkd.demo_report import add_relative, external_target_lines
+
+    def row(variant: str, wer: float, dev: float, fmt: str = "safetensors", rtf: float = 0.006,
+            strategy: str = "none", teacher: bool = True) -> dict:
+        return {"name": f"full-s-{variant}", "scenario": "full", "variant": variant,
+                "preset": "s", "format": fmt, "strategy": strategy, "uses_teacher": teacher,
+                "wer": wer, "cer": wer, "dev_wer": dev, "mb": 38.0, "params": 9.4e6,
+                "memory_mb": 220.0, "rtf": rtf, "hyps": None}  # fmt: skip
+
+    teacher = {"name": "teacher-faster-whisper-int8", "scenario": "teacher", "variant": "none",
+               "preset": "tiny", "format": "faster-whisper-int8", "wer": 0.152, "cer": 0.07,
+               "dev_wer": None, "mb": 151.0, "params": 37.76e6, "memory_mb": 216.0,
+               "rtf": 0.0368, "hyps": None}  # fmt: skip
+    rows = [
+        teacher,
+        row("none", 0.906, 0.99, teacher=False),
+        row("init", 0.393, 0.203),
+        row("init-seq", 0.393, 0.188, strategy="sequence"),
+        row("init-seq-int8", 0.375, 0.188, "onnx-int8", 0.0046, "sequence"),
+    ]
+    add_relative(rows)
+    lines = external_target_lines(rows)
+    assert "(by dev WER, decoded as test is) full-s-init-seq: WER 39.3% = 2.59x" in lines[0]
+    assert lines[0].endswith("**not reached**")
+    assert lines[1] == (
+        "  - as delivered (full-s-init-seq-int8, onnx-int8): WER 37.5% = 2.47x the teacher's, "
+        "8.0x its speed: **reached**"
+    )
+    rows[-1]["name"] = "full-s-init-int8"  # exported from the init-only student: no line
+    assert not any("as delivered" in x for x in external_target_lines(rows))

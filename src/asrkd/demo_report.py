@@ -416,6 +416,7 @@ def external_target_lines(rows: list[dict]) -> list[str]:
             f"(≥ {WHISPER_MIN_SPEEDUP:g}x, vs {teacher['name']}): "
             f"**{'reached' if ok else 'not reached'}**"
         )
+        lines += _delivered_target_lines(rows, best, teacher)
         change, which = best["wer_change"], "the same student without distillation"
         # its situation's baseline (add_relative's), else (a)'s, which saw every transcript
         bases = {r["scenario"]: r for r in rows if r["variant"] == "none"
@@ -446,6 +447,27 @@ def external_target_lines(rows: list[dict]) -> list[str]:
         lines.append(
             f"  - beyond: WER ≤ {WHISPER_BEYOND[0]}x the teacher's at ≥ {WHISPER_BEYOND[1]:g}x "
             f"its speed: **{'reached' if beyond else 'not reached'}**"
+        )
+    return lines
+
+
+def _delivered_target_lines(rows: list[dict], best: dict, teacher: dict) -> list[str]:
+    """The first target for the files exported from `best` and scored as delivered (the int8
+    ONNX row, deliver_int8): the same student, so the same target, never chosen on test."""
+    lines = []
+    for row in rows:
+        if row["format"] == "safetensors" or not row["name"].startswith(best["name"] + "-"):
+            continue
+        ratio = row["wer"] / teacher["wer"] if teacher["wer"] else float("inf")
+        ok = (
+            ratio <= WHISPER_MAX_WER_RATIO
+            and row["params_vs_teacher"] <= WHISPER_MAX_PARAMS_RATIO
+            and (row["speed_vs_teacher"] or 0) >= WHISPER_MIN_SPEEDUP
+        )
+        lines.append(
+            f"  - as delivered ({row['name']}, {row['format']}): WER {row['wer']:.1%} = "
+            f"{ratio:.2f}x the teacher's, {_times(row['speed_vs_teacher'])} its speed: "
+            f"**{'reached' if ok else 'not reached'}**"
         )
     return lines
 

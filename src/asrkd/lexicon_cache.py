@@ -104,11 +104,13 @@ def cached_arpa(
     arpa, about = folder / f"{key}.arpa", folder / f"{key}.json"
     with open(folder / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        if not (about.is_file() and arpa.is_file()):
+        built = not (about.is_file() and arpa.is_file())
+        if built:
             remove_stale_temporaries(folder)  # a killed build's half-written text
-            _build(cfg, tokenizer, train_lm, inputs, arpa, about)
+            _build(cfg, tokenizer, train_lm, inputs, arpa, about)  # logs what it built
     order = int(json.loads(about.read_text())["order"])
-    log.info("lexicon LM from the cache: %s", arpa)
+    if not built:
+        log.info("lexicon LM from the cache: %s", arpa)
     return ArpaFile(arpa, order)
 
 
