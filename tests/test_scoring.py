@@ -92,8 +92,15 @@ def test_the_recipe_holds_its_delivered_file_to_the_first_target() -> None:
     another student gets no line."""
     from asrkd.demo_report import add_relative, external_target_lines
 
-    def row(variant: str, wer: float, dev: float, fmt: str = "safetensors", rtf: float = 0.006,
-            strategy: str = "none", teacher: bool = True) -> dict:
+    def row(
+        variant: str,
+        wer: float,
+        dev: float,
+        fmt: str = "safetensors",
+        rtf: float = 0.006,
+        strategy: str = "none",
+        teacher: bool = True,
+    ) -> dict:
         return {"name": f"full-s-{variant}", "scenario": "full", "variant": variant,
                 "preset": "s", "format": fmt, "strategy": strategy, "uses_teacher": teacher,
                 "wer": wer, "cer": wer, "dev_wer": dev, "mb": 38.0, "params": 9.4e6,
