@@ -140,6 +140,7 @@ def write_noisy_copy(part_dir: Path, out: Path, cfg: DemoConfig) -> Path:
     import soundfile as sf
 
     from asrkd.data.augment import add_noise, make_noise
+    from asrkd.files import tree_files
 
     part_dir = Path(part_dir).resolve()
     settings = {"source": str(part_dir), "snr_db": cfg.noise_snr_db,
@@ -150,10 +151,8 @@ def write_noisy_copy(part_dir: Path, out: Path, cfg: DemoConfig) -> Path:
         return dst
     marker.unlink(missing_ok=True)
     shutil.rmtree(dst, ignore_errors=True)
-    for src in sorted(part_dir.rglob("*")):
+    for src in tree_files(part_dir):  # as prepare reads it: links to folders followed
         target = dst / src.relative_to(part_dir)
-        if src.is_dir():
-            continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if src.suffix != ".flac":
             shutil.copyfile(src, target)  # transcripts

@@ -22,6 +22,24 @@ log = logging.getLogger(__name__)
 _TMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$")
 
 
+def tree_files(root: str | Path) -> list[Path]:
+    """Every file under `root`, sorted, following links to folders: a corpus is often assembled
+    from symbolic links (speakers, chapters, a user's folders), which Path.rglob does not enter
+    before Python 3.13, so their audio would be left out without a word. Each real folder is
+    walked once, so a link cycle ends and two links to one folder do not list its files twice."""
+    seen: set[str] = set()
+    files = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders.sort()  # the first path to a folder is the one its files keep
+        files += [Path(folder) / name for name in names]
+    return sorted(files)
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call write(tmp_path) and rename the result over `path` (same directory, so atomic)."""
     path = Path(path)

@@ -111,6 +111,18 @@ def test_cli_prepare_audio(folder: Path, tmp_path: Path, capsys) -> None:
     assert main(["prepare", "audio", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
 
 
+def test_linked_folders_are_read_once(folder: Path, tmp_path: Path) -> None:
+    """A user's folder that links to other folders: their audio is prepared (the link's path
+    gives the recording id), a folder reached by two links once, and a link cycle ends."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a").symlink_to(folder / "a", target_is_directory=True)
+    (mine / "again").symlink_to(folder / "a", target_is_directory=True)
+    (mine / "loop").symlink_to(mine, target_is_directory=True)
+    cuts, report = _prepare(mine, tmp_path / "out")
+    assert sorted(cuts) == ["a__b__one"] and report["n_audio_files"] == 1, report
+
+
 def test_a_distillation_run_takes_the_folder_as_unlabelled_cuts(
     prepared_parts, tiny_teacher, tmp_path: Path, one_thread
 ) -> None:

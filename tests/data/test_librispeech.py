@@ -99,6 +99,25 @@ def test_missing_part_is_a_data_error(tmp_path: Path) -> None:
         prepare_librispeech(corpus, ["nope"], tmp_path / "out", PrepareConfig(), progress=False)
 
 
+def test_speakers_linked_into_a_part_are_prepared(tmp_path: Path) -> None:
+    """A part assembled from symbolic links to speakers' folders (how corpora are often put
+    together) gives the same utterances as the folders themselves: Path.rglob does not enter
+    such links before Python 3.13, which left every linked speaker out without a word."""
+    corpus = write_librispeech_tree(tmp_path / "real", {"dev": 3}, n_speakers=2, seed=3)
+    linked = tmp_path / "linked" / "dev"
+    linked.mkdir(parents=True)
+    for speaker in sorted((corpus / "dev").iterdir()):
+        (linked / speaker.name).symlink_to(speaker, target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)  # a cycle ends
+    cfg = PrepareConfig()
+    real = CutSet.from_file(prepare_librispeech(corpus, ["dev"], tmp_path / "a", cfg, False)["dev"])
+    path = prepare_librispeech(linked.parent, ["dev"], tmp_path / "b", cfg, False)["dev"]
+    cuts = CutSet.from_file(path)
+    assert sorted(cuts.ids) == sorted(real.ids) and len(cuts) == 3
+    report = json.loads((tmp_path / "b" / "prepare_dev_report.json").read_text())
+    assert report["n_audio_files"] == 3, report
+
+
 def test_tree_is_deterministic_and_laid_out_like_librispeech(tmp_path: Path) -> None:
     a = write_librispeech_tree(tmp_path / "a", {"test": 3}, n_speakers=2, seed=5)
     b = write_librispeech_tree(tmp_path / "b", {"test": 3}, n_speakers=2, seed=5)

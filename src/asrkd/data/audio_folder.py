@@ -34,6 +34,7 @@ from asrkd.data.librispeech import (
 )
 from asrkd.data.text import Tokenizer
 from asrkd.data.validate import DataError, PrepareReport
+from asrkd.files import tree_files
 
 __all__ = ["prepare_audio_folder", "recording_id"]
 
@@ -79,7 +80,7 @@ def _scan(root: Path, out_dir: Path, cfg: PrepareConfig, report: PrepareReport) 
     suffixes = {f".{name.lower()}" for name in sf.available_formats()}
     files = sorted(
         p
-        for p in root.rglob("*")
+        for p in tree_files(root)  # links to folders followed
         if p.suffix.lower() in suffixes and p.is_file() and not p.is_relative_to(out_dir)
     )
     report.n_audio_files = len(files)

@@ -48,6 +48,7 @@ from asrkd.data.validate import (
     ctc_output_frames,
     probe_audio,
 )
+from asrkd.files import tree_files
 
 __all__ = ["DataError", "cuts_path", "download_librispeech", "prepare_librispeech"]
 
@@ -193,10 +194,11 @@ def remove_outputs(out_dir: Path, part: str) -> None:
 
 def _read_transcripts(part_dir: Path, cfg: PrepareConfig, report: PrepareReport) -> list[Utterance]:
     """One Utterance per transcript line whose audio exists; audio without text is reported."""
-    flacs = sorted(part_dir.rglob("*.flac"))
+    files = tree_files(part_dir)  # links to speakers' or chapters' folders followed
+    flacs = [p for p in files if p.suffix == ".flac"]
     report.n_audio_files = len(flacs)
     utts = []
-    for trans in sorted(part_dir.rglob("*.trans.txt")):
+    for trans in (p for p in files if p.name.endswith(".trans.txt")):
         for n, line in enumerate(trans.read_text(encoding="utf-8", errors="replace").splitlines()):
             if not line.strip():
                 continue
