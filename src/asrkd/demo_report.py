@@ -401,12 +401,7 @@ def external_target_lines(rows: list[dict]) -> list[str]:
         if not distilled:
             continue
         best = min(distilled, key=lambda r: r["dev_wer"])
-        wer_ratio = best["wer"] / teacher["wer"] if teacher["wer"] else float("inf")
-        ok = (
-            wer_ratio <= WHISPER_MAX_WER_RATIO
-            and best["params_vs_teacher"] <= WHISPER_MAX_PARAMS_RATIO
-            and (best["speed_vs_teacher"] or 0) >= WHISPER_MIN_SPEEDUP
-        )
+        wer_ratio, ok = _first_target(best, teacher)
         lines.append(
             f"- {label}: best distilled student (by dev WER, decoded as test is) "
             f"{best['name']}: WER "
@@ -451,6 +446,18 @@ def external_target_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _first_target(row: dict, teacher: dict) -> tuple[float, bool]:
+    """(WER / the teacher's, whether the first target is met: that ratio, the parameters and
+    the speed against the teacher) of a student row."""
+    ratio = row["wer"] / teacher["wer"] if teacher["wer"] else float("inf")
+    ok = (
+        ratio <= WHISPER_MAX_WER_RATIO
+        and row["params_vs_teacher"] <= WHISPER_MAX_PARAMS_RATIO
+        and (row["speed_vs_teacher"] or 0) >= WHISPER_MIN_SPEEDUP
+    )
+    return ratio, ok
+
+
 def _delivered_target_lines(rows: list[dict], best: dict, teacher: dict) -> list[str]:
     """The first target for the files exported from `best` and scored as delivered (the int8
     ONNX row, deliver_int8): the same student, so the same target, never chosen on test."""
@@ -458,12 +465,7 @@ def _delivered_target_lines(rows: list[dict], best: dict, teacher: dict) -> list
     for row in rows:
         if row["format"] == "safetensors" or not row["name"].startswith(best["name"] + "-"):
             continue
-        ratio = row["wer"] / teacher["wer"] if teacher["wer"] else float("inf")
-        ok = (
-            ratio <= WHISPER_MAX_WER_RATIO
-            and row["params_vs_teacher"] <= WHISPER_MAX_PARAMS_RATIO
-            and (row["speed_vs_teacher"] or 0) >= WHISPER_MIN_SPEEDUP
-        )
+        ratio, ok = _first_target(row, teacher)
         lines.append(
             f"  - as delivered ({row['name']}, {row['format']}): WER {row['wer']:.1%} = "
             f"{ratio:.2f}x the teacher's, {_times(row['speed_vs_teacher'])} its speed: "
