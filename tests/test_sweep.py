@@ -21,6 +21,7 @@ from asrkd.report import report
 from asrkd.sweep import (
     RESULTS,
     _reporter,
+    fail_dead_workers,
     open_study,
     pending,
     read_rows,
@@ -233,6 +234,37 @@ def test_an_orphan_running_trial_does_not_hold_up_a_finished_grid(tmp_path: Path
     assert pending(study, spec, cfg) == (0, 0)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # study.ask()
+def test_a_trial_whose_worker_died_is_retried_at_the_next_heartbeat(tmp_path: Path) -> None:
+    """A named trial whose worker process on this machine is gone is failed and retried by the
+    next worker look (each heartbeat), not only when a sweep starts: a worker killed while a
+    resumed sweep looked (still exiting) or while its siblings worked held its grid point until
+    optuna's heartbeat check, grace_seconds later (seen: the kill-and-resume test sat 10 min).
+    A live worker's trial is left alone."""
+    base = load_config(None, ["distill.strategy=logit", "teacher.path=t.safetensors"])
+    grid, ranges = parse_grid(["distill.weight=0.1,0.5"])
+    cfg = SweepConfig(grace_seconds=600)
+    study = open_study(make_spec(base, grid, ranges, cfg), cfg, tmp_path)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    trials = {}
+    for name, pid in (("alive", os.getpid()), ("killed", worker.pid)):
+        trial = study.ask()
+        for key, value in (("host", socket.gethostname()), ("pid", pid)):
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("trial_id", trial._trial_id)  # named by its own worker
+        trials[name] = trial.number
+    assert fail_dead_workers(study, cfg) == 0  # both workers run
+    worker.kill()
+    worker.wait()
+    assert fail_dead_workers(study, cfg) == 1
+    state = {t.number: t.state for t in study.trials}
+    assert state[trials["killed"]] == optuna.trial.TrialState.FAIL
+    assert state[trials["alive"]] == optuna.trial.TrialState.RUNNING
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == trials["killed"]]
+    assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.WAITING
+    assert fail_dead_workers(study, cfg) == 0  # once
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # study.ask()
 def test_an_orphan_holding_a_grid_point_is_retried(sweep_data: dict, tmp_path: Path) -> None:
@@ -263,6 +295,38 @@ def test_an_orphan_holding_a_grid_point_is_retried(sweep_data: dict, tmp_path: P
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
     assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
     assert int(retry[0].params["point"]) == point
+    assert time.monotonic() - t0 < 120
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # study.ask()
+def test_a_sweep_retries_the_point_of_a_worker_that_dies_while_it_runs(
+    sweep_data: dict, tmp_path: Path
+) -> None:
+    """A trial named by a worker that is still alive when the sweep starts and dies while the
+    sweep works: the sweep fails it at a heartbeat, retries its point and finishes, instead of
+    waiting grace_seconds (600 s here) for optuna's heartbeat check."""
+    base = base_config(sweep_data, steps=20)
+    grid = {"distill.weight": [0.1, 0.5]}  # + the baseline = 3 points
+    cfg = SweepConfig(heartbeat_seconds=1, grace_seconds=600)
+    study = open_study(make_spec(base, grid, {}, cfg), cfg, tmp_path)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    held = study.ask()  # the grid sampler gives it a point; its worker dies in 3 s
+    for key, value in (("host", socket.gethostname()), ("pid", worker.pid)):
+        held.set_user_attr(key, value)
+    held.set_user_attr("trial_id", held._trial_id)
+    point = trial_point(study, study.trials[held.number])
+    t0 = time.monotonic()
+    reaper = threading.Thread(target=worker.wait)  # reaped as soon as it exits, as init would
+    reaper.start()
+    sweep(base, grid, {}, cfg, tmp_path)
+    reaper.join()
+    rows = read_rows(tmp_path / RESULTS)
+    assert len(rows) == 3 and {r["state"] for r in rows} == {"COMPLETE"}
+    trials = open_study(make_spec(base, grid, {}, cfg), cfg, tmp_path).trials
+    assert trials[held.number].state == optuna.trial.TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == held.number]
+    assert len(retry) == 1 and int(retry[0].params["point"]) == point
     assert time.monotonic() - t0 < 120
 
 

@@ -173,18 +173,8 @@ def recover(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optuna.storages.fail_stale_trials(study)  # queues their retries itself
-    host = socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if (
-            local
-            and _owned(t)
-            and t.user_attrs.get("host") == host
-            and not process_alive(t.user_attrs.get("pid"))
-        ):
-            try:
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # it finished meanwhile
+    if local:
+        fail_dead_workers(study, sweep_cfg)
     trials = study.get_trials(deepcopy=True)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     callback = _retry_callback(sweep_cfg)
@@ -192,6 +182,30 @@ def recover(study: optuna.Study, sweep_cfg: SweepConfig, local: bool) -> int:
         if t.state == TrialState.FAIL and t.number not in retried:
             callback(study, t)  # does nothing past max_retries
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - n_waiting
+
+
+def fail_dead_workers(study: optuna.Study, sweep_cfg: SweepConfig) -> int:
+    """Fail, and queue one retry of, each RUNNING trial whose worker was a process of this
+    machine that is gone (killed, out of memory): for a local (SQLite) study only, whose workers
+    all run here. recover() looks once before the workers start, and every worker at each
+    heartbeat: a worker killed a moment before a resumed sweep looked (still exiting, its pid
+    alive) or while its siblings work had its trial held until optuna's heartbeat check
+    (grace_seconds, 600 s by default) gave it back. Returns the number of trials failed."""
+    host, n_failed = socket.gethostname(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if not _owned(t) or t.user_attrs.get("host") != host or process_alive(pid):
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished meanwhile, or another worker failed it (and queued its retry)
+        log.warning("trial %d: its worker (pid %s) is gone; retrying it", t.number, pid)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _retry_callback(sweep_cfg)(study, study._storage.get_trial(t._trial_id))
+        n_failed += 1
+    return n_failed
 
 
 def _owned(t: FrozenTrial) -> bool:
@@ -282,12 +296,15 @@ def work(
         torch.set_num_threads(threads)
     study = open_study(spec, sweep_cfg, out_dir)
     objective = Objective(base, spec, sweep_cfg, Path(out_dir))
-    orphans = OrphanWatch(sweep_cfg, storage_url(sweep_cfg, out_dir).startswith("sqlite"))
+    local = storage_url(sweep_cfg, out_dir).startswith("sqlite")
+    orphans = OrphanWatch(sweep_cfg, local)
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)
         orphans.fail_overdue(study)
+        if local:
+            fail_dead_workers(study, sweep_cfg)
         startable, running = pending(study, spec, sweep_cfg)
         if startable:
             study.optimize(objective, n_trials=1, catch=(Exception,))
