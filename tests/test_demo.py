@@ -13,6 +13,7 @@ from asrkd.config import DemoConfig, load_config, replace
 from asrkd.demo import plan_runs, prepare_data, run_config, train_in_parallel, train_or_reuse
 from asrkd.demo_report import code_fingerprint
 from asrkd.distill.teachers import file_sha256
+from tests.helpers import write_librispeech_tree
 
 
 def tiny_demo_overrides(out) -> list[str]:
@@ -51,6 +52,41 @@ def test_plan_covers_both_situations():
     assert logit.uses_teacher and not next(s for s in specs if s.variant == "none").uses_teacher
     init_only = DemoConfig(variants=(("init", ("distill.init_from_teacher=True",)),))
     assert [s.uses_teacher for s in plan_runs(init_only)[1:3]] == [False, True]
+
+
+def test_the_noisy_test_copy(tmp_path):
+    """write_noisy_copy: every utterance at the configured SNR under the same names, the
+    transcripts copied, speakers' folders reached through links too, the same copy on a second
+    call; a folder without audio is an error naming it, never a finished empty copy."""
+    import numpy as np
+    import soundfile as sf
+
+    from asrkd.data.validate import DataError
+    from asrkd.demo import write_noisy_copy
+
+    corpus = write_librispeech_tree(tmp_path / "ls", {"test": 4}, n_speakers=2, seed=2)
+    linked = tmp_path / "linked" / "test"
+    linked.mkdir(parents=True)
+    for speaker in sorted((corpus / "test").iterdir()):
+        (linked / speaker.name).symlink_to(speaker, target_is_directory=True)
+    cfg = DemoConfig(noise_snr_db=10.0)
+    copy = write_noisy_copy(linked, tmp_path / "noisy", cfg)
+    names = sorted(p.relative_to(corpus / "test") for p in (corpus / "test").rglob("*.*"))
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*.*")) == names and len(names) == 6
+    for rel in (n for n in names if n.suffix == ".flac"):
+        clean, _ = sf.read(corpus / "test" / rel, dtype="float32")
+        noisy, rate = sf.read(copy / rel, dtype="float32")
+        scale = float(np.dot(noisy, clean) / np.dot(clean, clean))  # a common gain, if clipped
+        noise = noisy - scale * clean
+        snr = 10 * np.log10(np.sum((scale * clean) ** 2) / np.sum(noise**2))
+        assert rate == 16000 and abs(snr - 10.0) < 0.5, (rel, snr)
+    mtime = (copy / names[0]).stat().st_mtime_ns
+    assert write_noisy_copy(linked, tmp_path / "noisy", cfg) == copy  # reused
+    assert (copy / names[0]).stat().st_mtime_ns == mtime
+    (tmp_path / "empty" / "test").mkdir(parents=True)
+    with pytest.raises(DataError, match="empty/test: no .flac files"):
+        write_noisy_copy(tmp_path / "empty" / "test", tmp_path / "noisy2", cfg)
+    assert not list((tmp_path / "noisy2").glob("*.done"))
 
 
 def test_scaled_down_demo_end_to_end(tmp_path, capsys, monkeypatch):
@@ -198,8 +234,6 @@ def test_demo_on_a_librispeech_folder(tmp_path):
     """`asrkd demo --librispeech DIR`: the same pipeline on a LibriSpeech-layout folder, dev
     speakers held out of the train part, the test part as test, the lexicon from the train
     split's transcripts."""
-    from tests.helpers import write_librispeech_tree
-
     root = write_librispeech_tree(tmp_path / "ls", {"train-clean-5": 60, "test-other": 12})
     out = tmp_path / "demo"
     sets = [

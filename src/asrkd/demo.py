@@ -18,6 +18,7 @@ from pathlib import Path
 
 from asrkd.config import LEXICON_FIELDS, Config, DemoConfig, replace, save_config
 from asrkd.data.dataset import load_cuts, speaker_of
+from asrkd.data.validate import DataError
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,10 @@ def write_noisy_copy(part_dir: Path, out: Path, cfg: DemoConfig) -> Path:
         return dst
     marker.unlink(missing_ok=True)
     shutil.rmtree(dst, ignore_errors=True)
-    for src in tree_files(part_dir):  # as prepare reads it: links to folders followed
+    files = tree_files(part_dir)  # as prepare reads it: links to folders followed
+    if not any(src.suffix == ".flac" for src in files):  # never a finished empty copy
+        raise DataError(f"{part_dir}: no .flac files to copy with noise")
+    for src in files:
         target = dst / src.relative_to(part_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         if src.suffix != ".flac":
