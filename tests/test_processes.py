@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from asrkd.processes import process_alive
+from asrkd.processes import process_alive, spawn_pool
 
 PARENT = """
 import os, sys, time
@@ -80,3 +80,15 @@ def test_pool_workers_exit_when_their_parent_is_killed(tmp_path, kind):
                     os.kill(int(f.read_text()), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def test_pool_workers_start_with_the_given_environment(monkeypatch):
+    """spawn_pool(env=...): each worker has the variables before its first task, the parent's
+    own settings winning (as `asrkd evaluate` treats INFERENCE_ENV), and the parent unchanged."""
+    monkeypatch.setenv("ASRKD_TEST_SET_BY_USER", "mine")
+    monkeypatch.delenv("ASRKD_TEST_NEW", raising=False)
+    env = {"ASRKD_TEST_NEW": "16", "ASRKD_TEST_SET_BY_USER": "16"}
+    with spawn_pool(1, env=env) as pool:
+        seen = {k: pool.submit(os.getenv, k).result(timeout=60) for k in env}
+    assert seen == {"ASRKD_TEST_NEW": "16", "ASRKD_TEST_SET_BY_USER": "mine"}
+    assert "ASRKD_TEST_NEW" not in os.environ

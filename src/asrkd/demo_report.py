@@ -179,12 +179,14 @@ def scoring_config(cfg: DemoConfig) -> EvalConfig:
 
 def in_processes(fn, jobs: list[tuple], n_workers: int) -> list:
     """[fn(*job) for job in jobs], n_workers fresh one-thread processes at a time (in this
-    process when n_workers is 1)."""
+    process when n_workers is 1). The jobs score models, so the workers start with the kernel
+    caches capped as `asrkd evaluate` does (asrkd.precision.INFERENCE_ENV)."""
     if n_workers <= 1:
         return [fn(*job) for job in jobs]
+    from asrkd.precision import INFERENCE_ENV
     from asrkd.processes import spawn_pool
 
-    with spawn_pool(n_workers) as pool:
+    with spawn_pool(n_workers, env=INFERENCE_ENV) as pool:
         return list(pool.map(fn, *zip(*jobs)))
 
 

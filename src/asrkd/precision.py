@@ -42,7 +42,7 @@ def limit_kernel_cache(env: dict | None = None) -> dict:
     """INFERENCE_ENV into `env` (default: this process's os.environ) where the user has not set
     those variables; returns `env`. oneDNN and ideep read them once, at their first use in a
     process: call before any PyTorch computation (`asrkd transcribe`, `asrkd evaluate` and the
-    memory probe do)."""
+    memory probe do; the demo's scoring workers get them through spawn_pool's env)."""
     env = os.environ if env is None else env
     for key, value in INFERENCE_ENV.items():
         env.setdefault(key, value)

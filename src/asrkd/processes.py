@@ -53,10 +53,20 @@ def exit_with_parent(poll_seconds: float = 1.0) -> None:
     threading.Thread(target=watch, name="asrkd-exit-with-parent", daemon=True).start()
 
 
-def spawn_pool(n_workers: int) -> ProcessPoolExecutor:
+def spawn_pool(n_workers: int, env: dict[str, str] | None = None) -> ProcessPoolExecutor:
     """A process pool of fresh interpreters (spawn: forking a parent that holds torch or
-    onnxruntime thread pools is unsafe) whose workers exit when this process dies."""
+    onnxruntime thread pools is unsafe) whose workers exit when this process dies; `env`'s
+    variables are set in each worker before its first task where the parent's environment does
+    not set them (e.g. asrkd.precision.INFERENCE_ENV for workers that only score models)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=exit_with_parent)
+    return ProcessPoolExecutor(
+        n_workers, mp_context=ctx, initializer=_start_worker, initargs=(dict(env or {}),)
+    )
+
+
+def _start_worker(env: dict[str, str]) -> None:
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    exit_with_parent()
