@@ -462,10 +462,15 @@ def _first_target(row: dict, teacher: dict) -> tuple[float, bool]:
 
 def _delivered_target_lines(rows: list[dict], best: dict, teacher: dict) -> list[str]:
     """The first target for the files exported from `best` and scored as delivered (the int8
-    ONNX row, deliver_int8): the same student, so the same target, never chosen on test."""
+    ONNX row, deliver_int8): the same student, so the same target, never chosen on test. Its
+    row names the student as _row writes it: best's scenario, preset and variant + "-int8"."""
+    source = (best["scenario"], best["preset"], f"{best['variant']}-int8")
     lines = []
     for row in rows:
-        if row["format"] == "safetensors" or not row["name"].startswith(best["name"] + "-"):
+        if (
+            row["format"] == "safetensors"
+            or (row["scenario"], row["preset"], row["variant"]) != source
+        ):
             continue
         ratio, ok = _first_target(row, teacher)
         lines.append(
