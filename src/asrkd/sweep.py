@@ -196,16 +196,22 @@ def fail_dead_workers(study: optuna.Study, sweep_cfg: SweepConfig) -> int:
         pid = t.user_attrs.get("pid")
         if not _owned(t) or t.user_attrs.get("host") != host or process_alive(pid):
             continue
-        try:
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # it finished meanwhile, or another worker failed it (and queued its retry)
-        log.warning("trial %d: its worker (pid %s) is gone; retrying it", t.number, pid)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _retry_callback(sweep_cfg)(study, study._storage.get_trial(t._trial_id))
-        n_failed += 1
+        n_failed += _fail_and_retry(study, t, sweep_cfg, f"(pid {pid}) is gone")
     return n_failed
+
+
+def _fail_and_retry(study: optuna.Study, t: FrozenTrial, sweep_cfg: SweepConfig, why: str) -> bool:
+    """Fail the RUNNING trial t, whose worker `why`, and queue its retry; False where it had
+    finished meanwhile or another worker failed it first (and queued the retry)."""
+    try:
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    log.warning("trial %d: its worker %s; retrying it", t.number, why)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _retry_callback(sweep_cfg)(study, study._storage.get_trial(t._trial_id))
+    return True
 
 
 def _owned(t: FrozenTrial) -> bool:
@@ -239,15 +245,7 @@ class OrphanWatch:
         for t in unnamed:
             if now - self.first_seen[t._trial_id] < self.limit:
                 continue
-            try:
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # it finished, or another worker failed it (and queued its retry)
-            log.warning("trial %d: its worker died before it started; retrying it", t.number)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _retry_callback(self.sweep_cfg)(study, study._storage.get_trial(t._trial_id))
-            n_failed += 1
+            n_failed += _fail_and_retry(study, t, self.sweep_cfg, "died before it started")
         return n_failed
 
 
