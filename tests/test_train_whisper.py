@@ -17,7 +17,7 @@ from asrkd.data.text import Tokenizer
 from asrkd.data.whisper_features import log_mel
 from asrkd.distill.strategies import Distiller
 from asrkd.evaluate import evaluate
-from asrkd.models import PRESETS, build_model
+from asrkd.models import PRESETS, ModelOutput, build_model
 from asrkd.models.checkpoint import load_model, read_checkpoint_meta
 from asrkd.train import Trainer, train
 from asrkd.transcribe import Transcriber, fbank, transcribe_files
@@ -276,6 +276,40 @@ def test_cached_frozen_layers_train_as_the_whole_student(whisper_parts, tmp_path
     )  # fmt: skip
     with pytest.raises(ConfigError, match="leaves its front end"):
         Trainer(cfg)
+
+
+def test_intermediate_ctc_trains_a_middle_block_through_the_head(whisper_parts, tmp_path) -> None:
+    """train.inter_ctc_weight: the middle block's output, read by the final LayerNorm and the CTC
+    head, is trained on the transcripts too; the model file holds the same weights as without
+    it; the last block and a frozen block are refused."""
+    base = [*overrides(whisper_parts, tmp_path / "x", 12), "model.preset=whisper-tiny-enc4",
+            "model.dropout=0.0", "data.spec_augment=false", "train.eval_every=100",
+            "train.inter_ctc_weight=0.3"]  # fmt: skip
+    cfg = load_config(None, [*base, f"train.out_dir={tmp_path / 'inter'}"])
+    trainer = Trainer(cfg)
+    assert trainer.inter_block == 1  # (4 - 1) // 2
+    batch = collate(load_cuts(whisper_parts["train"])[:3], trainer.tokenizer)
+    total, terms = trainer._loss(batch)
+    model = trainer.model
+    out = model(batch.feats, batch.feat_lens)
+    inter = model.ctc_head(model.layer_norm(out.hidden_states[1]))
+    ctc_i = trainer.distiller(ModelOutput(inter, out.lengths, ()), None, batch)[1]["ctc"]
+    torch.testing.assert_close(terms["inter_ctc"], ctc_i)
+    torch.testing.assert_close(total, terms["ctc"] + 0.3 * terms["inter_ctc"])
+    trainer.run()
+    rows = [json.loads(x) for x in (tmp_path / "inter" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["inter_ctc"] > 0 for r in rows if "loss" in r)
+    plain = build_model("whisper-tiny-enc4", model.dims.vocab_size, model.dims.n_mels, 0.0)
+    saved, _ = load_model(tmp_path / "inter" / "model.safetensors")
+    assert set(saved.state_dict()) == set(plain.state_dict())
+    for extra, message in (
+        (["train.inter_ctc_block=3"], "below the last"),
+        (["train.inter_ctc_block=1", "train.freeze=[blocks.1]"], "that block is frozen"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            Trainer(load_config(None, [*base, f"train.out_dir={tmp_path / 'bad'}", *extra]))
+    with pytest.raises(ConfigError, match="inter_ctc_weight must be >= 0"):
+        load_config(None, [*base, "train.inter_ctc_weight=-1"])
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -487,6 +487,14 @@ class TrainConfig:
     # CPU with the same dev WER (docs/benchmarks.md); elsewhere bfloat16 is emulated and slower
     # (a warning says so). Small models (a few M parameters at width 144) gain nothing.
     precision: str = "fp32"
+    # Intermediate CTC (Lee & Watanabe, 2021): the output of block `inter_ctc_block` (0-based;
+    # -1 = the middle one, (n_layers - 1) // 2) is also read by the student's CTC head (after its
+    # final LayerNorm, for Whisper-encoder students) and trained on the same CTC targets as the
+    # last block, ground truth and teacher transcripts alike; the term is added with weight
+    # `inter_ctc_weight` (0 = off). No parameter is added: the model file and its speed are the
+    # same.
+    inter_ctc_weight: float = 0.0
+    inter_ctc_block: int = -1
     min_lr_ratio: float = 0.05  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 1e-3
@@ -526,6 +534,11 @@ class TrainConfig:
         if not 0 <= self.head_steps < self.max_steps:
             raise ConfigError("train.head_steps must be in [0, max_steps)")
         _check_choice("train.precision", self.precision, PRECISIONS)
+        if self.inter_ctc_weight < 0 or self.inter_ctc_block < -1:
+            raise ConfigError(
+                "train.inter_ctc_weight must be >= 0 (0 = off) and train.inter_ctc_block a block "
+                "index or -1 (the middle block)"
+            )
         if any(not name or name.startswith(".") or name.endswith(".") for name in self.freeze):
             raise ConfigError("train.freeze: parameter names or prefixes such as blocks.0")
 

@@ -163,7 +163,13 @@ class Trainer:
         self.features = to_dict(feature_config_of(self.train_cuts))
         self.teacher_source, teacher_dims, teacher_model = prepare_teacher(cfg, self.tokenizer)
         self.model = self._build_student(teacher_model, self.train_cuts[0].num_features)
-        self.distiller = Distiller(cfg.distill, self.tokenizer, self.model.dims, teacher_dims)
+        self.distiller = Distiller(
+            cfg.distill,
+            self.tokenizer,
+            self.model.dims,
+            teacher_dims,
+            inter_ctc_weight=cfg.train.inter_ctc_weight,
+        )
         self.distiller.to(self.device)
         if self.teacher_source is not None:
             self.teacher_source.attach(self.distiller.request, self.device, self.train_cuts)
@@ -176,6 +182,7 @@ class Trainer:
         # projections
         frozen = frozen_parameters(self.model, cfg.train.freeze)
         self.front_blocks = self._cached_front(frozen)  # None: train.cache_frozen off
+        self.inter_block = self._inter_block(frozen)  # None: train.inter_ctc_weight 0
         self.front_cache: dict[str, torch.Tensor] = {}  # cut id -> (T', D) frozen output
         self.params = [p for p in self.model.parameters() if p not in frozen]
         self.params += list(self.distiller.parameters())
@@ -282,6 +289,26 @@ class Trainer:
             )
         return n
 
+    def _inter_block(self, frozen: set[torch.nn.Parameter]) -> int | None:
+        """train.inter_ctc_weight: the block whose output the intermediate CTC term reads (None:
+        off); a ConfigError where it is the last block or a frozen one (train.freeze)."""
+        tc = self.cfg.train
+        if not tc.inter_ctc_weight:
+            return None
+        n_layers = self.model.dims.n_layers
+        block = (n_layers - 1) // 2 if tc.inter_ctc_block == -1 else tc.inter_ctc_block
+        if not 0 <= block < n_layers - 1:
+            raise ConfigError(
+                f"train.inter_ctc_block={tc.inter_ctc_block}: a block below the last of the "
+                f"student's {n_layers} (0 to {n_layers - 2}, or -1 for the middle one)"
+            )
+        if all(p in frozen for p in self.model.blocks[block].parameters()):
+            raise ConfigError(
+                f"train.inter_ctc_block={block}: that block is frozen (train.freeze), so "
+                "intermediate CTC could not train it; choose a block that trains"
+            )
+        return block
+
     def _forward_cached(self, batch: Batch):
         """The student on `batch` starting above its frozen layers, whose output per utterance
         is computed on its first pass and kept (train.cache_frozen)."""
@@ -387,7 +414,12 @@ class Trainer:
         out = as_float32(out)  # the losses in float32 whatever train.precision
         if factor != 1.0 and teacher_out is not None:
             teacher_out = _retime(teacher_out, out.lengths)
-        return self.distiller(out, teacher_out, batch.to(self.device))
+        inter = None
+        if self.inter_block is not None:
+            with self.autocast():
+                inter = self.model.intermediate_logits(out.hidden_states[self.inter_block])
+            inter = inter.float()
+        return self.distiller(out, teacher_out, batch.to(self.device), inter)
 
     def _sum_over_processes(self, finite: bool, total, terms: dict, weight: float):
         """Sum gradients, the not-finite flag and the weighted loss terms over the processes:

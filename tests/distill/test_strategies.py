@@ -149,6 +149,32 @@ def test_sequence_strategy_uses_teacher_transcripts_on_unlabelled_audio() -> Non
     assert student_model.ctc_head.weight.grad.abs().sum() > 0
 
 
+def test_intermediate_ctc_mixes_the_ctc_terms_as_the_last_block_does() -> None:
+    """train.inter_ctc_weight: "inter_ctc" is the ground-truth and teacher-transcript CTC terms
+    on the intermediate logits, mixed by their weights, and enters the total with its own."""
+    batch = make_batch(["ab c", "d"], [90, 60])
+    student_model = model(STUDENT, 0)
+    student = student_model(batch.feats, batch.feat_lens)
+    inter_logits = student_model.intermediate_logits(student.hidden_states[0])
+    cfg = DistillConfig(strategy="sequence", sequence_weight=0.75)
+    distiller = Distiller(cfg, TOK, STUDENT, inter_ctc_weight=0.3)
+    teacher = TeacherOutput(lengths=student.lengths, transcripts=["ab", None])
+    total, terms = distiller(student, teacher, batch, inter_logits)
+    lens = student.lengths
+    ctc_i = ctc_loss(inter_logits, lens, batch.targets, batch.target_lens)
+    seq_targets = torch.tensor([TOK.encode("ab"), [0, 0]])
+    seq_i = ctc_loss(
+        inter_logits, lens, seq_targets, torch.tensor([2, 0]), torch.tensor([1, 0]) > 0
+    )
+    assert set(terms) == {"ctc", "kd_seq", "inter_ctc"}
+    torch.testing.assert_close(terms["inter_ctc"], 0.25 * ctc_i + 0.75 * seq_i)
+    torch.testing.assert_close(
+        total, 0.25 * terms["ctc"] + 0.75 * terms["kd_seq"] + 0.3 * terms["inter_ctc"]
+    )
+    _, plain = Distiller(cfg, TOK, STUDENT)(student, teacher, batch, inter_logits)
+    assert "inter_ctc" not in plain  # weight 0: off, whatever the caller passes
+
+
 def test_auto_layer_map() -> None:
     assert auto_layer_map(4, 16) == ((1, 7), (3, 15))
     assert auto_layer_map(2, 4) == ((0, 1), (1, 3))

@@ -109,6 +109,11 @@ STRATEGIES: dict[str, type] = {
 }
 
 
+# The strategies whose terms are CTC losses on the student's output: an intermediate block's
+# output (train.inter_ctc_weight) is trained on them too.
+CTC_STRATEGIES = ("none", "sequence")
+
+
 def loss_weights(cfg: DistillConfig) -> dict[str, float]:
     """Weights of the named terms: logit and sequence KD take their weight from the CTC term
     ((1 - w) * CTC + w * KD), hidden KD is added with its own weight."""
@@ -134,9 +139,12 @@ class Distiller(nn.Module):
         tokenizer: Tokenizer,
         student_dims: Any,
         teacher_dims: Any = None,
+        inter_ctc_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.weights = loss_weights(cfg)
+        if inter_ctc_weight:
+            self.weights["inter_ctc"] = inter_ctc_weight
         mods: dict[str, nn.Module] = {"none": NoKD()}
         for name in cfg.strategies:
             if name == "logit":
@@ -173,12 +181,27 @@ class Distiller(nn.Module):
         return r.logits or r.transcripts or bool(r.hidden_layers)
 
     def forward(
-        self, student: ModelOutput, teacher: TeacherOutput | None, batch: Batch
+        self,
+        student: ModelOutput,
+        teacher: TeacherOutput | None,
+        batch: Batch,
+        inter_logits: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """(weighted total, unweighted terms)."""
+        """(weighted total, unweighted terms). inter_logits (B, T', V): an intermediate block's
+        output read by the CTC head (train.inter_ctc_weight); its term "inter_ctc" is the CTC
+        terms (ground truth, teacher transcripts) on it, mixed as the last block's are."""
         terms: dict[str, Tensor] = {}
         for mod in self.parts.values():
             terms.update(mod(student, teacher, batch))
+        if inter_logits is not None and "inter_ctc" in self.weights:
+            inter = ModelOutput(inter_logits, student.lengths, ())
+            ctc_terms: dict[str, Tensor] = {}
+            for name in CTC_STRATEGIES:
+                if name in self.parts:
+                    ctc_terms.update(self.parts[name](inter, teacher, batch))
+            mix = sum(self.weights[k] for k in ctc_terms)
+            if mix > 0:
+                terms["inter_ctc"] = sum(self.weights[k] * v for k, v in ctc_terms.items()) / mix
         total = sum(self.weights[k] * v for k, v in terms.items() if self.weights[k] != 0.0)
         if not isinstance(total, Tensor):
             total = student.logits.sum() * 0.0

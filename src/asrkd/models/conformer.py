@@ -313,5 +313,10 @@ class ConformerCTC(nn.Module):
             hidden.append(x)
         return ModelOutput(self.ctc_head(x), lengths, tuple(hidden))
 
+    def intermediate_logits(self, hidden: Tensor) -> Tensor:
+        """hidden (B, T', D), a block's output below the last -> (B, T', V) through the CTC
+        head, as the last block's is (intermediate CTC, train.inter_ctc)."""
+        return self.ctc_head(hidden)
+
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -176,6 +176,11 @@ class WhisperEncoderCTC(nn.Module):
         hidden[-1] = x
         return ModelOutput(self.ctc_head(x), lengths, tuple(hidden))
 
+    def intermediate_logits(self, hidden: Tensor) -> Tensor:
+        """hidden (B, T', D), a block's output below the last -> (B, T', V): read by the final
+        LayerNorm and the CTC head, as the last block's is (intermediate CTC, train.inter_ctc)."""
+        return self.ctc_head(self.layer_norm(hidden))
+
     def frozen_front(self, frozen: set[nn.Parameter]) -> int | None:
         """How many blocks, above a frozen front end (conv1, conv2), are frozen from the input
         up (`frozen`: train.freeze's parameters); None when the front end is not frozen."""
