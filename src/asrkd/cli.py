@@ -140,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="shorthand for --set target=T (asrkd or sherpa-onnx)")
     _add_config_args(p)
 
+    p = sub.add_parser(
+        "cache", help="list asrkd's disk caches (teacher outputs, LMs), or delete unused ones"
+    )
+    p.add_argument("action", choices=["list", "prune"])
+    p.add_argument("roots", nargs="+", help="folders to search, to any depth (e.g. runs)")
+    p.add_argument(
+        "--unused-days",
+        type=float,
+        help="prune: delete the entries not used for this many days (required)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="prune: list, delete nothing")
+
     p = sub.add_parser("demo", help="the whole story: teacher, students with and without KD")
     _add_config_args(p, positional=True)
     p.add_argument("--librispeech", help="run on a LibriSpeech folder instead of the corpus")
@@ -258,6 +270,33 @@ def cmd_export(args) -> None:
     print(f"{path}\t{path.stat().st_size / 1e6:.2f} MB")
 
 
+def cmd_cache(args) -> None:
+    from asrkd.caches import find_caches, human_bytes, prune, table
+
+    if (args.action == "prune") != (args.unused_days is not None):
+        raise ConfigError(
+            "cache prune needs --unused-days D (entries unused for D days go); "
+            "cache list takes none"
+        )
+    entries = find_caches(args.roots)
+    if args.action == "list":
+        print(table(entries))
+        return
+    if args.unused_days < 0:
+        raise ConfigError("--unused-days must be >= 0")
+    result = prune(entries, args.unused_days * 86400, args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for key, word in (("removed", verb), ("in_use", "in use, kept")):
+        for e in result[key]:
+            print(f"{word}: {e.path} ({human_bytes(e.size)})")
+    freed = sum(e.size for e in result["removed"])
+    print(
+        f"{verb} {len(result['removed'])} of {len(entries)} cache entries, "
+        f"{human_bytes(freed)}; {len(result['in_use'])} in use, "
+        f"{len(result['recent'])} used in the last {args.unused_days:g} days"
+    )
+
+
 def cmd_demo(args) -> None:
     from asrkd.demo import DemoConfig, run_demo
 
@@ -276,6 +315,7 @@ COMMANDS = {
     "report": cmd_report,
     "transcribe": cmd_transcribe,
     "export": cmd_export,
+    "cache": cmd_cache,
     "demo": cmd_demo,
 }
 

@@ -17,8 +17,8 @@ training manifest or speaker split is another key), the versions of the packages
 it reads, and the source of the asrkd modules that build and write it: a change to any of them
 gives another key, never a stale LM. Only the C++ engine (character tokenizers) reads the cache;
 the Python search works on the LM's tables, which the ARPA text holds to 7 significant digits.
-Entries are never deleted by asrkd (~100 MB each for that trigram, ~50 MB for its bigram):
-delete the folder to free them. Writes are atomic (an entry counts once its `.json` is written,
+Entries are deleted only by `asrkd cache prune` (asrkd.caches; ~100 MB each for that trigram,
+~50 MB for its bigram), which reads an entry's last use from its `.json`'s modification time. Writes are atomic (an entry counts once its `.json` is written,
 after its `.arpa`; a killed build's temporary file is deleted by the next build), and a build
 holds a lock on its key, so a second process asking for the same LM waits for the first instead
 of building it again.
@@ -31,6 +31,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -111,6 +112,10 @@ def cached_arpa(
     order = int(json.loads(about.read_text())["order"])
     if not built:
         log.info("lexicon LM from the cache: %s", arpa)
+        try:
+            os.utime(about)  # the entry's last use, as `asrkd cache` reports and prunes by
+        except OSError:  # a read-only disk: used all the same
+            pass
     return ArpaFile(arpa, order)
 
 

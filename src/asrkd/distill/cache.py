@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -170,6 +171,8 @@ def _build_locked(
         "entries": entries,
         "texts": texts,
         "hidden_layers": list(request.hidden_layers),
+        # for people (`asrkd cache list`); the key holds the teacher's fingerprint
+        "teacher_path": str(getattr(teacher, "path", "")) or None,
     }
     (tmp / "index.json").write_text(json.dumps(index))
     shutil.rmtree(directory, ignore_errors=True)
@@ -187,11 +190,22 @@ def _audio(cut) -> tuple[np.ndarray, int]:
 
 
 class TeacherCache:
-    """Stored teacher outputs, looked up by cut id and padded into batches."""
+    """Stored teacher outputs, looked up by cut id and padded into batches.
+
+    While open it holds a shared lock on its index.json (`asrkd cache prune` deletes only a
+    cache nobody holds) and it marks the index's modification time as the cache's last use."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        index = json.loads((self.directory / "index.json").read_text())
+        index_path = self.directory / "index.json"
+        # closed, and the lock released, with the object
+        self._in_use = open(index_path, "rb")  # noqa: SIM115
+        fcntl.flock(self._in_use, fcntl.LOCK_SH)
+        try:
+            os.utime(index_path)  # the last use, as `asrkd cache` reports and prunes by
+        except OSError:  # a read-only disk: used all the same
+            pass
+        index = json.loads(self._in_use.read())
         self.key, self.topk, self.vocab_size = index["key"], index["topk"], index["vocab_size"]
         self.entries, self.texts = index["entries"], index["texts"]
         self.hidden_layers = tuple(index["hidden_layers"])
