@@ -173,6 +173,8 @@ def test_intermediate_ctc_mixes_the_ctc_terms_as_the_last_block_does() -> None:
     )
     _, plain = Distiller(cfg, TOK, STUDENT)(student, teacher, batch, inter_logits)
     assert "inter_ctc" not in plain  # weight 0: off, whatever the caller passes
+    with pytest.raises(ConfigError, match="every CTC term here has weight 0"):
+        Distiller(DistillConfig(strategy="logit", weight=1.0), TOK, STUDENT, inter_ctc_weight=0.3)
 
 
 def test_auto_layer_map() -> None:

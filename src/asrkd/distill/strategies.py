@@ -144,6 +144,11 @@ class Distiller(nn.Module):
         super().__init__()
         self.weights = loss_weights(cfg)
         if inter_ctc_weight:
+            if not any(self.weights.get(k, 0.0) > 0 for k in ("ctc", "kd_seq")):
+                raise ConfigError(
+                    "train.inter_ctc_weight: intermediate CTC trains on the CTC terms' targets "
+                    "(ground truth, teacher transcripts), and every CTC term here has weight 0"
+                )
             self.weights["inter_ctc"] = inter_ctc_weight
         mods: dict[str, nn.Module] = {"none": NoKD()}
         for name in cfg.strategies:
@@ -199,9 +204,8 @@ class Distiller(nn.Module):
             for name in CTC_STRATEGIES:
                 if name in self.parts:
                     ctc_terms.update(self.parts[name](inter, teacher, batch))
-            mix = sum(self.weights[k] for k in ctc_terms)
-            if mix > 0:
-                terms["inter_ctc"] = sum(self.weights[k] * v for k, v in ctc_terms.items()) / mix
+            mix = sum(self.weights[k] for k in ctc_terms)  # > 0: checked in __init__
+            terms["inter_ctc"] = sum(self.weights[k] * v for k, v in ctc_terms.items()) / mix
         total = sum(self.weights[k] * v for k, v in terms.items() if self.weights[k] != 0.0)
         if not isinstance(total, Tensor):
             total = student.logits.sum() * 0.0
