@@ -15,6 +15,7 @@ from asrkd.data.text import Tokenizer
 from asrkd.distill.student_init import init_from_whisper
 from asrkd.models import FAMILIES, PRESETS, WhisperEncoderCTC, WhisperEncoderDims, build_model
 from asrkd.models.checkpoint import load_model, read_checkpoint_meta, save_checkpoint
+from asrkd.models.conformer import attention_bias, padding_mask
 from asrkd.models.whisper_encoder import output_lengths, sinusoids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -238,3 +239,35 @@ def test_onnx_export_parity(tmp_path: Path) -> None:
         error = logits[i, :n] - eager.logits[i, :n]
         rms = error.pow(2).mean().sqrt() / eager.logits[i, :n].pow(2).mean().sqrt()
         assert rms <= 0.3 and error.abs().max() <= 1.5, (i, rms, error.abs().max())
+
+
+def test_a_repeated_last_block_adds_depth_but_no_parameter(tmp_path: Path) -> None:
+    """dims.repeat_last: the last block applied again to its own output with the same weights;
+    the same parameters as without, the model file rebuilds it, and the ONNX file computes it
+    (export_model holds the file to the eager model within 1e-4)."""
+    plain, repeated = tiny_model(), tiny_model(repeat_last=2)
+    repeated.load_state_dict(plain.state_dict())
+    assert repeated.n_params() == plain.n_params()
+    feats, lens = torch.randn(2, 400, 80), torch.tensor([400, 250])
+    with torch.inference_mode():
+        x = plain.front(feats, lens, len(plain.blocks))
+        mask = padding_mask(output_lengths(lens), x.shape[1])
+        bias = attention_bias(mask, x.dtype)
+        for _ in range(2):
+            x = plain.blocks[-1](x, bias)
+        want = plain.ctc_head(plain.layer_norm(x))
+        got = repeated(feats, lens)
+    for i, n in enumerate(output_lengths(lens).tolist()):
+        torch.testing.assert_close(got.logits[i, :n], want[i, :n])
+    assert len(got.hidden_states) == repeated.dims.n_layers
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, repeated, Tokenizer(), features={"kind": "whisper"})
+    loaded, _ = load_model(path)
+    assert loaded.dims.repeat_last == 2
+    pytest.importorskip("onnxscript", reason="export tests need asrkd[export]")
+    from asrkd.config import ExportConfig
+    from asrkd.export import export_model
+
+    export_model(path, tmp_path / "m.onnx", ExportConfig())
+    with pytest.raises(ValueError, match="repeat_last"):
+        WhisperEncoderDims(repeat_last=-1)

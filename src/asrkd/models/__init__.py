@@ -57,6 +57,10 @@ PRESETS: dict[str, ConformerDims | WhisperEncoderDims] = {
     # tiny's four blocks and one more above them (9.4 M, 24.9 % of tiny.en): distill.init_from
     # starts the fifth as the identity (asrkd.distill.student_init.init_from_whisper)
     "whisper-tiny-enc5": WhisperEncoderDims(d_model=384, n_heads=6, n_layers=5, ffn_dim=1536),
+    # the same weights as whisper-tiny-enc5, its fifth block applied twice (experimental)
+    "whisper-tiny-enc5-r1": WhisperEncoderDims(
+        d_model=384, n_heads=6, n_layers=5, ffn_dim=1536, repeat_last=1
+    ),
     "whisper-base-enc2": WhisperEncoderDims(d_model=512, n_heads=8, n_layers=2, ffn_dim=2048),
     "whisper-base-enc4": WhisperEncoderDims(d_model=512, n_heads=8, n_layers=4, ffn_dim=2048),
     "whisper-base-enc6": WhisperEncoderDims(d_model=512, n_heads=8, n_layers=6, ffn_dim=2048),

@@ -47,10 +47,15 @@ class WhisperEncoderDims:
     n_layers: int = 4
     ffn_dim: int = 1536
     dropout: float = 0.1
+    # The last block applied this many more times to its own output, with the same weights:
+    # depth without parameters (ALBERT's sharing), at a block's compute per repeat.
+    repeat_last: int = 0
 
     def __post_init__(self) -> None:
         if self.n_layers < 1:
             raise ValueError("n_layers must be at least 1")
+        if self.repeat_last < 0:
+            raise ValueError("repeat_last must be >= 0")
         if self.d_model % self.n_heads:
             raise ValueError("d_model must split evenly over n_heads")
         if self.d_model % 2 or self.d_model < 4:
@@ -172,6 +177,8 @@ class WhisperEncoderCTC(nn.Module):
         for block in self.blocks[start:]:
             x = block(x, attn_mask)
             hidden.append(x)
+        for _ in range(self.dims.repeat_last):  # the last block's output: after its repeats
+            x = self.blocks[-1](x, attn_mask)
         x = self.layer_norm(x)
         hidden[-1] = x
         return ModelOutput(self.ctc_head(x), lengths, tuple(hidden))
