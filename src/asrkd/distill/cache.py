@@ -200,7 +200,10 @@ class TeacherCache:
         index_path = self.directory / "index.json"
         # closed, and the lock released, with the object
         self._in_use = open(index_path, "rb")  # noqa: SIM115
-        fcntl.flock(self._in_use, fcntl.LOCK_SH)
+        try:
+            fcntl.flock(self._in_use, fcntl.LOCK_SH)
+        except OSError as err:  # a filesystem without locks: readable all the same
+            log.debug("teacher cache %s: no shared lock (%s)", self.directory, err)
         try:
             os.utime(index_path)  # the last use, as `asrkd cache` reports and prunes by
         except OSError:  # a read-only disk: used all the same
