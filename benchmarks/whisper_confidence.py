@@ -16,9 +16,6 @@ import sys
 
 import numpy as np
 import torch
-from faster_whisper.audio import pad_or_trim
-from faster_whisper.tokenizer import Tokenizer as FWTokenizer
-from faster_whisper.transcribe import get_ctranslate2_storage, get_suppressed_tokens
 from lhotse import CutSet
 
 from asrkd.data.audio import resample_mono
@@ -32,9 +29,7 @@ def main(cuts_path: str, n: int, whisper: str, out: str) -> None:
     cuts = list(CutSet.from_file(cuts_path))
     random.Random(0).shuffle(cuts)
     cuts = [c for c in cuts if c.duration <= 30][:n]
-    fw = WhisperTeacher(whisper, beam=1, compute_type="int8")._faster_whisper()
-    tok = FWTokenizer(fw.hf_tokenizer, fw.model.is_multilingual, task="transcribe",
-                      language="en")  # fmt: skip
+    teacher = WhisperTeacher(whisper, beam=1, compute_type="int8")
     rows = []
     for k in range(0, len(cuts), 8):
         group = cuts[k : k + 8]
@@ -43,26 +38,10 @@ def main(cuts_path: str, n: int, whisper: str, out: str) -> None:
                           SAMPLE_RATE).astype(np.float32)
             for c in group
         ]  # fmt: skip
-        feats = [pad_or_trim(fw.feature_extractor(x, chunk_length=30)[:, :-1]) for x in clips]
-        encoded = fw.model.encode(get_ctranslate2_storage(np.stack(feats)))
-        results = fw.model.generate(
-            encoded,
-            [[*tok.sot_sequence, tok.no_timestamps]] * len(group),
-            beam_size=1,
-            patience=1,
-            length_penalty=1,
-            max_length=fw.max_length,
-            suppress_blank=True,
-            suppress_tokens=list(get_suppressed_tokens(tok, [-1])),
-            return_scores=True,
-            return_no_speech_prob=True,
-        )
-        for c, r in zip(group, results):
-            ids = r.sequences_ids[0]
-            text = normalize_english(tok.decode([i for i in ids if i < tok.eot]).strip()) or ""
+        for c, (text, logprob) in zip(group, teacher.ct2_batch_scored(clips)):
+            text = normalize_english(text) or ""
             ref = normalize_english(c.supervisions[0].text) or ""
-            rows.append({"id": c.id, "seconds": c.duration,
-                         "logprob": r.scores[0] * len(ids) / (len(ids) + 1),
+            rows.append({"id": c.id, "seconds": c.duration, "logprob": logprob,
                          "wer": pseudo_label_wer(text, ref), "text": text, "ref": ref})  # fmt: skip
     with open(out, "w") as fh:
         json.dump(rows, fh, indent=1)

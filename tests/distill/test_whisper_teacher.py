@@ -240,6 +240,14 @@ def test_batched_transcripts_equal_one_by_one(tiny_en) -> None:
     one_by_one = [teacher.transcribe(x) for x in clips]
     assert teacher.transcribe_many(clips) == one_by_one
     assert all(one_by_one[:-1])
+    # the mean token log-prob beside each text is faster-whisper's avg_logprob for it alone
+    short = [x for x in clips[:-1] if len(x) <= 30 * 16000][:4]
+    for x, (text, logprob) in zip(short, teacher.ct2_batch_scored(short)):
+        (alone,) = teacher._faster_whisper().transcribe(
+            x, language="en", task="transcribe", beam_size=teacher.beam, temperature=0.0,
+            without_timestamps=True, condition_on_previous_text=False, vad_filter=False,
+        )[0]  # fmt: skip
+        assert text == alone.text.strip() and logprob == pytest.approx(alone.avg_logprob, abs=0.02)
 
 
 @pytest.mark.librispeech

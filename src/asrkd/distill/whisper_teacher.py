@@ -260,6 +260,11 @@ class WhisperTeacher:
         faster-whisper's `transcribe` does for one window with the options above (its log-mel of
         the utterance zero-padded to 3,000 frames, its prompt and suppressed tokens, a window
         dropped as silence when no_speech_prob > 0.6 and the mean log-prob < -1), for a batch."""
+        return [text for text, _ in self.ct2_batch_scored(clips)]
+
+    def ct2_batch_scored(self, clips: list[np.ndarray]) -> list[tuple[str, float]]:
+        """(text, mean token log-prob: faster-whisper's avg_logprob) of each utterance of at
+        most 30 s, as _transcribe_ct2_batch writes it (benchmarks/whisper_confidence.py)."""
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer as FWTokenizer
         from faster_whisper.transcribe import get_ctranslate2_storage, get_suppressed_tokens
@@ -285,15 +290,15 @@ class WhisperTeacher:
             return_scores=True,
             return_no_speech_prob=True,
         )
-        texts = []
+        out = []
         for r in results:
             ids = r.sequences_ids[0]
             mean_logprob = r.scores[0] * len(ids) / (len(ids) + 1)
             if r.no_speech_prob > 0.6 and mean_logprob < -1.0:
-                texts.append("")
+                out.append(("", mean_logprob))
             else:
-                texts.append(tok.decode([t for t in ids if t < tok.eot]).strip())
-        return texts
+                out.append((tok.decode([t for t in ids if t < tok.eot]).strip(), mean_logprob))
+        return out
 
     def _transcribe_hf(self, samples: np.ndarray) -> str:
         """One window of at most 30 s. Its log-mel is that of the audio zero-padded to 30 s,
