@@ -68,6 +68,7 @@ def test_the_list_names_each_entry_with_its_size_and_content(caches) -> None:
     assert lm.kind == "lm" and lm.about.startswith("order-2 word LM")
     assert lm.size == caches["lm"].stat().st_size + caches["lm"].with_suffix(".json").stat().st_size
     assert entries[caches["partial"]].kind == "partial"
+    assert [e.path for e in find_caches([caches["hidden"]])] == [caches["hidden"]]  # named itself
 
 
 def test_prune_removes_the_unused_and_keeps_what_is_used_or_recent(caches) -> None:

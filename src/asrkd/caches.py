@@ -143,6 +143,9 @@ def find_caches(roots: list[str | Path]) -> list[CacheEntry]:
     for root in map(Path, roots):
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no such folder")
+        if (entry := _teacher_entry(root)) is not None:  # a teacher cache named itself
+            found[root] = entry
+            continue
         for folder, dirs, names in os.walk(root):
             here = Path(folder)
             keep = []

@@ -18,10 +18,10 @@ it reads, and the source of the asrkd modules that build and write it: a change 
 gives another key, never a stale LM. Only the C++ engine (character tokenizers) reads the cache;
 the Python search works on the LM's tables, which the ARPA text holds to 7 significant digits.
 Entries are deleted only by `asrkd cache prune` (asrkd.caches; ~100 MB each for that trigram,
-~50 MB for its bigram), which reads an entry's last use from its `.json`'s modification time. Writes are atomic (an entry counts once its `.json` is written,
-after its `.arpa`; a killed build's temporary file is deleted by the next build), and a build
-holds a lock on its key, so a second process asking for the same LM waits for the first instead
-of building it again.
+~50 MB for its bigram), which reads an entry's last use from its `.json`'s modification time.
+Writes are atomic (an entry counts once its `.json` is written, after its `.arpa`; a killed
+build's temporary file is deleted by the next build), and a build holds a lock on its key, so a
+second process asking for the same LM waits for the first instead of building it again.
 """
 
 from __future__ import annotations
