@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from lhotse import CutSet
 from torch import Tensor
@@ -27,16 +24,7 @@ from asrkd.data.text import Tokenizer, normalize_text, train_sentencepiece
 from asrkd.distill.cache import TeacherCache, build_cache
 from asrkd.distill.pseudo_labels import PseudoLabelStats, filter_pseudo_labels
 from asrkd.distill.teachers import TeacherOutput, TeacherRequest, load_teacher
-from asrkd.models.checkpoint import (
-    CheckpointError,
-    read_checkpoint,
-    read_checkpoint_meta,
-    rng_state,
-    set_rng_state,
-)
-
-if TYPE_CHECKING:
-    from asrkd.train import Trainer
+from asrkd.models.checkpoint import CheckpointError, read_checkpoint, read_checkpoint_meta
 
 log = logging.getLogger(__name__)
 
@@ -301,48 +289,3 @@ def latest_checkpoint(directory: Path) -> Path | None:
         except CheckpointError as err:
             log.error("skipping unusable checkpoint: %s", err)
     return None
-
-
-def checkpoint_tensors(trainer: Trainer) -> tuple[dict[str, Tensor], dict]:
-    """Optimiser, distiller and RNG tensors, plus JSON-able optimiser/scheduler metadata."""
-    tensors = dict(rng_state())
-    tensors["rng.specaug"] = trainer.aug_gen.get_state()
-    for k, v in trainer.distiller.state_dict().items():
-        tensors[f"distill.{k}"] = v
-    opt = trainer.optimizer.state_dict()
-    for idx, state in opt["state"].items():
-        for name, value in state.items():
-            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
-    meta = {
-        "param_groups": [{k: v for k, v in g.items()} for g in opt["param_groups"]],
-        "scheduler": trainer.scheduler.state_dict(),
-    }
-    return tensors, meta
-
-
-def restore_checkpoint(path: Path, trainer: Trainer) -> None:
-    """Load everything `checkpoint_tensors` and the train state saved."""
-    from asrkd.train import TrainState
-
-    tensors, meta = read_checkpoint(path)
-    state = dict(meta["train_state"])
-    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    trainer.model.load_state_dict(model_state, strict=True)
-    distill_state = {k[8:]: v for k, v in tensors.items() if k.startswith("distill.")}
-    trainer.distiller.load_state_dict(distill_state, strict=True)
-    opt_state: dict = {"state": {}, "param_groups": state.pop("param_groups")}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            opt_state["state"].setdefault(int(idx), {})[name] = value
-    trainer.optimizer.load_state_dict(opt_state)
-    trainer.scheduler.load_state_dict(state.pop("scheduler"))
-    trainer.aug_gen.set_state(tensors["rng.specaug"])
-    set_rng_state(tensors)
-    trainer.state = TrainState(**state)
-    st = trainer.state
-    if st.python_rng is not None:
-        random.setstate((3, tuple(st.python_rng), None))
-    if st.numpy_rng is not None:
-        keys, pos, has_gauss, gauss = st.numpy_rng
-        np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))

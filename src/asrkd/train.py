@@ -55,19 +55,23 @@ from asrkd.distributed import (
 )
 from asrkd.evaluate import decode_cuts, error_rates
 from asrkd.models import CTCModel, build_model
-from asrkd.models.checkpoint import read_checkpoint, remove_stale_temporaries, save_checkpoint
+from asrkd.models.checkpoint import (
+    read_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from asrkd.models.conformer import ModelOutput
 from asrkd.precision import autocast_of, resolve_precision
 from asrkd.runtime import (
     TrainingError,
     build_tokenizer,
     checkpoint_step,
-    checkpoint_tensors,
     checkpoints_in,
     latest_checkpoint,
     load_training_data,
     prepare_teacher,
-    restore_checkpoint,
     select_device,
 )
 
@@ -334,7 +338,7 @@ class Trainer:
         if path is None:
             log.warning("no checkpoint in %s: starting from scratch", self.out)
             return
-        restore_checkpoint(path, self)
+        self._restore(path)
         if self.world.is_main:
             self._truncate_metrics(self.state.step)
         log.info("resumed %s at step %d", path, self.state.step)
@@ -549,7 +553,7 @@ class Trainer:
         _, keys, pos, has_gauss, gauss = np.random.get_state()
         st.numpy_rng = [keys.tolist(), int(pos), int(has_gauss), float(gauss)]
         path = self.out / "checkpoints" / f"step-{st.step:07d}.safetensors"
-        tensors, meta = checkpoint_tensors(self)
+        tensors, meta = self._checkpoint_tensors()
         save_checkpoint(
             path,
             self.model,
@@ -561,6 +565,47 @@ class Trainer:
         )
         for stale in checkpoints_in(self.out / "checkpoints")[: -self.cfg.train.keep_checkpoints]:
             stale.unlink()
+
+    def _checkpoint_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Optimiser, distiller and RNG tensors, plus JSON-able optimiser/scheduler metadata."""
+        tensors = dict(rng_state())
+        tensors["rng.specaug"] = self.aug_gen.get_state()
+        for k, v in self.distiller.state_dict().items():
+            tensors[f"distill.{k}"] = v
+        opt = self.optimizer.state_dict()
+        for idx, state in opt["state"].items():
+            for name, value in state.items():
+                tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
+        meta = {
+            "param_groups": [{k: v for k, v in g.items()} for g in opt["param_groups"]],
+            "scheduler": self.scheduler.state_dict(),
+        }
+        return tensors, meta
+
+    def _restore(self, path: Path) -> None:
+        """Load everything `_checkpoint_tensors` and the train state saved."""
+        tensors, meta = read_checkpoint(path)
+        state = dict(meta["train_state"])
+        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_state, strict=True)
+        distill_state = {k[8:]: v for k, v in tensors.items() if k.startswith("distill.")}
+        self.distiller.load_state_dict(distill_state, strict=True)
+        opt_state: dict = {"state": {}, "param_groups": state.pop("param_groups")}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                opt_state["state"].setdefault(int(idx), {})[name] = value
+        self.optimizer.load_state_dict(opt_state)
+        self.scheduler.load_state_dict(state.pop("scheduler"))
+        self.aug_gen.set_state(tensors["rng.specaug"])
+        set_rng_state(tensors)
+        self.state = TrainState(**state)
+        st = self.state
+        if st.python_rng is not None:
+            random.setstate((3, tuple(st.python_rng), None))
+        if st.numpy_rng is not None:
+            keys, pos, has_gauss, gauss = st.numpy_rng
+            np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
     def _average_checkpoints(self) -> list[int]:
         """train.average_last: the model becomes the mean of the last K checkpoints' weights,
