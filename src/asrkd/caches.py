@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from asrkd.files import tree_bytes
+
 # <stem>.<12 hex digits of the teacher's fingerprint>.topk<k>.hidden<layers>[.notext]
 _TEACHER_DIR = re.compile(r"^(?P<stem>.+)\.(?P<teacher>[0-9a-f]{12})\.topk(?P<topk>\d+)"
                           r"\.hidden(?P<hidden>[0-9-]+|none)(?P<notext>\.notext)?$")  # fmt: skip
@@ -65,26 +67,17 @@ class CacheEntry:
         return self.path.with_name(self.path.name + ".lock")
 
 
-def _tree_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for folder, _, names in os.walk(path):
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(folder, name)).st_size
-    return total
-
-
 def _stored_names(shard: Path) -> set[str]:
-    """What a shard stores per utterance ("logits", "topk_vals", "hidden2", ...), read from its
-    safetensors header alone (8 bytes of length, then JSON naming every tensor)."""
+    """What a shard stores per utterance ("logits", "topk_vals", "hidden2", ...), from its
+    safetensors header alone (numpy's loader: no torch to import)."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        with open(shard, "rb") as fh:
-            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-    except (OSError, ValueError):
+        with safe_open(str(shard), framework="np") as fh:
+            names = list(fh.keys())
+    except (OSError, SafetensorError):  # missing or damaged: nothing said of its contents
         return set()
-    return {name.split(".", 1)[1] for name in header if "." in name}
+    return {name.split(".", 1)[1] for name in names if "." in name}
 
 
 def _teacher_entry(folder: Path) -> CacheEntry | None:
@@ -112,7 +105,7 @@ def _teacher_entry(folder: Path) -> CacheEntry | None:
         parts.append(f"hidden states of layers {hidden.replace('-', ', ')}")
     if not match["notext"]:
         parts.append("transcripts")
-    size = _tree_size(folder)
+    size = tree_bytes(folder)
     return CacheEntry("teacher", folder, size, index.stat().st_mtime, "; ".join(parts))
 
 
@@ -152,7 +145,7 @@ def find_caches(roots: list[str | Path]) -> list[CacheEntry]:
             for name in dirs:
                 sub = here / name
                 if name.endswith(".tmp") and _TEACHER_DIR.match(name[: -len(".tmp")]):
-                    size = _tree_size(sub)
+                    size = tree_bytes(sub)
                     about = "an unfinished teacher-cache build (killed, or running now)"
                     found[sub] = CacheEntry("partial", sub, size, sub.stat().st_mtime, about)
                 elif (entry := _teacher_entry(sub)) is not None:

@@ -5,6 +5,7 @@ Torch-free: the on-device path (asrkd.ondevice) and the lexicon decoder's LM cac
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -38,6 +39,23 @@ def tree_files(root: str | Path) -> list[Path]:
         subfolders.sort()  # the first path to a folder is the one its files keep
         files += [Path(folder) / name for name in names]
     return sorted(files)
+
+
+def tree_bytes(folder: str | Path) -> int:
+    """Bytes of the files under `folder` (links not followed; a file removed meanwhile counts 0)."""
+    total = 0
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(parent, name)).st_size
+    return total
+
+
+def mark_used(path: str | Path) -> None:
+    """Set `path`'s modification time to now: a cache entry's last use, as `asrkd cache`
+    reports and prunes by (asrkd.caches). A read-only disk is used all the same."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def atomic_write(path: str | Path, write) -> None:

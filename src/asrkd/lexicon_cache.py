@@ -31,7 +31,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -39,7 +38,7 @@ from pathlib import Path
 
 from asrkd.config import EvalConfig, ExportConfig, parse_vocabulary, to_dict, transcript_order
 from asrkd.data.text import BpeTokenizer, Tokenizer
-from asrkd.files import atomic_write, code_fingerprint, remove_stale_temporaries
+from asrkd.files import atomic_write, code_fingerprint, mark_used, remove_stale_temporaries
 from asrkd.lexicon import ArpaFile, WordLM, config_lm
 
 log = logging.getLogger(__name__)
@@ -112,10 +111,7 @@ def cached_arpa(
     order = int(json.loads(about.read_text())["order"])
     if not built:
         log.info("lexicon LM from the cache: %s", arpa)
-        try:
-            os.utime(about)  # the entry's last use, as `asrkd cache` reports and prunes by
-        except OSError:  # a read-only disk: used all the same
-            pass
+        mark_used(about)
     return ArpaFile(arpa, order)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from asrkd.config import EvalConfig
+from asrkd.files import tree_bytes
 
 RUNTIMES = ("pytorch", "faster-whisper-int8", "faster-whisper-fp32")
 
@@ -99,7 +100,7 @@ def evaluate_teacher(
 def _folder_bytes(path: str | Path) -> int:
     path = Path(path)
     if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return tree_bytes(path)
     return 0  # a Hub id: the files live in transformers' cache
 
 

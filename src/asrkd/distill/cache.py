@@ -25,7 +25,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from tqdm import tqdm
 
 from asrkd.data.dataset import DataError, collate, duration_batches
 from asrkd.distill.teachers import Teacher, TeacherOutput, TeacherRequest, file_sha256
+from asrkd.files import mark_used
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +204,7 @@ class TeacherCache:
             fcntl.flock(self._in_use, fcntl.LOCK_SH)
         except OSError as err:  # a filesystem without locks: readable all the same
             log.debug("teacher cache %s: no shared lock (%s)", self.directory, err)
-        try:
-            os.utime(index_path)  # the last use, as `asrkd cache` reports and prunes by
-        except OSError:  # a read-only disk: used all the same
-            pass
+        mark_used(index_path)
         index = json.loads(self._in_use.read())
         self.key, self.topk, self.vocab_size = index["key"], index["topk"], index["vocab_size"]
         self.entries, self.texts = index["entries"], index["texts"]
