@@ -315,7 +315,7 @@ class ConformerCTC(nn.Module):
 
     def intermediate_logits(self, hidden: Tensor) -> Tensor:
         """hidden (B, T', D), a block's output below the last -> (B, T', V) through the CTC
-        head, as the last block's is (intermediate CTC, train.inter_ctc)."""
+        head, as the last block's is (intermediate CTC, train.inter_ctc_weight)."""
         return self.ctc_head(hidden)
 
     def n_params(self) -> int:
