@@ -12,6 +12,7 @@ from asrkd.data.dataset import Batch
 from asrkd.data.text import Tokenizer
 from asrkd.distill.losses import ctc_loss, frame_kl
 from asrkd.distill.strategies import (
+    CTC_TERMS,
     STRATEGIES,
     Distiller,
     LogitKD,
@@ -166,7 +167,7 @@ def test_intermediate_ctc_mixes_the_ctc_terms_as_the_last_block_does() -> None:
     seq_i = ctc_loss(
         inter_logits, lens, seq_targets, torch.tensor([2, 0]), torch.tensor([1, 0]) > 0
     )
-    assert set(terms) == {"ctc", "kd_seq", "inter_ctc"}
+    assert set(terms) == {*CTC_TERMS.values(), "inter_ctc"}  # CTC_TERMS names them right
     torch.testing.assert_close(terms["inter_ctc"], 0.25 * ctc_i + 0.75 * seq_i)
     torch.testing.assert_close(
         total, 0.25 * terms["ctc"] + 0.75 * terms["kd_seq"] + 0.3 * terms["inter_ctc"]

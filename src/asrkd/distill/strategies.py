@@ -109,9 +109,9 @@ STRATEGIES: dict[str, type] = {
 }
 
 
-# The strategies whose terms are CTC losses on the student's output: an intermediate block's
-# output (train.inter_ctc_weight) is trained on them too.
-CTC_STRATEGIES = ("none", "sequence")
+# The strategies whose terms are CTC losses on the student's output, and their terms' names:
+# an intermediate block's output (train.inter_ctc_weight) is trained on them too.
+CTC_TERMS = {"none": "ctc", "sequence": "kd_seq"}
 
 
 def loss_weights(cfg: DistillConfig) -> dict[str, float]:
@@ -144,7 +144,7 @@ class Distiller(nn.Module):
         super().__init__()
         self.weights = loss_weights(cfg)
         if inter_ctc_weight:
-            if not any(self.weights.get(k, 0.0) > 0 for k in ("ctc", "kd_seq")):
+            if not any(self.weights.get(k, 0.0) > 0 for k in CTC_TERMS.values()):
                 raise ConfigError(
                     "train.inter_ctc_weight: intermediate CTC trains on the CTC terms' targets "
                     "(ground truth, teacher transcripts), and every CTC term here has weight 0"
@@ -201,7 +201,7 @@ class Distiller(nn.Module):
         if inter_logits is not None and "inter_ctc" in self.weights:
             inter = ModelOutput(inter_logits, student.lengths, ())
             ctc_terms: dict[str, Tensor] = {}
-            for name in CTC_STRATEGIES:
+            for name in CTC_TERMS:
                 if name in self.parts:
                     ctc_terms.update(self.parts[name](inter, teacher, batch))
             mix = sum(self.weights[k] for k in ctc_terms)  # > 0: checked in __init__
