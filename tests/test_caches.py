@@ -12,16 +12,17 @@ import pytest
 
 from asrkd.caches import find_caches, prune
 from asrkd.cli import main
+from asrkd.config import EvalConfig
 from asrkd.data.text import Tokenizer
 from asrkd.distill.cache import TeacherCache, build_cache
 from asrkd.distill.teachers import CheckpointTeacher, TeacherRequest
 from asrkd.lexicon import WordLM
 from asrkd.lexicon_cache import cached_arpa
-from tests.test_lexicon_cache import TEXTS, config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DAY = 86400.0
+TEXTS = ["the cat sat on the mat", "a dog ran to the cat"]  # the cached LM's transcripts
 
 
 def age(path: Path, days: float) -> None:
@@ -41,8 +42,10 @@ def caches(tiny_teacher: Path, prepared_parts: dict[str, Path], tmp_path: Path) 
                         cache_root=root, progress=False)  # fmt: skip
     hidden = build_cache(teacher, prepared_parts["dev"], TeacherRequest(True, False, (1,)),
                          cache_root=root, progress=False)  # fmt: skip
-    lm = cached_arpa(runs / "b" / "lm-cache", config(runs / "b" / "lm-cache"), Tokenizer(),
-                     lambda order: WordLM.from_texts(TEXTS, order))  # fmt: skip
+    lm_cache = runs / "b" / "lm-cache"
+    lm_cfg = EvalConfig(decoder="lexicon", lm_order=2, lexicon_engine="flashlight",
+                        lm_cache=str(lm_cache))  # fmt: skip
+    lm = cached_arpa(lm_cache, lm_cfg, Tokenizer(), lambda order: WordLM.from_texts(TEXTS, order))
     partial = hidden.directory.with_name(
         hidden.directory.name.replace("hidden1", "hidden0") + ".tmp"
     )
