@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from asrkd.caches import find_caches, prune
+from asrkd.caches import find_caches, prune, teacher_cache_name
 from asrkd.cli import main
 from asrkd.config import EvalConfig
 from asrkd.data.text import Tokenizer
@@ -72,6 +72,22 @@ def test_the_list_names_each_entry_with_its_size_and_content(caches) -> None:
     assert lm.size == caches["lm"].stat().st_size + caches["lm"].with_suffix(".json").stat().st_size
     assert entries[caches["partial"]].kind == "partial"
     assert [e.path for e in find_caches([caches["hidden"]])] == [caches["hidden"]]  # named itself
+
+
+def test_every_name_the_teacher_cache_writes_is_listed_as_what_it_holds(tmp_path) -> None:
+    """The names asrkd.distill.cache gives (through teacher_cache_name) read back by the
+    listing: stem, teacher, hidden layers and whether transcripts are stored."""
+    fingerprint = "0123456789abcdef" * 4
+    for layers, transcripts in (((), True), ((2,), False), ((2, 5), True)):
+        folder = tmp_path / teacher_cache_name("cuts_train", fingerprint, 0, layers, transcripts)
+        folder.mkdir()
+        (folder / "index.json").write_text('{"entries": {"u1": 0, "u2": 0}}')
+        (entry,) = find_caches([folder])
+        assert entry.kind == "teacher" and entry.path == folder
+        assert entry.about.startswith("teacher 0123456789ab; 2 utterances of cuts_train")
+        hidden = "hidden states of layers " + ", ".join(str(x) for x in layers)
+        assert (hidden in entry.about) if layers else ("hidden" not in entry.about)
+        assert entry.about.endswith("transcripts") == transcripts
 
 
 def test_prune_removes_the_unused_and_keeps_what_is_used_or_recent(caches) -> None:

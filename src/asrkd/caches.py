@@ -34,10 +34,22 @@ from pathlib import Path
 
 from asrkd.files import tree_bytes
 
-# <stem>.<12 hex digits of the teacher's fingerprint>.topk<k>.hidden<layers>[.notext]
+# What teacher_cache_name writes, read back
 _TEACHER_DIR = re.compile(r"^(?P<stem>.+)\.(?P<teacher>[0-9a-f]{12})\.topk(?P<topk>\d+)"
                           r"\.hidden(?P<hidden>[0-9-]+|none)(?P<notext>\.notext)?$")  # fmt: skip
 _LM_KEY = re.compile(r"^[0-9a-f]{32}$")
+
+
+def teacher_cache_name(
+    stem: str, fingerprint: str, topk: int, hidden_layers: tuple[int, ...], transcripts: bool
+) -> str:
+    """A teacher-output cache's folder name (asrkd.distill.cache.cache_dir_for):
+    `<stem>.<12 hex digits of the teacher's fingerprint>.topk<k>.hidden<layers>[.notext]`,
+    layers joined by "-" or "none", `.notext` where no transcripts are stored. Here, not beside
+    the cache, so that `asrkd cache` reads the names without importing torch."""
+    layers = "-".join(str(x) for x in hidden_layers) or "none"
+    name = f"{stem}.{fingerprint[:12]}.topk{topk}.hidden{layers}"
+    return name if transcripts else f"{name}.notext"
 
 
 @dataclass(frozen=True)

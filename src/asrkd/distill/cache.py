@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from asrkd.caches import teacher_cache_name
 from asrkd.data.dataset import DataError, collate, duration_batches
 from asrkd.distill.teachers import Teacher, TeacherOutput, TeacherRequest, file_sha256
 from asrkd.files import mark_used
@@ -72,16 +73,17 @@ def cache_dir_for(
     request: TeacherRequest,
     topk: int,
     teacher_fingerprint: str,
+    transcripts: bool = True,
 ) -> Path:
     """One folder per manifest, teacher and stored content: logits and transcripts are always
-    stored (they are small), hidden layers and top-k only as asked, so `logit` and `sequence`
-    runs share a cache while a run wanting other hidden layers, or another teacher, gets its
-    own."""
+    stored (they are small; `transcripts` False: a teacher that computes none), hidden layers
+    and top-k only as asked, so `logit` and `sequence` runs share a cache while a run wanting
+    other hidden layers, or another teacher, gets its own (asrkd.caches.teacher_cache_name)."""
     cuts_path = Path(cuts_path)
     stem = cuts_path.name.split(".")[0]
     root = Path(cache_root) if cache_root else cuts_path.parent / "teacher_cache"
-    layers = "-".join(str(x) for x in request.hidden_layers) or "none"
-    return root / f"{stem}.{teacher_fingerprint[:12]}.topk{topk}.hidden{layers}"
+    name = teacher_cache_name(stem, teacher_fingerprint, topk, request.hidden_layers, transcripts)
+    return root / name
 
 
 def _pack(out: TeacherOutput, i: int, topk: int) -> dict[str, Tensor]:
@@ -110,9 +112,8 @@ def build_cache(
 ) -> TeacherCache:
     """Run `teacher` over every cut of the manifest (clean features) and store its outputs;
     reuse the existing cache when its key matches."""
-    directory = cache_dir_for(cuts_path, cache_root, request, topk, teacher.fingerprint())
-    if not stores_transcripts(teacher, request):
-        directory = directory.with_name(directory.name + ".notext")
+    directory = cache_dir_for(cuts_path, cache_root, request, topk, teacher.fingerprint(),
+                              stores_transcripts(teacher, request))  # fmt: skip
     directory.parent.mkdir(parents=True, exist_ok=True)
     # One builder at a time per cache folder (parallel sweep workers, runs sharing a disk);
     # the others wait, then find the finished cache and reuse it.
