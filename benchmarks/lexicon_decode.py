@@ -2,7 +2,8 @@
 version of asrkd/lexicon.py (e.g. an older commit's) on the very same log-probabilities, checking
 that both give the same transcripts.
 
-    git show a434418:src/asrkd/lexicon.py > /tmp/lexicon_before.py
+    git show a434418:src/asrkd/lexicon.py > /tmp/lexicon_before.py  # (lexicon/search.py
+    # since the module became a package: its LexiconDecoder, with this checkout's LMs)
     .venv/bin/python benchmarks/lexicon_decode.py --models runs/demo/runs/teacher/model.safetensors \
         --cuts runs/demo/manifests/cuts_test.jsonl.gz [--reference /tmp/lexicon_before.py] \
         [--rounds 3] [--beam 32] [--vocabulary train+wordfreq:50000]
@@ -56,7 +57,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", required=True)
     ap.add_argument("--cuts", required=True)
-    ap.add_argument("--reference", default="", help="another lexicon.py to compare with")
+    ap.add_argument(
+        "--reference", default="", help="another lexicon.py (or lexicon/search.py) to compare with"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--config", default="", help="YAML: a demo config's eval part, or EvalConfig")
     ap.add_argument("--set", action="append", default=[], help="eval key=value")

@@ -4,7 +4,8 @@ one row per (test set, decoder version, beam, vocabulary) with WER, deletions pe
 words, utterances whose hypothesis lost its last word against greedy's word count, OOV rate and
 decoding seconds.
 
-    git show b7db6d9:src/asrkd/lexicon.py > /tmp/lexicon_before.py
+    git show b7db6d9:src/asrkd/lexicon.py > /tmp/lexicon_before.py  # (lexicon/search.py
+    # since the module became a package: its LexiconDecoder, with this checkout's LMs)
     .venv/bin/python benchmarks/lexicon_wer.py --model runs/real/model.safetensors \
         --cuts dev.jsonl.gz test-other.jsonl.gz --reference /tmp/lexicon_before.py \
         [--beams 8 32] [--vocabularies train train+wordfreq:50000]
@@ -54,7 +55,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--cuts", nargs="+", required=True)
-    ap.add_argument("--reference", default="", help="another lexicon.py to compare with")
+    ap.add_argument(
+        "--reference", default="", help="another lexicon.py (or lexicon/search.py) to compare with"
+    )
     ap.add_argument("--beams", nargs="+", type=int, default=[8, 32])
     ap.add_argument("--vocabularies", nargs="+", default=["train", "train+wordfreq:50000"])
     args = ap.parse_args()

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asrkd import lexicon
 from asrkd.config import EvalConfig, ExportConfig
 from asrkd.data.text import Tokenizer, train_bpe
 from asrkd.lexicon import ArpaFile, ArpaSource, LexiconDecoder, WordLM, eval_decoder
@@ -65,7 +64,7 @@ def test_a_cached_lm_decodes_as_the_lm_built_in_memory(tmp_path, monkeypatch, ca
     entries = sorted(p.suffix for p in (tmp_path / "cache").iterdir())
     assert entries == [".arpa", ".json", ".lock"]
     # the second decoder of the same LM reads the file: nothing is built again
-    monkeypatch.setattr(lexicon, "config_lm", lambda *a: pytest.fail("built again"))
+    monkeypatch.setattr("asrkd.lexicon.search.config_lm", lambda *a: pytest.fail("built again"))
     monkeypatch.setattr("asrkd.lexicon_cache.config_lm", lambda *a: pytest.fail("built again"))
     caplog.clear()
     second = eval_decoder(cfg, tok, None, "m", counting(TEXTS)[0])

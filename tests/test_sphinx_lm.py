@@ -215,15 +215,14 @@ def test_sphinx_triples_as_a_trigram_source(tmp_path: Path, monkeypatch) -> None
     of the context's mass goes to the bigram below (train+sphinx here), so every context sums
     to 1; the KenLM copy the C++ search reads scores every word sequence alike; lm_order 3
     without the Sphinx source is a config error."""
-    from asrkd import lexicon
     from asrkd.config import ConfigError
-    from asrkd.lexicon import WordLM, config_lm, sphinx_bigram
+    from asrkd.lexicon import WordLM, config_lm, sources, sphinx_bigram
     from asrkd.lexicon_flashlight import LN10, lm_arpa_file, write_arpa
 
     path = tmp_path / "lm.bin"
     write_sphinx_lm(path, UNIGRAMS, BIGRAMS_3, TRIGRAMS)
-    monkeypatch.setattr(lexicon, "_sphinx_pairs", lambda: lexicon.sphinx_pairs(path))
-    monkeypatch.setattr(lexicon, "_sphinx_triples", lambda: lexicon.sphinx_triples(path))
+    monkeypatch.setattr(sources, "_sphinx_pairs", lambda: sources.sphinx_pairs(path))
+    monkeypatch.setattr(sources, "_sphinx_triples", lambda: sources.sphinx_triples(path))
     train = WordLM.from_texts(["mad red", "red mad", "mad rad rad"], order=2)
     cfg = EvalConfig(decoder="lexicon", lm_order=3, bigrams="train+sphinx")
     lm = config_lm(cfg, Tokenizer(), lambda order: train)
@@ -346,13 +345,12 @@ def test_sphinx_pairs_as_a_bigram_source(tmp_path: Path, monkeypatch) -> None:
     """bigrams "sphinx": a listed pair keeps the file's P(w | v), the rest of v's mass goes to
     the unigram, so every context sums to 1; "train+sphinx" puts the transcripts' pairs over
     it; the sources' order is fixed."""
-    from asrkd import lexicon
     from asrkd.config import ConfigError, parse_bigrams
-    from asrkd.lexicon import WordLM, config_lm, sphinx_bigram
+    from asrkd.lexicon import WordLM, config_lm, sources, sphinx_bigram
 
     path = tmp_path / "lm.bin"
     write_sphinx_lm(path, UNIGRAMS, BIGRAMS)
-    monkeypatch.setattr(lexicon, "_sphinx_pairs", lambda: lexicon.sphinx_pairs(path))
+    monkeypatch.setattr(sources, "_sphinx_pairs", lambda: sources.sphinx_pairs(path))
     unigram = WordLM.from_counts({"mad": 5, "red": 3, "rad": 2})
     lm = sphinx_bigram(unigram)
     listed = 10**-0.2 + 10**-3.0  # MAD RAD, MAD RED: both in the vocabulary
@@ -380,7 +378,7 @@ def test_sphinx_pairs_as_a_bigram_source(tmp_path: Path, monkeypatch) -> None:
 
 def test_pocketsphinx_english_pairs_and_triples() -> None:
     pytest.importorskip("pocketsphinx")
-    from asrkd.lexicon import _sphinx_pairs, _sphinx_triples
+    from asrkd.lexicon.sources import _sphinx_pairs, _sphinx_triples
 
     names, ids, probs = _sphinx_triples()
     assert len(ids) > 1_600_000 and ((probs > 0) & (probs <= 1)).all()

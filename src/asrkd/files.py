@@ -103,7 +103,7 @@ def remove_stale_temporaries(folder: str | Path, min_age_s: float = 600.0) -> li
 @functools.cache
 def code_fingerprint(files: tuple[str, ...] = ()) -> str:
     """12 hex digits of the SHA-256 of asrkd's own source files (paths and contents), or of
-    `files` alone (paths relative to the package, e.g. "lexicon.py"): the code a table was
+    `files` alone (paths relative to the package, e.g. "lexicon/lm.py"): the code a table was
     measured with, or a cached LM built with. In the demo's scoring stamps, so a recipe run after
     any change to asrkd measures every row again rather than reusing a table the new code would
     not give."""

@@ -44,7 +44,13 @@ from asrkd.lexicon import ArpaFile, WordLM, config_lm
 log = logging.getLogger(__name__)
 
 # the modules whose code decides an LM's ARPA text
-LM_SOURCES = ("lexicon.py", "lexicon_flashlight.py", "sphinx_lm.py", "data/text.py")
+LM_SOURCES = (
+    "lexicon/lm.py",
+    "lexicon/sources.py",
+    "lexicon_flashlight.py",
+    "sphinx_lm.py",
+    "data/text.py",
+)
 # the packages whose shipped word lists an LM may read (wordfreq, books' pairs, Sphinx's LM)
 LM_PACKAGES = ("wordfreq", "symspellpy", "pocketsphinx")
 LM_FIELDS = ("vocabulary", "wordfreq_weight", "bigrams", "lm_order", "arpa")
