@@ -18,7 +18,7 @@ import torch
 
 from asrkd.config import load_config
 from asrkd.data.dataset import collate, make_sampler
-from asrkd.train import Trainer
+from asrkd.training import Trainer
 
 
 def build(args, out: str, *extra: str) -> Trainer:

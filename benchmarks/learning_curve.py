@@ -35,7 +35,7 @@ from asrkd.config import EvalConfig, apply_overrides, from_dict
 from asrkd.data.dataset import load_cuts, speaker_of
 from asrkd.distill.cache import cache_dir_for, cache_key
 from asrkd.distill.teachers import TeacherRequest
-from asrkd.evaluate import decode_model_file, make_lexicon_decoder
+from asrkd.evaluation import decode_model_file, make_lexicon_decoder
 from asrkd.scoring import score
 from asrkd.transcribe import open_model_file
 

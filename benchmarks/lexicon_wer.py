@@ -26,7 +26,7 @@ from lexicon_decode import load_reference  # the script folder is on sys.path
 
 from asrkd.config import EvalConfig
 from asrkd.data.dataset import cut_text, load_cuts
-from asrkd.evaluate import _outputs, error_rates, make_lexicon_decoder, oov_rate
+from asrkd.evaluation import _outputs, error_rates, make_lexicon_decoder, oov_rate
 from asrkd.transcribe import open_model_file
 
 

@@ -1,5 +1,5 @@
 """Seconds per CTC training step of a preset in float32 and in bfloat16 (`train.precision`:
-torch.autocast around the student's forward pass, losses and weights in float32, asrkd.train's
+torch.autocast around the student's forward pass, losses and weights in float32, asrkd.training's
 own helpers), measured in one run on the same batches.
 
     .venv/bin/python benchmarks/precision_step.py --train CUTS \
@@ -34,7 +34,7 @@ from train_step import (  # the script folder is on sys.path
 from asrkd.data.text import Tokenizer
 from asrkd.models import build_model
 from asrkd.precision import autocast_of, native_bf16
-from asrkd.train import as_float32
+from asrkd.training import as_float32
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 sys.path.insert(0, ".")
 from asrkd.config import PrepareConfig, SweepConfig, load_config, replace
 from asrkd.data.librispeech import prepare_librispeech
-from asrkd.evaluate import evaluate
+from asrkd.evaluation import evaluate
 from asrkd.sweep import parse_grid, sweep
-from asrkd.train import train
+from asrkd.training import train
 from tests.helpers import write_librispeech_tree
 
 

@@ -60,7 +60,7 @@ def prepared_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def tiny_teacher(prepared_parts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model.safetensors of a tiny Conformer-CTC trained on prepared_parts."""
     from asrkd.config import load_config
-    from asrkd.train import train
+    from asrkd.training import train
 
     out = tmp_path_factory.mktemp("kd_teacher") / "run"
     train(load_config(None, tiny_run_overrides(prepared_parts, out, TEACHER_STEPS)))
@@ -99,7 +99,7 @@ def sweep_data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     the sweep tests (test_sweep.py, test_sweep_postgres.py)."""
     from asrkd.config import PrepareConfig, load_config
     from asrkd.data.librispeech import prepare_librispeech
-    from asrkd.train import train
+    from asrkd.training import train
     from tests.helpers import write_librispeech_tree
     from tests.test_sweep import tiny_overrides
 

@@ -11,7 +11,7 @@ import torch
 
 from asrkd.config import ConfigError, load_config
 from asrkd.distributed import World, init_group, launch, leave_group, share_of_batch, world_from_env
-from asrkd.train import Trainer, train
+from asrkd.training import Trainer, train
 from tests.conftest import tiny_run_overrides
 
 

@@ -12,7 +12,7 @@ from lhotse import CutSet
 
 from asrkd.config import EvalConfig
 from asrkd.data.dataset import collate, cut_text, load_cuts
-from asrkd.evaluate import decode_cuts, error_rates, evaluate, measure_speed, score, write_results
+from asrkd.evaluation import decode_cuts, error_rates, evaluate, measure_speed, score, write_results
 from asrkd.lexicon import LexiconDecoder, WordLM
 from asrkd.models.checkpoint import load_model
 from asrkd.transcribe import open_model_file
@@ -134,7 +134,7 @@ def test_decode_and_evaluate_a_trained_model(
 def test_memory_probes_fix_mallocs_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     """The probe's process gets a fixed mmap threshold (glibc otherwise moves it, and the same
     model's peak spread 87-134 MB); a value the user set is kept."""
-    from asrkd.evaluate import PROBE_MMAP_THRESHOLD, probe_env
+    from asrkd.evaluation import PROBE_MMAP_THRESHOLD, probe_env
 
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     env = probe_env()
@@ -146,7 +146,7 @@ def test_memory_probes_fix_mallocs_threshold(monkeypatch: pytest.MonkeyPatch) ->
 def test_inference_processes_limit_onednns_kernel_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """`asrkd transcribe`/`evaluate` and the memory probe keep oneDNN's and ideep's per-shape
     caches small (utterances one at a time never reuse a shape); a value the user set is kept."""
-    from asrkd.evaluate import probe_env
+    from asrkd.evaluation import probe_env
     from asrkd.precision import INFERENCE_ENV, limit_kernel_cache
 
     key, ideep = "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"

@@ -19,7 +19,7 @@ from asrkd.config import ConfigError, EvalConfig, ExportConfig, load_config
 from asrkd.data.audio import load_mono
 from asrkd.data.dataset import cut_text, load_cuts
 from asrkd.data.text import Tokenizer
-from asrkd.evaluate import evaluate, measure_memory
+from asrkd.evaluation import evaluate, measure_memory
 from asrkd.export import (
     ExportError,
     export_model,

@@ -50,7 +50,7 @@ def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _run(parts: dict[str, Path], out: Path, teacher: Path, preset: str, extra=()) -> Path:
-    from asrkd.train import train
+    from asrkd.training import train
     from tests.conftest import tiny_run_overrides
 
     overrides = [

@@ -19,7 +19,7 @@ from asrkd.config import ConfigError, EvalConfig, ExportConfig
 from asrkd.data.dataset import cut_text, load_cuts, split_by_speaker
 from asrkd.data.text import BLANK, Tokenizer, train_bpe
 from asrkd.data.validate import DataError
-from asrkd.evaluate import evaluate
+from asrkd.evaluation import evaluate
 from asrkd.export import lexicon_metadata
 from asrkd.lexicon import (
     BOOKS_MASS,

@@ -16,7 +16,7 @@ from asrkd.config import PrepareConfig, load_config
 from asrkd.data.librispeech import prepare_librispeech
 from asrkd.models.checkpoint import CheckpointError, load_model
 from asrkd.runtime import latest_checkpoint
-from asrkd.train import train
+from asrkd.training import train
 from tests.helpers import write_librispeech_tree
 
 

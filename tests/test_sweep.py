@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from asrkd.config import ConfigError, SweepConfig, load_config
-from asrkd.evaluate import MEMORY_PROBE
+from asrkd.evaluation import MEMORY_PROBE
 from asrkd.report import report
 from asrkd.sweep import (
     RESULTS,

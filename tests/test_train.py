@@ -12,10 +12,10 @@ import torch
 from asrkd.cli import main
 from asrkd.config import EvalConfig, PrepareConfig, load_config
 from asrkd.data.librispeech import prepare_librispeech
-from asrkd.evaluate import evaluate
+from asrkd.evaluation import evaluate
 from asrkd.models.checkpoint import load_model
 from asrkd.runtime import TrainingError
-from asrkd.train import Trainer, train
+from asrkd.training import Trainer, train
 from tests.conftest import tiny_run_overrides
 from tests.helpers import write_librispeech_tree
 

@@ -16,10 +16,10 @@ from asrkd.data.dataset import collate, load_cuts
 from asrkd.data.text import Tokenizer
 from asrkd.data.whisper_features import log_mel
 from asrkd.distill.strategies import Distiller
-from asrkd.evaluate import evaluate
+from asrkd.evaluation import evaluate
 from asrkd.models import PRESETS, ModelOutput, build_model
 from asrkd.models.checkpoint import load_model, read_checkpoint_meta
-from asrkd.train import Trainer, train
+from asrkd.training import Trainer, train
 from asrkd.transcribe import Transcriber, fbank, transcribe_files
 from tests.conftest import tiny_run_overrides
 

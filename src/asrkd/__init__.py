@@ -17,8 +17,8 @@ from __future__ import annotations
 import importlib
 
 _API = {
-    "train": "asrkd.train",
-    "evaluate": "asrkd.evaluate",
+    "train": "asrkd.training",
+    "evaluate": "asrkd.evaluation",
     "load_model": "asrkd.models.checkpoint",
     "prepare_librispeech": "asrkd.data.librispeech",
     "download_librispeech": "asrkd.data.librispeech",

@@ -193,7 +193,7 @@ def cmd_corpus(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from asrkd.train import train
+    from asrkd.training import train
 
     cfg = load_config(args.config, args.overrides, Config)
     if args.command == "distill" and cfg.distill.strategies == ("none",):
@@ -211,7 +211,7 @@ def cmd_evaluate(args) -> None:
     if is_onnx(args.model):  # without importing torch or lhotse
         from asrkd.ondevice import evaluate_onnx as evaluate
     else:
-        from asrkd.evaluate import evaluate
+        from asrkd.evaluation import evaluate
     summary = evaluate(args.model, args.cuts, args.out, cfg, measure=not args.no_measure)
     print(json.dumps(summary, indent=2))
 

@@ -233,7 +233,7 @@ def train_or_reuse(run_cfg: Config) -> Path:
     import shutil
 
     from asrkd.config import load_config, to_dict
-    from asrkd.train import train
+    from asrkd.training import train
 
     def settings(c: Config) -> dict:
         """What the trained model depends on: not threads nor progress, nor the eval section
@@ -329,7 +329,7 @@ def dev_wers(cfg: DemoConfig, specs: list[RunSpec], out: Path, dev: Path) -> dic
     from asrkd.config import to_dict
     from asrkd.demo_report import in_processes, scoring_config
     from asrkd.distill.teachers import file_sha256
-    from asrkd.evaluate import evaluate
+    from asrkd.evaluation import evaluate
 
     students = [s for s in specs if s.scenario != "teacher" and s.variant != "none"]
     if cfg.eval.decoder == "greedy":
@@ -477,7 +477,7 @@ def evaluation_inputs(
     from asrkd.config import to_dict
     from asrkd.demo_report import code_fingerprint
     from asrkd.distill.teachers import file_sha256
-    from asrkd.evaluate import MEMORY_PROBE
+    from asrkd.evaluation import MEMORY_PROBE
 
     models = {s.name: out / "runs" / s.name / "model.safetensors" for s in specs}
     if cfg.external_teacher:

@@ -35,7 +35,7 @@ def evaluate_runs(
     file (a (RunSpec, path) pair from demo.deliver_int8) if any; one row per model. A row's
     dev WER is dev_wer's (demo.dev_wers: decoded as the test set is) where it has one, else the
     training run's best (greedy)."""
-    from asrkd.evaluate import measure_costs, write_summary
+    from asrkd.evaluation import measure_costs, write_summary
     from asrkd.scoring import hyps_path
 
     dev_wer = dev_wer or {}
@@ -90,7 +90,7 @@ def evaluate_runs(
 def evaluate_teacher_runtime(cfg: DemoConfig, runtime: str, tests: list[Path], out: Path) -> dict:
     """An external teacher's summary for one runtime, reused while its inputs are unchanged."""
     from asrkd.distill.teachers import file_sha256
-    from asrkd.evaluate import MEMORY_PROBE
+    from asrkd.evaluation import MEMORY_PROBE
     from asrkd.teacher_eval import evaluate_teacher
 
     eval_dir = out / "eval" / f"teacher-{runtime}"
@@ -165,7 +165,7 @@ def teacher_transcript_lines(rows: list[dict]) -> list[str]:
 
 def _score(model: Path, tests: list[Path], out_dir: Path, score_cfg, cfg) -> dict:
     """Decode and score one model on the test cuts (score_cfg), and probe its memory (cfg)."""
-    from asrkd.evaluate import evaluate, measure_costs
+    from asrkd.evaluation import evaluate, measure_costs
 
     summary = evaluate(model, tests, out_dir, score_cfg, measure=False)
     summary.update(measure_costs(model, tests[0], cfg, speed=False))

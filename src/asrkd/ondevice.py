@@ -399,7 +399,7 @@ def load_cut_audio(cut: CutAudio, sample_rate: int) -> np.ndarray:
 def make_lexicon(
     cfg: EvalConfig, model: OnnxRecognizer, model_path: str | Path
 ) -> LexiconDecoder | None:
-    """As asrkd.evaluate.make_lexicon_decoder for an exported file (asrkd.lexicon.eval_decoder),
+    """As asrkd.evaluation.make_lexicon_decoder for an exported file (asrkd.lexicon.eval_decoder),
     reading cfg.lexicon_cuts without lhotse; a file names no training manifest."""
 
     def train_lm(order: int) -> WordLM:
@@ -434,7 +434,7 @@ def evaluate_onnx(
     measure: bool = True,
 ) -> dict:
     """`asrkd evaluate` of an exported .onnx file from the cuts' audio: the same output files
-    as asrkd.evaluate.evaluate. Latency and memory are measured by asrkd.evaluate when PyTorch
+    as asrkd.evaluation.evaluate. Latency and memory are measured by asrkd.evaluation when PyTorch
     is installed (its probes collate stored features) and skipped otherwise."""
     out_dir = Path(out_dir)
     model = OnnxRecognizer(model_path, cfg.threads, engine=cfg.lexicon_engine)
@@ -463,7 +463,7 @@ def _torch_figures(model_path, cuts_paths, cfg: EvalConfig, measure: bool) -> di
     except ImportError:
         log.info("PyTorch not installed: parameters, latency and memory not measured")
         return {}
-    from asrkd.evaluate import measure_costs
+    from asrkd.evaluation import measure_costs
     from asrkd.transcribe import OnnxTranscriber
 
     n_params = OnnxTranscriber(model_path, threads=1, lexicon=False).n_params

@@ -1,6 +1,6 @@
 """Scoring hypotheses against references (WER/CER with jiwer) and the files `asrkd evaluate`
 writes: pure functions over (cut id, reference, hypothesis) triples, shared by the PyTorch path
-(asrkd.evaluate) and the PyTorch-free one (asrkd.ondevice).
+(asrkd.evaluation) and the PyTorch-free one (asrkd.ondevice).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ A sweep folder holds::
     sweep.json        the grid or ranges, the expanded grid points and the sweep options
     config.yaml       the base config every trial overrides
     results.jsonl     one row per finished run: settings, dev/test WER/CER, size, speed, state
-    trials/NAME/      each run's folder (see asrkd.train), with eval/ from asrkd.evaluate
+    trials/NAME/      each run's folder (see asrkd.training), with eval/ from asrkd.evaluation
 
 A grid (``--grid key=v1,v2,...``) is expanded by asrkd.sweep_grid, seeds included as the `train.seed` dimension
 and settings that a point's strategy does not read dropped, so the no-distillation baseline runs
@@ -407,7 +407,7 @@ def _reporter(
 
 
 def set_name(cuts_path: str | Path) -> str:
-    """The name asrkd.evaluate gives a cut manifest's results: cuts_dev.jsonl.gz -> dev."""
+    """The name asrkd.evaluation gives a cut manifest's results: cuts_dev.jsonl.gz -> dev."""
     return Path(cuts_path).name.split(".")[0].removeprefix("cuts_")
 
 
@@ -448,7 +448,7 @@ def run_point(
 
 
 def _train(cfg: Config, run_dir: Path, on_eval: Callable[[int, dict], None] | None) -> None:
-    from asrkd.train import train  # lazy: parsing a grid needs no torch
+    from asrkd.training import train  # lazy: parsing a grid needs no torch
 
     resume = any((run_dir / "checkpoints").glob("step-*.safetensors"))
     if not resume:  # a previous attempt died before its first checkpoint: start clean
@@ -472,7 +472,7 @@ def _row_head(cfg: Config, point: Point, name: str, trial: int) -> dict:
 
 
 def _evaluate_run(cfg: Config, run_dir: Path, out_dir: Path, sweep_cfg: SweepConfig) -> dict:
-    from asrkd.evaluate import evaluate
+    from asrkd.evaluation import evaluate
 
     summary = json.loads((run_dir / "summary.json").read_text())
     cost_key = _cost_key(cfg)
@@ -516,7 +516,7 @@ def _best_so_far(run_dir: Path) -> dict:
 def _cost_key(cfg: Config) -> str:
     """What a trial's latency and memory depend on: the model preset, the decoder (both are
     in the RTF and the peak) and how memory is probed."""
-    from asrkd.evaluate import MEMORY_PROBE
+    from asrkd.evaluation import MEMORY_PROBE
 
     return f"{cfg.model.preset}|{cfg.eval.tag}|memory-probe-{MEMORY_PROBE}"
 
@@ -633,7 +633,7 @@ def _run_workers(base: Config, spec: dict, sweep_cfg: SweepConfig, out: Path) ->
 def _warm_teacher_caches(base: Config, spec: dict, out: Path) -> None:
     """Build each teacher-output cache the trials need once, here, so that parallel workers
     reuse it instead of racing to build it."""
-    from asrkd.train import Trainer  # its constructor builds (or finds) the caches
+    from asrkd.training import Trainer  # its constructor builds (or finds) the caches
 
     if spec["mode"] == "grid":
         cfgs = [point_config(base, p) for p in spec["points"]]

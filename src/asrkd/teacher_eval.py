@@ -1,6 +1,6 @@
 """Scoring a pretrained Whisper teacher the way people run it, beside asrkd's students.
 
-A student's row in a report is measured by asrkd.evaluate; the teacher it was distilled from
+A student's row in a report is measured by asrkd.evaluation; the teacher it was distilled from
 gets one row per runtime, measured on the same test sets in the same run:
 
     pytorch               transformers' Whisper classes (weights read by asrkd, fp32), greedy:
@@ -64,7 +64,7 @@ def evaluate_teacher(
     path: str | Path, runtime: str, cuts_paths: list[str | Path], out_dir: str | Path,
     cfg: EvalConfig,
 ) -> dict:  # fmt: skip
-    """Transcribe every test set with one runtime; WER/CER files as asrkd.evaluate writes
+    """Transcribe every test set with one runtime; WER/CER files as asrkd.evaluation writes
     them, speed over all utterances of the first set, memory probed in a fresh process."""
     from asrkd.data.normalize import normalize_english
     from asrkd.scoring import write_results, write_summary
@@ -107,8 +107,8 @@ def _folder_bytes(path: str | Path) -> int:
 def measure_teacher_memory(path, runtime: str, cuts_path, cfg: EvalConfig) -> dict:
     """Peak resident memory added by loading the teacher and transcribing
     cfg.latency_utterances utterances one at a time, in a fresh process (malloc set as for the
-    students', asrkd.evaluate.probe_env)."""
-    from asrkd.evaluate import probe_env
+    students', asrkd.evaluation.probe_env)."""
+    from asrkd.evaluation import probe_env
 
     code = (
         "import json,sys; from asrkd.teacher_eval import _memory_probe; "
@@ -123,7 +123,7 @@ def measure_teacher_memory(path, runtime: str, cuts_path, cfg: EvalConfig) -> di
 
 
 def _memory_probe(path: str, runtime: str, cuts_path: str, n_utts: int, threads: int) -> dict:
-    from asrkd.evaluate import _status_mb
+    from asrkd.evaluation import _status_mb
 
     utts = _utterances(cuts_path)[:n_utts]
     if runtime == "pytorch":

@@ -9,7 +9,7 @@ from pathlib import Path
 from asrkd.config import load_config
 from asrkd.data.dataset import collate, cut_text
 from asrkd.models.checkpoint import load_model, read_checkpoint
-from asrkd.train import Trainer
+from asrkd.training import Trainer
 from tests.conftest import tiny_run_overrides
 
 STEPS = 60  # metrics rows every 10 steps
@@ -119,7 +119,7 @@ def test_retime_stretches_teacher_frames_to_the_students_lengths() -> None:
     import torch
 
     from asrkd.distill.teachers import TeacherOutput
-    from asrkd.train import _retime
+    from asrkd.training.trainer import _retime
 
     logits = torch.randn(2, 10, 5)
     hidden = {3: torch.randn(2, 10, 4)}
@@ -162,7 +162,7 @@ def test_bpe_units_learnt_saved_and_shared_with_a_student(prepared_parts, tmp_pa
     from asrkd.config import ConfigError
     from asrkd.data.text import BpeTokenizer, Tokenizer
     from asrkd.runtime import build_tokenizer
-    from asrkd.train import train
+    from asrkd.training import train
 
     teacher_out = tmp_path / "bpe-teacher"
     overrides = tiny_run_overrides(prepared_parts, teacher_out, 20)

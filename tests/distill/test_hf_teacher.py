@@ -19,7 +19,7 @@ from asrkd.config import ConfigError, load_config
 from asrkd.data.text import normalize_text
 from asrkd.distill.cache import build_cache
 from asrkd.distill.teachers import HFCTCTeacher, TeacherRequest
-from asrkd.train import Trainer
+from asrkd.training import Trainer
 from tests.conftest import tiny_run_overrides
 
 transformers = pytest.importorskip("transformers")

@@ -81,7 +81,7 @@ def test_a_run_reports_what_it_dropped(prepared_parts, tiny_teacher, tmp_path, o
     from asrkd.config import load_config
     from asrkd.data.dataset import cut_text
     from asrkd.data.text import normalize_text
-    from asrkd.train import Trainer
+    from asrkd.training import Trainer
     from tests.conftest import tiny_run_overrides
 
     cfg = load_config(

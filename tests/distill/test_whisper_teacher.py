@@ -31,7 +31,7 @@ from asrkd.distill.whisper_teacher import (
     log_mel,
     n_encoder_frames,
 )
-from asrkd.train import Trainer
+from asrkd.training import Trainer
 from tests.conftest import tiny_run_overrides
 
 pytest.importorskip("transformers")

@@ -181,7 +181,7 @@ def measure_memory(model_path: str | Path, cuts_path: str | Path, cfg: EvalConfi
     in a fresh process so nothing else this process holds is counted; with the network's and the
     decoder's shares (the resident growth of loading each)."""
     code = (
-        "import json,sys; from asrkd.evaluate import _memory_probe; "
+        "import json,sys; from asrkd.evaluation import _memory_probe; "
         "print(json.dumps(_memory_probe(*sys.argv[1:4])))"
     )
     proc = subprocess.run(

@@ -1,14 +1,4 @@
-"""Training and distillation: one loop for every strategy (`none` is plain CTC training).
-
-A run folder holds::
-
-    config.yaml            the resolved config
-    checkpoints/step-*.safetensors   model + optimiser + scheduler + sampler position + RNG states
-    model.safetensors      best model on dev (what `evaluate`, `export` and teachers use)
-    final.safetensors      model after the last step
-    metrics.jsonl          one JSON object per logged step and per dev evaluation
-    summary.json           written when the run completes
-"""
+"""The training loop of every strategy (asrkd.training's docstring: the run folder)."""
 
 from __future__ import annotations
 
@@ -28,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asrkd.config import Config, ConfigError, TrainConfig, save_config, to_dict
+from asrkd.config import Config, ConfigError, save_config, to_dict
 from asrkd.data.dataset import (
     Batch,
     collate,
@@ -44,16 +34,11 @@ from asrkd.distill.teachers import TeacherOutput
 from asrkd.distributed import (
     SINGLE,
     World,
-    barrier,
     broadcast_parameters,
-    init_group,
-    launch,
-    leave_group,
     share_of_batch,
     sum_gradients,
-    world_from_env,
 )
-from asrkd.evaluate import decode_cuts, error_rates
+from asrkd.evaluation import decode_cuts, error_rates
 from asrkd.models import CTCModel, build_model
 from asrkd.models.checkpoint import (
     read_checkpoint,
@@ -73,6 +58,12 @@ from asrkd.runtime import (
     load_training_data,
     prepare_teacher,
     select_device,
+)
+from asrkd.training.schedule import (
+    body_lr_factor,
+    frozen_parameters,
+    head_lr_factor,
+    seed_everything,
 )
 
 log = logging.getLogger(__name__)
@@ -96,52 +87,6 @@ class TrainState:
     python_rng: Any = None
     numpy_rng: Any = None
     history: list[dict] = field(default_factory=list)  # dev evaluations so far
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to min_ratio at `total` steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def head_lr_factor(step: int, tc: TrainConfig) -> float:
-    """The CTC head's (and the distiller's projections') schedule over the whole run."""
-    return lr_factor(step, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
-
-
-def body_lr_factor(step: int, tc: TrainConfig) -> float:
-    """The rest of the student: 0 during the head_steps, then a warm-up and cosine decay of its
-    own over the remaining steps."""
-    if step < tc.head_steps:
-        return 0.0
-    return lr_factor(
-        step - tc.head_steps, tc.warmup_steps, tc.max_steps - tc.head_steps, tc.min_lr_ratio
-    )
-
-
-def frozen_parameters(model: torch.nn.Module, names: tuple[str, ...]) -> set[torch.nn.Parameter]:
-    """The parameters train.freeze names (exact names or prefixes at a "." boundary), set to
-    requires_grad=False; a ConfigError for a name that matches none."""
-    frozen = set()
-    for name in names:
-        hits = [p for n, p in model.named_parameters() if n == name or n.startswith(name + ".")]
-        if not hits:
-            some = ", ".join(sorted({n.rsplit(".", 1)[0] for n, _ in model.named_parameters()})[:8])
-            raise ConfigError(
-                f"train.freeze: {name!r} names no parameter of the student ({some}, ...)"
-            )
-        frozen.update(hits)
-    for p in frozen:
-        p.requires_grad_(False)
-    return frozen
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -685,40 +630,3 @@ def _retime(teacher: TeacherOutput, lengths: torch.Tensor) -> TeacherOutput:
 
 def _number(x: torch.Tensor | float) -> float:
     return x.item() if isinstance(x, torch.Tensor) else float(x)
-
-
-def train(
-    cfg: Config, resume: bool = False, on_eval: Callable[[int, dict], None] | None = None
-) -> Path:
-    """Train (or distil) a model as `cfg` says; returns the run folder. `on_eval(step, row)` is
-    called after each dev evaluation (a sweep uses it to prune).
-
-    Data-parallel when train.processes > 1 (processes started here) or under torchrun."""
-    world = world_from_env()
-    if world is not None and cfg.train.processes != 1:
-        raise ConfigError(
-            "train.processes must be 1 under torchrun: torchrun already started "
-            f"{world.size} processes (--nproc-per-node)"
-        )
-    if (world is not None or cfg.train.processes > 1) and on_eval is not None:
-        raise ConfigError(
-            "a sweep trial cannot train data-parallel (its pruner runs in one process): "
-            "set train.processes=1 for sweeps"
-        )
-    if world is not None:
-        _train_process(world, "env://", cfg, resume)
-    elif cfg.train.processes > 1:
-        launch(_train_process, cfg.train.processes, cfg, resume)
-    else:
-        Trainer(cfg, resume=resume).run(on_eval)
-    return Path(cfg.train.out_dir)
-
-
-def _train_process(world: World, init_method: str, cfg: Config, resume: bool) -> None:
-    """One process of a data-parallel run."""
-    init_group(world, select_device(cfg.train.device), init_method)
-    try:
-        Trainer(cfg, resume=resume, world=world).run()
-        barrier(world)  # rank 0 has written the model files when this returns
-    finally:
-        leave_group()
