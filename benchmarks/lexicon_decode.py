@@ -41,7 +41,6 @@ import yaml
 from asrkd.config import EvalConfig, apply_overrides, from_dict
 from asrkd.data.dataset import load_cuts
 from asrkd.evaluation import _outputs, make_lexicon_decoder
-from asrkd.lexicon import blank_runs_merged
 from asrkd.scoring import score
 from asrkd.transcribe import open_model_file
 
@@ -157,10 +156,6 @@ def compare_engines(args, configs: list[tuple[str, EvalConfig]], cuts) -> None:
             first = first or med
             s = score([(i, r, h) for (i, r), h in zip(refs, hyps)])
             frames = sum(len(r) for r in rows)
-            if cfg.blank_skip:  # the frames the search saw
-                blank = model.tokenizer.blank_id
-                searched = sum(len(blank_runs_merged(r, blank, cfg.blank_skip)) for r in rows)
-                frames = f"{searched} of {frames}"
             print(
                 f"| {path} | {engine} | {label or '–'} | {len(rows)} | {frames} | {med:.2f} "
                 f"| {first / med:.2f}x | {100 * s['wer']:.2f} % | {s['substitutions']} "

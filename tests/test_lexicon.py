@@ -28,7 +28,6 @@ from asrkd.lexicon import (
     LexiconDecoder,
     WordLM,
     arpa_lm,
-    blank_runs_merged,
     books_bigram,
     clear_caches,
     eval_decoder,
@@ -586,67 +585,3 @@ def test_blank_penalty_turns_a_blank_heavy_letter_into_the_word(engine: str) -> 
     assert eval_decoder(cfg, Tokenizer(), stored, "m", lambda order: lm) is stored
     del lex["blank_penalty"]
     assert lexicon_from_metadata({"lexicon": lex}, Tokenizer()).blank_penalty == 0.0
-
-
-def with_blank_runs(tok: Tokenizer, text: str, run: int, p: float) -> np.ndarray:
-    """peaked(tok, text), each token's blank frame followed by `run` more frames where blank
-    has probability p."""
-    lp = peaked(tok, text)
-    sure = np.full((run, tok.vocab_size), math.log((1 - p) / (tok.vocab_size - 1)))
-    sure[:, tok.blank_id] = math.log(p)
-    rows = []
-    for i, row in enumerate(lp):
-        rows.append(row[None])
-        if i % 3 == 2:
-            rows.append(sure)
-    return np.concatenate(rows)
-
-
-def test_blank_runs_merged_keeps_each_runs_first_frame() -> None:
-    """Frames whose blank probability reaches the threshold, in runs: each run becomes its
-    first frame; other frames, and a lone sure blank, stay; an all-blank utterance keeps one."""
-    blank = TINY.blank_id
-    p_blank = np.array([0.9999, 0.9999, 0.2, 0.9995, 0.5, 0.9999, 0.9999, 0.9999])
-    lp = np.log(np.stack([p_blank, (1 - p_blank) / 3, (1 - p_blank) / 3, (1 - p_blank) / 3], 1))
-    merged = blank_runs_merged(lp, blank, 0.999)
-    assert np.array_equal(merged, lp[[0, 2, 3, 4, 5]])
-    assert len(blank_runs_merged(lp[5:], blank, 0.999)) == 1
-    assert np.array_equal(blank_runs_merged(lp, blank, 0.99995), lp)  # none reaches it
-
-
-@pytest.mark.parametrize("engine", ["python", "flashlight"])
-def test_blank_skip_searches_fewer_frames_to_the_same_words(engine: str) -> None:
-    """Long runs of certain blanks between letters ("aa": a letter, its repeat after a run):
-    the search with blank_skip finds the words it finds without, repeats kept apart; eval
-    and export carry the setting, an exported file stores it, older files read 0."""
-    lm = WordLM.from_texts(["aa b", "a ab", "ba", "b"])
-    kwargs = {"beam": 8, "lm_weight": 1.0, "word_bonus": 0.0, "engine": engine}
-    plain = LexiconDecoder(TINY, lm, **kwargs)
-    skipping = LexiconDecoder(TINY, lm, blank_skip=0.999, **kwargs)
-    for text in ("aa b", "a ab", "ba", "b"):
-        log_probs = with_blank_runs(TINY, text, run=6, p=0.9999)
-        assert len(blank_runs_merged(log_probs, TINY.blank_id, 0.999)) < len(log_probs) / 2
-        assert plain.decode(log_probs) == skipping.decode(log_probs) == text
-    # a letter and its repeat parted only by certain blanks: the run's one frame parts them
-    a, blank = TINY.encode("a")[0], TINY.blank_id
-    repeat = np.full((7, TINY.vocab_size), math.log(1e-5 / 3))
-    repeat[[0, 6], a] = repeat[1:6, blank] = math.log(1 - 1e-5)
-    assert len(blank_runs_merged(repeat, blank, 0.999)) == 3
-    assert plain.decode(repeat) == skipping.decode(repeat) == "aa"
-
-    cfg = EvalConfig(decoder="lexicon", vocabulary="wordfreq:1000", blank_skip=0.999)
-    assert cfg.tag == "lexicon-b8-lm0.5-wb1-wordfreq1000-bs0.999"
-    assert eval_decoder(cfg, Tokenizer(), None, "m", lambda order: lm).blank_skip == 0.999
-    for bad in (-0.5, 1.0, math.nan):
-        with pytest.raises(ConfigError, match="blank_skip"):
-            EvalConfig(blank_skip=bad)
-        with pytest.raises(ConfigError, match="blank_skip"):
-            ExportConfig(blank_skip=bad)
-    meta = {"tokenizer": json.loads(Tokenizer().to_json()), "config": {}}
-    lex = lexicon_metadata(ExportConfig(vocabulary="wordfreq:1000", blank_skip=0.999), meta, "m")
-    assert lex is not None and lex["blank_skip"] == 0.999
-    stored = lexicon_from_metadata({"lexicon": lex}, Tokenizer())
-    assert stored.blank_skip == 0.999
-    assert eval_decoder(cfg, Tokenizer(), stored, "m", lambda order: lm) is stored
-    del lex["blank_skip"]
-    assert lexicon_from_metadata({"lexicon": lex}, Tokenizer()).blank_skip == 0.0

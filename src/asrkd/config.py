@@ -131,7 +131,6 @@ LEXICON_FIELDS = (
     "bigrams",
     "token_prune",
     "blank_penalty",
-    "blank_skip",
     "arpa",
     "lexicon_engine",
     "lm_cache",
@@ -184,13 +183,6 @@ def _check_token_prune(prefix: str, value: float) -> None:
 def _check_blank_penalty(prefix: str, value: float) -> None:
     if not 0 <= value < float("inf"):
         raise ConfigError(f"{prefix}blank_penalty={value} must be >= 0 (0: off) and finite")
-
-
-def _check_blank_skip(prefix: str, value: float) -> None:
-    if not 0 <= value < 1:
-        raise ConfigError(
-            f"{prefix}blank_skip={value} must be a probability below 1 (0: off; e.g. 0.999)"
-        )
 
 
 def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
@@ -588,13 +580,6 @@ class EvalConfig:
     # at 1.0 dev WER -0.7 points over four, docs/benchmarks.md round 11). Greedy decoding is
     # never affected.
     blank_penalty: float = 0.0
-    # frames where blank's probability (before blank_penalty) is at least this count as
-    # certain blanks: a run of them is searched as its first frame alone (0: off). The lexicon
-    # search's cost is per frame, and a CTC student's outputs are blank on most frames. One
-    # frame of a run still parts a letter from its repeat ("ll"); what is lost are the paths
-    # that emit a letter inside the run, at most 1 - blank_skip of such a frame's probability.
-    # Greedy decoding is never affected.
-    blank_skip: float = 0.0
     # a word LM in ARPA format (KenLM's lmplz, SRILM; .arpa or .arpa.gz), or a CMU Sphinx binary
     # one (.lm.bin, e.g. pocketsphinx's model/en-us/en-us.lm.bin; asrkd.sphinx_lm): its words are
     # the vocabulary and its 1-grams (and, for lm_order 2 or 3, its 2-grams and 3-grams with
@@ -623,7 +608,6 @@ class EvalConfig:
             raise ConfigError("eval.beam must be at least 1")
         _check_token_prune("eval.", self.token_prune)
         _check_blank_penalty("eval.", self.blank_penalty)
-        _check_blank_skip("eval.", self.blank_skip)
         _check_vocabulary(
             "eval.", self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams, self.arpa
         )
@@ -638,7 +622,6 @@ class EvalConfig:
         )
         prune = "" if self.token_prune == TOKEN_PRUNE else f"-tp{-self.token_prune:g}"
         prune += f"-bp{self.blank_penalty:g}" if self.blank_penalty else ""
-        prune += f"-bs{self.blank_skip:g}" if self.blank_skip else ""
         weights = f"lexicon-b{self.beam}-lm{self.lm_weight:g}-wb{self.word_bonus:g}"
         engine = "-fl" if self.lexicon_engine == "flashlight" else ""  # python: the older names
         return f"{weights}{_arpa_tag(self.arpa)}{vocabulary}{prune}{engine}"
@@ -987,7 +970,6 @@ class ExportConfig:
     bigrams: str = "train"
     token_prune: float = TOKEN_PRUNE
     blank_penalty: float = 0.0  # as in EvalConfig; stored in the file, applied by its search
-    blank_skip: float = 0.0  # as in EvalConfig; stored in the file, applied by its search
     arpa: str = ""  # an ARPA word LM, as in EvalConfig: its words and LM are stored in the file
     # The search the file names as its own: `asrkd transcribe` uses it unless --lexicon-engine
     # says otherwise, so that the file transcribes as it was scored (the searches differ on a
@@ -1015,7 +997,6 @@ class ExportConfig:
             raise ConfigError("beam must be at least 1")
         _check_token_prune("", self.token_prune)
         _check_blank_penalty("", self.blank_penalty)
-        _check_blank_skip("", self.blank_skip)
         _check_vocabulary(
             "", self.vocabulary, self.wordfreq_weight, self.lm_order, self.bigrams, self.arpa
         )

@@ -590,8 +590,6 @@ def decoding_text(cfg: DemoConfig, rows: list[dict]) -> str:
     prune = f", tokens above log-prob {cfg.eval.token_prune:g}"
     if cfg.eval.blank_penalty:
         prune += f", blank's log-prob lowered by {cfg.eval.blank_penalty:g}"
-    if cfg.eval.blank_skip:
-        prune += f", each run of frames with blank's probability >= {cfg.eval.blank_skip:g} as one"
     if cfg.eval.arpa:
         order = LM_ORDERS[cfg.eval.lm_order]
         return (

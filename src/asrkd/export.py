@@ -126,9 +126,9 @@ def lexicon_metadata(
     cfg: ExportConfig, meta: dict[str, Any], model_path: str | Path
 ) -> dict[str, Any] | None:
     """{"arpa_gz", "lm_order", "beam", "lm_weight", "word_bonus", "vocabulary", "bigrams",
-    "token_prune", "blank_penalty", "blank_skip", "engine"} (the word LM as ArpaSource packs
-    it: ARPA text, gzip, base64; 3.1 MB for the real-speech recipe's LM, whose tables as JSON
-    took 3.4 MB packed and ~100 MB of Python objects to read back) from cfg's lexicon fields
+    "token_prune", "blank_penalty", "engine"} (the word LM as ArpaSource packs it: ARPA text,
+    gzip, base64; 3.1 MB for the real-speech recipe's LM, whose tables as JSON took 3.4 MB
+    packed and ~100 MB of Python objects to read back) from cfg's lexicon fields
     (config_lm), whose "train" part is cfg.lexicon_cuts' transcripts ("train": the model's own
     training manifest), or None when cfg asks for no lexicon (no lexicon_cuts, no wordfreq
     words, no ARPA file)."""
@@ -156,7 +156,6 @@ def lexicon_metadata(
         "bigrams": cfg.bigrams,
         "token_prune": cfg.token_prune,
         "blank_penalty": cfg.blank_penalty,
-        "blank_skip": cfg.blank_skip,
         "engine": cfg.lexicon_engine,  # the search it was exported (and scored) with
     }
 

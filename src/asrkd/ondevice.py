@@ -214,7 +214,6 @@ def lexicon_from_metadata(
             tokenizer, lm, lex["beam"], lex["lm_weight"], lex["word_bonus"],
             prune=lex.get("token_prune", TOKEN_PRUNE),  # files exported before it was stored
             blank_penalty=lex.get("blank_penalty", 0.0),  # (and this)
-            blank_skip=lex.get("blank_skip", 0.0),  # (and this)
             vocabulary=lex.get("vocabulary", "train"),
             bigrams=lex.get("bigrams", "train"),
             engine=engine,

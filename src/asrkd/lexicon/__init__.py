@@ -69,7 +69,7 @@ every public name is importable from asrkd.lexicon itself.
 """
 
 from asrkd.lexicon.lm import SENTENCE_START, WordLM, WordTriples
-from asrkd.lexicon.search import LexiconDecoder, blank_runs_merged, eval_decoder
+from asrkd.lexicon.search import LexiconDecoder, eval_decoder
 from asrkd.lexicon.sources import (
     BOOKS_MASS,
     BOOKS_PAIRS,
@@ -104,7 +104,6 @@ __all__ = [
     "WordLM",
     "WordTriples",
     "arpa_lm",
-    "blank_runs_merged",
     "books_bigram",
     "clear_caches",
     "config_lm",

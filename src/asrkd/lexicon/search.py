@@ -49,7 +49,7 @@ def eval_decoder(
     other_arpa = cfg.arpa and stored is not None and stored.vocabulary != vocabulary_label(cfg)
     if stored is not None and not cfg.lexicon_cuts and not other_arpa:
         settings = (cfg.beam, cfg.lm_weight, cfg.word_bonus, cfg.token_prune,
-                    cfg.blank_penalty, cfg.blank_skip, cfg.lexicon_engine)  # fmt: skip
+                    cfg.blank_penalty, cfg.lexicon_engine)  # fmt: skip
         same_lm = (stored.vocabulary, stored.lm_order, stored.bigrams) == (
             vocabulary_label(cfg),
             cfg.lm_order,
@@ -79,7 +79,6 @@ def eval_decoder(
         engine=cfg.lexicon_engine,
         arpa=arpa,
         blank_penalty=cfg.blank_penalty,
-        blank_skip=cfg.blank_skip,
     )
 
 
@@ -142,16 +141,12 @@ class LexiconDecoder:
         engine: str = LEXICON_ENGINE,
         arpa: ArpaSource | ArpaFile | None = None,
         blank_penalty: float = 0.0,
-        blank_skip: float = 0.0,
     ) -> None:
         """lm: the word LM; or None and `arpa`, the LM as an ARPA file that write_arpa wrote
         (an exported file's): the C++ search reads it straight, without the LM's Python tables,
         which are read from it only when asked for (`lm`); the Python search reads them now.
-        blank_penalty: subtracted from blank's log-probability at every frame; blank_skip: a
-        run of frames where blank's probability is at least this is searched as one frame
-        (EvalConfig)."""
+        blank_penalty: subtracted from blank's log-probability at every frame (EvalConfig)."""
         self.blank, self.blank_penalty = tokenizer.blank_id, blank_penalty
-        self.blank_skip = blank_skip
         self.tokenizer, self.vocabulary = tokenizer, vocabulary  # where lm's words came from
         self.bigrams = bigrams  # where its word pairs came from (lm_order 2 or 3)
         self.beam, self.lm_weight, self.word_bonus, self.prune = beam, lm_weight, word_bonus, prune
@@ -224,16 +219,15 @@ class LexiconDecoder:
         return word in self.lm.log_probs
 
     @property
-    def settings(self) -> tuple[int, float, float, float, float, float, str]:
-        """(beam, lm_weight, word_bonus, prune, blank_penalty, blank_skip, engine asked for):
-        with the LM, what the search depends on."""
+    def settings(self) -> tuple[int, float, float, float, float, str]:
+        """(beam, lm_weight, word_bonus, prune, blank_penalty, engine asked for): with the LM,
+        what the search depends on."""
         return (
             self.beam,
             self.lm_weight,
             self.word_bonus,
             self.prune,
             self.blank_penalty,
-            self.blank_skip,
             self.engine_asked,
         )
 
@@ -280,8 +274,6 @@ class LexiconDecoder:
         thousands of small objects, none in a cycle (reference counting frees them all), and
         each collection they trigger walked the whole heap, the word LM's entries included
         (30 % of the decoder's time alone, twice that in a process holding more)."""
-        if self.blank_skip:
-            log_probs = blank_runs_merged(log_probs, self.blank, self.blank_skip)
         if self.blank_penalty:
             log_probs = np.array(log_probs)  # a copy: the caller's stays as it was
             log_probs[:, self.blank] -= self.blank_penalty
@@ -345,17 +337,6 @@ class LexiconDecoder:
             lm, words = self._final(hyps[prefix])
             finished.append((_lae(pb, pnb) + lm, words))
         return " ".join(max(finished, key=lambda f: f[0])[1])
-
-
-def blank_runs_merged(log_probs: np.ndarray, blank: int, skip: float) -> np.ndarray:
-    """log_probs (T', V) -> (T'', V), T'' <= T': every run of consecutive frames where blank's
-    probability is at least `skip` (0 < skip < 1) kept as its first frame alone, the other
-    frames as they are. A run's one frame still parts a token from its repeat."""
-    sure = log_probs[:, blank] >= math.log(skip)
-    keep = ~sure
-    keep[0] = True
-    keep[1:] |= sure[1:] & ~sure[:-1]  # a run's first frame
-    return log_probs[keep]
 
 
 def _lae(a: float, b: float) -> float:
