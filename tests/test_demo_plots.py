@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from asrkd.demo_report import _overlap, plot_figure
+from asrkd.demo_plots import _overlap, plot_figure
 
 
 def row(name: str, scenario: str, wer: float, mb: float, latency: float) -> dict:

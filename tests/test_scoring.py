@@ -58,7 +58,8 @@ def test_utterances_missing_from_the_second_system_are_named() -> None:
 def test_the_demo_reports_its_comparisons_with_their_interval(tmp_path) -> None:
     """The targets of `asrkd demo` give the distilled student's WER change against the student
     without KD with the paired interval of their transcripts files; none without the files."""
-    from asrkd.demo_report import add_relative, target_lines
+    from asrkd.demo_scoring import add_relative
+    from asrkd.demo_targets import target_lines
 
     def student(variant: str, hyps: list[str]) -> dict:
         folder = tmp_path / variant
@@ -90,7 +91,8 @@ def test_the_recipe_holds_its_delivered_file_to_the_first_target() -> None:
     """The real-speech recipe's first target is judged on the best distilled student (by dev
     WER) and again on the int8 file exported from it, scored as delivered; a file exported from
     another student gets no line."""
-    from asrkd.demo_report import add_relative, external_target_lines
+    from asrkd.demo_scoring import add_relative
+    from asrkd.demo_targets import external_target_lines
 
     def row(
         variant: str,

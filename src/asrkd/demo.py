@@ -327,7 +327,7 @@ def dev_wers(cfg: DemoConfig, specs: list[RunSpec], out: Path, dev: Path) -> dic
     it is the training run's best dev WER; with the lexicon decoder each student is decoded
     again (eval-dev/), as greedy and lexicon WER can rank students differently."""
     from asrkd.config import to_dict
-    from asrkd.demo_report import in_processes, scoring_config
+    from asrkd.demo_scoring import in_processes, scoring_config
     from asrkd.distill.teachers import file_sha256
     from asrkd.evaluation import evaluate
 
@@ -500,7 +500,8 @@ def evaluation_inputs(
 
 def run_demo(cfg: DemoConfig, librispeech: str | None = None) -> Path:
     """Run every stage, print the table, return the report path."""
-    from asrkd.demo_report import evaluate_runs, feature_timing, print_table, write_report
+    from asrkd.demo_report import print_table, write_report
+    from asrkd.demo_scoring import evaluate_runs, feature_timing
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
