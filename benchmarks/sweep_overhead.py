@@ -15,7 +15,8 @@ sys.path.insert(0, ".")
 from asrkd.config import PrepareConfig, SweepConfig, load_config, replace
 from asrkd.data.librispeech import prepare_librispeech
 from asrkd.evaluation import evaluate
-from asrkd.sweep import parse_grid, sweep
+from asrkd.sweep import sweep
+from asrkd.sweep_grid import parse_grid
 from asrkd.training import train
 from tests.helpers import write_librispeech_tree
 

@@ -170,6 +170,7 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys, monkeypatch):
     # another asrkd (another fingerprint of its code): dev WERs, the int8 file and every row
     # are made again, no student retrained
     monkeypatch.setattr("asrkd.demo_report.code_fingerprint", lambda: "other-code")
+    monkeypatch.setattr("asrkd.demo_scoring.code_fingerprint", lambda: "other-code")  # teachers'
     assert main(["demo", "configs/demo.yaml", *sets]) == 0
     assert {p: p.stat().st_mtime_ns for p in written if p.suffix == ".safetensors"} == {
         p: t for p, t in written.items() if p.suffix == ".safetensors"
