@@ -11,7 +11,7 @@ import pytest
 from asrkd.cli import main
 from asrkd.config import DemoConfig, load_config, replace
 from asrkd.demo import plan_runs, prepare_data, run_config, train_in_parallel, train_or_reuse
-from asrkd.demo_report import code_fingerprint
+from asrkd.demo_scoring import code_stamp
 from asrkd.distill.teachers import file_sha256
 from tests.helpers import write_librispeech_tree
 
@@ -164,13 +164,12 @@ def test_scaled_down_demo_end_to_end(tmp_path, capsys, monkeypatch):
     assert timings["dev decoding"] < 5.0 and timings["evaluate"] < 5.0
     assert json.loads((out / "results.json").read_text()) == rows
     # ... while asrkd's code is the same: the stamp holds its fingerprint, the report names it
-    code = code_fingerprint()
+    code = code_stamp()
     assert json.loads((out / "eval" / "inputs.json").read_text())["code"] == code
     assert f"(code {code})" in (out / "report.md").read_text()
     # another asrkd (another fingerprint of its code): dev WERs, the int8 file and every row
     # are made again, no student retrained
-    monkeypatch.setattr("asrkd.demo_report.code_fingerprint", lambda: "other-code")
-    monkeypatch.setattr("asrkd.demo_scoring.code_fingerprint", lambda: "other-code")  # teachers'
+    monkeypatch.setattr("asrkd.demo_scoring.code_stamp", lambda: "other-code")
     assert main(["demo", "configs/demo.yaml", *sets]) == 0
     assert {p: p.stat().st_mtime_ns for p in written if p.suffix == ".safetensors"} == {
         p: t for p, t in written.items() if p.suffix == ".safetensors"

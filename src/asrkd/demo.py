@@ -337,7 +337,7 @@ def dev_wers(cfg: DemoConfig, specs: list[RunSpec], out: Path, dev: Path) -> dic
 
     # a student's dev WER is reused while its model, the dev set, the decoder and asrkd's code
     # are unchanged (threads aside: they change no WER)
-    from asrkd.demo_report import code_fingerprint
+    from asrkd.demo_scoring import code_stamp
 
     def wer(summary: dict) -> float:
         return next(iter(summary["sets"].values()))["wer"]
@@ -347,7 +347,7 @@ def dev_wers(cfg: DemoConfig, specs: list[RunSpec], out: Path, dev: Path) -> dic
     for spec in students:
         model, folder = out / "runs" / spec.name / "model.safetensors", out / "eval-dev" / spec.name
         inputs = {"model": file_sha256(model), "dev": dev_sha, "eval": decoder,
-                  "code": code_fingerprint()}  # fmt: skip
+                  "code": code_stamp()}  # fmt: skip
         if stamp_matches(folder / "inputs.json", inputs) and (folder / "summary.json").is_file():
             wers[spec.name] = wer(json.loads((folder / "summary.json").read_text()))
         else:
@@ -372,7 +372,7 @@ def deliver_int8(
     reused while the model and export settings are unchanged. None (and a warning) without the
     export extra."""
     from asrkd.config import ExportConfig, to_dict
-    from asrkd.demo_report import code_fingerprint
+    from asrkd.demo_scoring import code_stamp
     from asrkd.distill.teachers import file_sha256
     from asrkd.export import LEXICON_LAYOUT, export_model, require_onnx_exporter
 
@@ -393,7 +393,7 @@ def deliver_int8(
     )
     stamp = dst.with_suffix(".inputs.json")
     inputs = {"model": file_sha256(src), "export": to_dict(export_cfg), "layout": LEXICON_LAYOUT,
-              "code": code_fingerprint()}  # fmt: skip
+              "code": code_stamp()}  # fmt: skip
     if export_cfg.arpa:  # an edited LM file behind the same path is a new export
         inputs["arpa"] = file_sha256(export_cfg.arpa)
     if dst.is_file() and stamp_matches(stamp, inputs):
@@ -424,7 +424,7 @@ def deliver_sherpa(delivered: tuple[RunSpec, Path] | None, out: Path, test: Path
     if importlib.util.find_spec("sherpa_onnx") is None:
         log.warning("demo: no sherpa-onnx row: pip install 'asrkd[sherpa]'")
         return None
-    from asrkd.demo_report import code_fingerprint
+    from asrkd.demo_scoring import code_stamp
     from asrkd.distill.teachers import file_sha256
 
     spec, _ = delivered
@@ -439,7 +439,7 @@ def deliver_sherpa(delivered: tuple[RunSpec, Path] | None, out: Path, test: Path
         "model": file_sha256(source),
         "test": file_sha256(test),
         "export": to_dict(export_cfg),
-        "code": code_fingerprint(),
+        "code": code_stamp(),
     }
     if stamp_matches(stamp, inputs) and result_file.is_file():
         log.info("reusing %s", folder)
@@ -473,9 +473,9 @@ def evaluation_inputs(
 ) -> dict:
     """What the demo's table is measured from: every model file and test set (by content), the
     evaluation and teacher settings, the dev WERs that choose rows, how memory is probed, and
-    asrkd's own code (demo_report.code_fingerprint)."""
+    asrkd's own code (demo_scoring.code_stamp)."""
     from asrkd.config import to_dict
-    from asrkd.demo_report import code_fingerprint
+    from asrkd.demo_scoring import code_stamp
     from asrkd.distill.teachers import file_sha256
     from asrkd.evaluation import MEMORY_PROBE
 
@@ -494,7 +494,7 @@ def evaluation_inputs(
         else None,
         "dev_wer": dev_wer,
         "memory_probe": MEMORY_PROBE,
-        "code": code_fingerprint(),  # asrkd's source: other code, every row measured again
+        "code": code_stamp(),  # asrkd's source: other code, every row measured again
     }
 
 

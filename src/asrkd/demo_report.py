@@ -8,7 +8,7 @@ import os
 import platform
 from pathlib import Path
 
-from asrkd import __version__
+from asrkd import __version__, demo_scoring
 from asrkd.config import LM_ORDERS, DemoConfig, parse_bigrams, to_dict
 from asrkd.demo_plots import plot
 from asrkd.demo_targets import external_target_lines, pct, target_lines, times
@@ -273,7 +273,7 @@ def write_report(
         (
             f"Data: {data}. Machine: {os.cpu_count()} CPU cores, {platform.machine()}, "
             f"date {datetime.date.today().isoformat()}, asrkd {__version__} (code "
-            f"{code_fingerprint()}). Total wall time "
+            f"{demo_scoring.code_stamp()}). Total wall time "
             f"{timings['total'] / 60:.1f} min (stages reused from an earlier run count ~0 s)."
         ),
         "",

@@ -13,6 +13,13 @@ from asrkd.distill.pseudo_labels import LEFT_OUT_FILE
 from asrkd.files import code_fingerprint
 
 
+def code_stamp() -> str:
+    """The fingerprint of asrkd's source (asrkd.files.code_fingerprint) that every stage's stamp
+    after training and the report carry: other code, every row measured again. One name, read
+    at call time by demo.py, the report and the teacher runtimes alike."""
+    return code_fingerprint()
+
+
 def evaluate_runs(
     specs,
     out: Path,
@@ -86,7 +93,7 @@ def evaluate_teacher_runtime(cfg: DemoConfig, runtime: str, tests: list[Path], o
     eval_dir = out / "eval" / f"teacher-{runtime}"
     stamp = {"teacher": cfg.run.teacher.path, "runtime": runtime,
              "tests": [file_sha256(t) for t in tests], "eval": to_dict(cfg.eval),
-             "memory_probe": MEMORY_PROBE, "code": code_fingerprint()}  # fmt: skip
+             "memory_probe": MEMORY_PROBE, "code": code_stamp()}  # fmt: skip
     done = eval_dir / "inputs.json"
     if done.is_file() and json.loads(done.read_text()) == stamp:
         return json.loads((eval_dir / "summary.json").read_text())

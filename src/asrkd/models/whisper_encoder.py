@@ -185,7 +185,8 @@ class WhisperEncoderCTC(nn.Module):
 
     def intermediate_logits(self, hidden: Tensor) -> Tensor:
         """hidden (B, T', D), a block's output below the last -> (B, T', V): read by the final
-        LayerNorm and the CTC head, as the last block's is (intermediate CTC, train.inter_ctc_weight)."""
+        LayerNorm and the CTC head, as the last block's is (intermediate CTC,
+        train.inter_ctc_weight)."""
         return self.ctc_head(self.layer_norm(hidden))
 
     def frozen_front(self, frozen: set[nn.Parameter]) -> int | None:
