@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import pytest
 from asrkd.cli import main
 from asrkd.config import DemoConfig, load_config, replace
 from asrkd.demo import plan_runs, prepare_data, run_config, train_in_parallel, train_or_reuse
-from asrkd.demo_scoring import code_stamp
+from asrkd.demo_scoring import code_stamp, in_fresh_process
 from asrkd.distill.teachers import file_sha256
+from asrkd.precision import INFERENCE_ENV
 from tests.helpers import write_librispeech_tree
 
 
@@ -52,6 +54,22 @@ def test_plan_covers_both_situations():
     assert logit.uses_teacher and not next(s for s in specs if s.variant == "none").uses_teacher
     init_only = DemoConfig(variants=(("init", ("distill.init_from_teacher=True",)),))
     assert [s.uses_teacher for s in plan_runs(init_only)[1:3]] == [False, True]
+
+
+def _process_and_caps() -> tuple[int, dict]:
+    return os.getpid(), {k: os.environ.get(k) for k in INFERENCE_ENV}
+
+
+def test_every_model_is_timed_in_a_fresh_process_of_its_own(monkeypatch):
+    """in_fresh_process, where the demo times each model: a new interpreter per call, neither
+    this process nor the last call's, with the kernel caches capped as `asrkd transcribe` caps
+    them."""
+    for key in INFERENCE_ENV:
+        monkeypatch.delenv(key, raising=False)
+    first, caps = in_fresh_process(_process_and_caps)
+    second, _ = in_fresh_process(_process_and_caps)
+    assert len({os.getpid(), first, second}) == 3
+    assert caps == INFERENCE_ENV
 
 
 def test_the_noisy_test_copy(tmp_path):
