@@ -177,9 +177,8 @@ def in_processes(fn, jobs: list[tuple], n_workers: int) -> list:
 def in_fresh_process(fn, *args):
     """fn(*args) in a fresh interpreter started for it alone, with the kernel caches capped as
     `asrkd transcribe` caps them (asrkd.precision.INFERENCE_ENV). The demo times every model
-    there: in its own long-lived process (the students' scoring, the teacher's runtimes, the
-    report's LM) the recipe's student ran its network 1.4x slower than `asrkd transcribe` does
-    (docs/benchmarks.md), a cost of the demo, not of the model."""
+    there, so that a row's speed does not depend on what the demo's long-lived process ran
+    before it (the scoring, the other models, the LMs)."""
     from asrkd.precision import INFERENCE_ENV
     from asrkd.processes import spawn_pool
 
