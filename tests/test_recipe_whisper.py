@@ -125,6 +125,11 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
     left_out = report.split("Sequence KD's teacher transcripts left out")[1].split("##")[0]
     assert f"- partial-{student}-init-seq: {summary['pseudo_labels_over_max_wer']} of " in left_out
     assert f"- full-{student}-init-seq: " in left_out and f"{student}-init:" not in left_out
+    counts = (summary["pseudo_labels_repetitive"], summary["pseudo_labels_too_long"])
+    assert (
+        f"(distill.max_pseudo_compression): {counts[0]}; longer than the student's CTC can "
+        f"align: {counts[1]}" in left_out
+    )
     assert (run / "teacher_transcripts_left_out.tsv").is_file()
     assert "unlabelled_cuts" in (run / "config.yaml").read_text()
     # the delivered file names the search it was scored with: `asrkd transcribe` uses it

@@ -421,6 +421,11 @@ class DistillConfig:
     # this is left out of the teacher term (untranscribed utterances are never checked).
     # 0 = off, every transcript kept; distil-whisper uses 0.1 (10 %).
     max_pseudo_wer: float = 0.0
+    # Sequence KD: a teacher transcript whose gzip compression ratio exceeds this repeats itself
+    # (Whisper's loops on silence, music or noise) and is left out, with or without a
+    # transcript of its own; 0 = off. openai/whisper and faster-whisper use 2.4; LibriSpeech
+    # transcripts stay under 1.9.
+    max_pseudo_compression: float = 2.4
 
     def __post_init__(self) -> None:
         from asrkd.distill.strategies import STRATEGIES
@@ -433,6 +438,8 @@ class DistillConfig:
             raise ConfigError("distill.temperature must be positive")
         if self.max_pseudo_wer < 0:
             raise ConfigError("distill.max_pseudo_wer must be >= 0 (0 = off)")
+        if self.max_pseudo_compression < 0:
+            raise ConfigError("distill.max_pseudo_compression must be >= 0 (0 = off)")
         taken = self.weight * ("logit" in self.strategies)
         taken += self.sequence_weight * ("sequence" in self.strategies)
         if taken > 1.0 + 1e-9:

@@ -31,12 +31,20 @@ def teacher_transcript_lines(rows: list[dict]) -> list[str]:
         )
         where = f"; listed in `{t['listed_in']}`" if t.get("listed_in") else ""
         lines.append(
-            f"- {r['name']}: {far}; {t['unmappable']} could not be written in the student's "
-            f"units{where}"
+            f"- {r['name']}: {far}; {_count(t, 'unmappable')} could not be written in the "
+            f"student's units; repeating themselves (distill.max_pseudo_compression): "
+            f"{_count(t, 'repetitive')}; longer than the student's CTC can align: "
+            f"{_count(t, 'too_long')}{where}"
         )
     if not lines:
         return []
     return ["Sequence KD's teacher transcripts left out:", "", *lines, ""]
+
+
+def _count(transcripts: dict, reason: str) -> str:
+    """How many teacher transcripts a run left out for `reason` (None: not checked)."""
+    n = transcripts.get(reason)
+    return "not checked (trained before asrkd checked it)" if n is None else str(n)
 
 
 def table_lines(rows: list[dict]) -> list[str]:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from asrkd.config import DemoConfig, EvalConfig, to_dict
-from asrkd.distill.pseudo_labels import LEFT_OUT_FILE
+from asrkd.distill.pseudo_labels import LEFT_OUT_FILE, REASONS
 from asrkd.files import code_fingerprint
 
 
@@ -69,8 +69,8 @@ def evaluate_runs(
         if "pseudo_labels_checked" in trained:  # sequence KD: what its filter left out
             listed = run_summary.with_name(LEFT_OUT_FILE)  # runs trained before it: none
             summary["teacher_transcripts"] = {
-                **{k: trained.get(f"pseudo_labels_{k}", 0)
-                   for k in ("checked", "over_max_wer", "unmappable")},
+                # None: a run trained before asrkd checked for that reason
+                **{k: trained.get(f"pseudo_labels_{k}") for k in ("checked", *REASONS)},
                 "listed_in": str(listed) if listed.is_file() else None,
             }  # fmt: skip
         if spec.name in dev_wer:

@@ -21,6 +21,7 @@ from asrkd.data.dataset import (
     strip_text,
 )
 from asrkd.data.text import Tokenizer, normalize_text, train_sentencepiece
+from asrkd.data.validate import ctc_min_frames
 from asrkd.distill.cache import TeacherCache, build_cache
 from asrkd.distill.pseudo_labels import PseudoLabelStats, filter_pseudo_labels
 from asrkd.distill.teachers import TeacherOutput, TeacherRequest, load_teacher
@@ -109,11 +110,16 @@ class TeacherSource:
         self.device = torch.device("cpu")
 
     def attach(
-        self, request: TeacherRequest, device: torch.device, train_cuts: CutSet | None = None
+        self,
+        request: TeacherRequest,
+        device: torch.device,
+        train_cuts: CutSet | None = None,
+        output_frames: dict[str, int] | None = None,
     ) -> None:
         """Check compatibility and build (or reuse) the caches the request needs. `train_cuts`:
         the run's training cuts, whose transcripts (only those the run may see) are the
-        references of distill.max_pseudo_wer."""
+        references of distill.max_pseudo_wer. `output_frames`: cut id -> the student's output
+        frames for it, which a teacher transcript must fit for CTC (None: not checked)."""
         self.request, self.device = request, device
         kind = self.cfg.teacher.kind
         offers = getattr(self.teacher, "offers", None)
@@ -154,7 +160,7 @@ class TeacherSource:
         ]
         self.caches = [cache for _, caches in self.parts for cache in caches]
         if request.transcripts:
-            self._filter_pseudo_labels(train_cuts)
+            self._filter_pseudo_labels(train_cuts, output_frames)
 
     def _split(self, request: TeacherRequest) -> list[TeacherRequest]:
         """The requests cached apart: for a teacher that hears audio (whisper, hf-ctc) its
@@ -177,16 +183,28 @@ class TeacherSource:
             progress=self.cfg.train.progress,
         )
 
-    def _filter_pseudo_labels(self, train_cuts: CutSet | None) -> None:
-        """Leave unmappable teacher transcripts, and those over distill.max_pseudo_wer against
-        the utterance's own transcript, out of sequence KD (asrkd.distill.pseudo_labels)."""
+    def _filter_pseudo_labels(
+        self, train_cuts: CutSet | None, output_frames: dict[str, int] | None
+    ) -> None:
+        """Leave unmappable, repetitive (distill.max_pseudo_compression) and unalignable teacher
+        transcripts, and those over distill.max_pseudo_wer against the utterance's own
+        transcript, out of sequence KD (asrkd.distill.pseudo_labels)."""
         references = {}
         if self.cfg.distill.max_pseudo_wer and train_cuts is not None:
             references = {c.id: normalize_text(text) for c in train_cuts if (text := cut_text(c))}
+
+        def fits(cut_id: str, text: str) -> bool:
+            frames = output_frames.get(cut_id) if output_frames else None
+            return frames is None or ctc_min_frames(self.tokenizer.encode(text)) <= frames
+
         stats = PseudoLabelStats()
         for cache in (c for part, caches in self.parts if part.transcripts for c in caches):
             cache.texts, part = filter_pseudo_labels(
-                cache.texts, references, self.cfg.distill.max_pseudo_wer
+                cache.texts,
+                references,
+                self.cfg.distill.max_pseudo_wer,
+                self.cfg.distill.max_pseudo_compression,
+                fits,
             )
             stats.merge(part)
         self.pseudo_labels = stats

@@ -1,5 +1,6 @@
 """distill.max_pseudo_wer: teacher transcripts over the WER threshold (against the utterance's own
-transcript) are dropped from sequence KD, exactly those; unmappable ones are counted."""
+transcript) are dropped from sequence KD, exactly those; unmappable ones are counted; loops
+(distill.max_pseudo_compression) and transcripts CTC cannot align are dropped on any utterance."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import pytest
 import torch
 
 from asrkd.data.text import Tokenizer
-from asrkd.distill.pseudo_labels import LEFT_OUT_FILE, filter_pseudo_labels, pseudo_label_wer
+from asrkd.data.validate import ctc_min_frames
+from asrkd.distill.pseudo_labels import (
+    LEFT_OUT_FILE,
+    compression_ratio,
+    filter_pseudo_labels,
+    pseudo_label_wer,
+)
 from asrkd.distill.strategies import SequenceKD
 from asrkd.distill.teachers import TeacherOutput
 from asrkd.models.conformer import ModelOutput
@@ -52,6 +59,41 @@ def test_the_list_names_each_left_out_transcript(tmp_path) -> None:
         "e\tover_max_wer\t0.200\ta b c d e f g h x x\ta b c d e f g h i j",
         "n\tunmappable\t\t\t",
     ]
+
+
+LOOP = "thank you " * 12  # Whisper on silence or music
+
+
+def test_loops_and_unalignable_transcripts_are_dropped_with_or_without_a_transcript() -> None:
+    """A loop is dropped before its WER is looked at, an untranscribed one too; a transcript
+    longer than its utterance's frames allow (one per unit, a blank between repeats) is
+    dropped; the list names each with its reason and, where checked, its WER."""
+    texts = {**TEXTS, "loop": LOOP.strip(), "loop-ref": LOOP.strip(), "long": "abcdefgh"}
+    texts |= {"fits": "abcdefg", "repeats": "aab"}  # "aab" needs 4 frames: a blank between a, a
+    refs = {**REFS, "loop-ref": "thank you"}
+    frames = {"long": 7, "fits": 7, "repeats": 3}
+
+    def fits(cut_id: str, text: str) -> bool:
+        return ctc_min_frames([ord(ch) for ch in text]) <= frames.get(cut_id, 10**6)
+
+    kept, stats = filter_pseudo_labels(texts, refs, 0.1, 2.4, fits)
+    assert stats.left_out == {
+        "unmappable": ["n"],
+        "repetitive": ["loop", "loop-ref"],
+        "too_long": ["long", "repeats"],
+        "over_max_wer": ["b", "c", "e"],
+    }
+    assert {k for k, v in kept.items() if v is None} == {
+        "n", "loop", "loop-ref", "long", "repeats", "b", "c", "e"
+    }  # fmt: skip
+    assert kept["fits"] == "abcdefg" and kept["u"] == "anything at all"
+    assert stats.n_checked == 5  # the loop with a transcript is not checked for WER
+    summary = stats.summary()
+    assert (summary["pseudo_labels_repetitive"], summary["pseudo_labels_too_long"]) == (2, 2)
+    # off: 0 for each
+    kept, stats = filter_pseudo_labels(texts, refs, 0.0, 0.0, None)
+    assert stats.n_left_out == 1 and kept["loop"] == LOOP.strip()
+    assert compression_ratio(LOOP) > 2.4 > max(compression_ratio(t) for t in REFS.values())
 
 
 def test_wer_of_one_transcript() -> None:
@@ -119,3 +161,54 @@ def test_a_run_reports_what_it_dropped(prepared_parts, tiny_teacher, tmp_path, o
         _, reason, wer, teacher, ref = rows[cut.id]
         assert reason == "over_max_wer" and teacher == texts[cut.id]
         assert ref == normalize_text(cut_text(cut)) and float(wer) > 0.1
+
+
+def test_loops_and_unalignable_transcripts_are_left_out_of_a_run(
+    prepared_parts, tiny_teacher, tmp_path, one_thread
+) -> None:
+    """A sequence-KD run with the loop and length checks and no WER filter: a cached transcript
+    made a loop and one made longer than its utterance's student frames are left out, counted
+    in summary.json and named in the list; the others are kept."""
+    import json
+    import random
+
+    from lhotse import CutSet
+
+    from asrkd.config import load_config
+    from asrkd.training import Trainer
+    from tests.conftest import tiny_run_overrides
+
+    kd = [
+        "distill.strategy=sequence",
+        f"teacher.path={tiny_teacher}",
+        f"teacher.cache_dir={tmp_path / 'cache'}",
+    ]
+    Trainer(load_config(None, tiny_run_overrides(prepared_parts, tmp_path / "pre", 10) + kd))
+    (index,) = (tmp_path / "cache").glob("*/index.json")
+    record = json.loads(index.read_text())
+    loop_id, long_id = sorted(record["texts"])[:2]
+    frames = next(
+        c.num_frames for c in CutSet.from_file(prepared_parts["train"]) if c.id == long_id
+    )
+    rng = random.Random(0)  # letters without a pattern: no loop, just too many for the frames
+    record["texts"][loop_id] = LOOP.strip()
+    record["texts"][long_id] = "".join(
+        rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(frames)
+    )
+    index.write_text(json.dumps(record))
+    trainer = Trainer(
+        load_config(None, tiny_run_overrides(prepared_parts, tmp_path / "run", 10) + kd)
+    )
+    trainer.run()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["pseudo_labels_repetitive"] == 1 and summary["pseudo_labels_too_long"] == 1
+    assert summary["pseudo_labels_unmappable"] == summary["pseudo_labels_over_max_wer"] == 0
+    texts = trainer.teacher_source.caches[0].texts
+    assert texts[loop_id] is None and texts[long_id] is None
+    assert sum(t is None for t in texts.values()) == 2
+    listed = (tmp_path / "run" / LEFT_OUT_FILE).read_text().splitlines()[1:]
+    rows = {r.split("\t")[0]: r.split("\t")[1:] for r in listed}
+    assert rows == {
+        loop_id: ["repetitive", "", LOOP.strip(), ""],
+        long_id: ["too_long", "", record["texts"][long_id], ""],
+    }

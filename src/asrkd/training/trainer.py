@@ -121,11 +121,19 @@ class Trainer:
         )
         self.distiller.to(self.device)
         if self.teacher_source is not None:
-            self.teacher_source.attach(self.distiller.request, self.device, self.train_cuts)
+            frames = self.model.output_lengths(
+                torch.tensor([c.num_frames for c in self.train_cuts])
+            )
+            self.teacher_source.attach(
+                self.distiller.request,
+                self.device,
+                self.train_cuts,
+                dict(zip((c.id for c in self.train_cuts), frames.tolist())),
+            )
             stats = self.teacher_source.pseudo_labels
             if self.distiller.request.transcripts and world.is_main:  # sequence KD's, by name
                 stats.write_tsv(self.out / LEFT_OUT_FILE)
-                if stats.over_wer or stats.unmappable:
+                if stats.n_left_out:
                     log.info("teacher transcripts left out, listed in %s", self.out / LEFT_OUT_FILE)
         # what the optimiser trains: the student but its frozen layers, and the distiller's
         # projections
