@@ -110,10 +110,19 @@ def test_the_noisy_test_copy(tmp_path):
 def test_scaled_down_demo_end_to_end(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     sets = [a for o in [*tiny_demo_overrides(out), "deliver_int8=true"] for a in ("--set", o)]
+    timed = []  # every model's speed is measured alone in a fresh process
+
+    def fresh(fn, *args):
+        timed.append(str(args[0]))
+        return in_fresh_process(fn, *args)
+
+    monkeypatch.setattr("asrkd.demo_scoring.in_fresh_process", fresh)
     assert main(["demo", "configs/demo.yaml", *sets]) == 0
     printed = capsys.readouterr().out
     report = (out / "report.md").read_text()
     rows = json.loads((out / "results.json").read_text())
+    assert sorted(Path(m).parent.name if m.endswith(".safetensors") else Path(m).stem
+                  for m in timed) == sorted(r["name"] for r in rows)  # fmt: skip
     names = {r["name"] for r in rows}
     assert {
         "teacher",

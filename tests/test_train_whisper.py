@@ -94,6 +94,20 @@ def test_resume_continues_from_the_checkpoint(whisper_run, whisper_parts, tmp_pa
     assert trainer.state.step == 20 and trainer.model.family == "whisper-encoder"
 
 
+def test_batch_frames_are_the_frames_a_batch_gives(whisper_parts) -> None:
+    """asrkd.data.dataset.batch_frames (what the teacher-transcript length check counts): the
+    frames collate gives each cut, Whisper's n // 160 where lhotse stores round(n / 160)."""
+    from lhotse import CutSet
+
+    from asrkd.data.dataset import batch_frames, collate, load_cuts
+    from asrkd.data.text import Tokenizer
+
+    cuts = load_cuts(whisper_parts["train"])
+    given = collate(CutSet.from_cuts(cuts), Tokenizer()).feat_lens.tolist()
+    assert [batch_frames(c) for c in cuts] == given
+    assert any(c.num_frames != n for c, n in zip(cuts, given))  # the case it exists for
+
+
 def test_whisper_students_need_whisper_features(prepared_parts, tmp_path) -> None:
     cfg = load_config(None, overrides(prepared_parts, tmp_path / "run", 1))
     with pytest.raises(ConfigError, match="features.kind=whisper"):

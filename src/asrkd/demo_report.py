@@ -44,7 +44,7 @@ def teacher_transcript_lines(rows: list[dict]) -> list[str]:
 def _count(transcripts: dict, reason: str) -> str:
     """How many teacher transcripts a run left out for `reason` (None: not checked)."""
     n = transcripts.get(reason)
-    return "not checked (trained before asrkd checked it)" if n is None else str(n)
+    return "not checked (off, or trained before asrkd checked it)" if n is None else str(n)
 
 
 def table_lines(rows: list[dict]) -> list[str]:
@@ -133,7 +133,8 @@ def rows_text(cfg: DemoConfig, rows: list[dict]) -> str:
         "no distillation, random init (the baseline); `init` = the teacher's front end and "
         "evenly spaced encoder blocks copied in (blocks above the teacher's depth start as the "
         "identity), CTC only; `seq` = + sequence KD on the "
-        "teacher's transcripts (filtered by distill.max_pseudo_wer where a transcript exists); "
+        "teacher's transcripts (filtered by distill.max_pseudo_wer where a transcript exists, "
+        "and of loops and of transcripts the student's CTC cannot align everywhere); "
         "`hidden` = + hidden-state KD from its encoder; every student of a situation has the "
         f"same number of steps{precision_text(rows)}. Student WER/CER decoded by "
         f"{decoding_text(cfg, rows)}; greedy "

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from asrkd.config import DemoConfig, EvalConfig, to_dict
 from asrkd.distill.pseudo_labels import LEFT_OUT_FILE, REASONS
 from asrkd.files import code_fingerprint
+
+T = TypeVar("T")
 
 
 def code_stamp() -> str:
@@ -174,7 +178,7 @@ def in_processes(fn, jobs: list[tuple], n_workers: int) -> list:
         return list(pool.map(fn, *zip(*jobs)))
 
 
-def in_fresh_process(fn, *args):
+def in_fresh_process(fn: Callable[..., T], *args: Any) -> T:
     """fn(*args) in a fresh interpreter started for it alone, with the kernel caches capped as
     `asrkd transcribe` caps them (asrkd.precision.INFERENCE_ENV). The demo times every model
     there, so that a row's speed does not depend on what the demo's long-lived process ran

@@ -44,8 +44,9 @@ def test_drops_exactly_those_over_the_threshold(max_wer: float, dropped: set[str
     assert all(kept[k] == TEXTS[k] for k in TEXTS if k not in dropped)
     assert stats.n_checked == (5 if max_wer else 0)
     summary = stats.summary()
-    assert summary["pseudo_labels_over_max_wer"] == len(dropped)
+    assert summary["pseudo_labels_over_max_wer"] == (len(dropped) if max_wer else None)
     assert summary["pseudo_labels_unmappable"] == 1
+    assert summary["pseudo_labels_repetitive"] is summary["pseudo_labels_too_long"] is None
 
 
 def test_the_list_names_each_left_out_transcript(tmp_path) -> None:
@@ -90,9 +91,10 @@ def test_loops_and_unalignable_transcripts_are_dropped_with_or_without_a_transcr
     assert stats.n_checked == 5  # the loop with a transcript is not checked for WER
     summary = stats.summary()
     assert (summary["pseudo_labels_repetitive"], summary["pseudo_labels_too_long"]) == (2, 2)
-    # off: 0 for each
+    # off: kept, and counted as not checked
     kept, stats = filter_pseudo_labels(texts, refs, 0.0, 0.0, None)
     assert stats.n_left_out == 1 and kept["loop"] == LOOP.strip()
+    assert stats.summary()["pseudo_labels_repetitive"] is None
     assert compression_ratio(LOOP) > 2.4 > max(compression_ratio(t) for t in REFS.values())
 
 
@@ -167,14 +169,16 @@ def test_loops_and_unalignable_transcripts_are_left_out_of_a_run(
     prepared_parts, tiny_teacher, tmp_path, one_thread
 ) -> None:
     """A sequence-KD run with the loop and length checks and no WER filter: a cached transcript
-    made a loop and one made longer than its utterance's student frames are left out, counted
-    in summary.json and named in the list; the others are kept."""
+    made a loop, and one made one letter longer than its batch's student output frames, are
+    left out, counted in summary.json and named in the list; one exactly as long is kept."""
     import json
     import random
 
     from lhotse import CutSet
 
     from asrkd.config import load_config
+    from asrkd.data.dataset import collate, load_cuts
+    from asrkd.data.text import Tokenizer
     from asrkd.training import Trainer
     from tests.conftest import tiny_run_overrides
 
@@ -183,18 +187,25 @@ def test_loops_and_unalignable_transcripts_are_left_out_of_a_run(
         f"teacher.path={tiny_teacher}",
         f"teacher.cache_dir={tmp_path / 'cache'}",
     ]
-    Trainer(load_config(None, tiny_run_overrides(prepared_parts, tmp_path / "pre", 10) + kd))
+    pre = Trainer(load_config(None, tiny_run_overrides(prepared_parts, tmp_path / "pre", 10) + kd))
     (index,) = (tmp_path / "cache").glob("*/index.json")
     record = json.loads(index.read_text())
-    loop_id, long_id = sorted(record["texts"])[:2]
-    frames = next(
-        c.num_frames for c in CutSet.from_file(prepared_parts["train"]) if c.id == long_id
-    )
-    rng = random.Random(0)  # letters without a pattern: no loop, just too many for the frames
+    loop_id, long_id, edge_id = sorted(record["texts"])[:3]
+    cuts = {c.id: c for c in load_cuts(prepared_parts["train"])}
+
+    def out_frames(cut_id: str) -> int:  # as a training batch gives them to the student
+        feat_lens = collate(CutSet.from_cuts([cuts[cut_id]]), Tokenizer()).feat_lens
+        return int(pre.model.output_lengths(feat_lens)[0])
+
+    def no_repeats(n: int) -> str:  # letters without a pattern and no letter twice in a row
+        rng, text = random.Random(n), ""
+        while len(text) < n:
+            text += rng.choice([c for c in "abcdefghijklmnopqrstuvwxyz" if text[-1:] != c])
+        return text
+
     record["texts"][loop_id] = LOOP.strip()
-    record["texts"][long_id] = "".join(
-        rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(frames)
-    )
+    record["texts"][long_id] = no_repeats(out_frames(long_id) + 1)
+    record["texts"][edge_id] = no_repeats(out_frames(edge_id))
     index.write_text(json.dumps(record))
     trainer = Trainer(
         load_config(None, tiny_run_overrides(prepared_parts, tmp_path / "run", 10) + kd)
@@ -202,9 +213,11 @@ def test_loops_and_unalignable_transcripts_are_left_out_of_a_run(
     trainer.run()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["pseudo_labels_repetitive"] == 1 and summary["pseudo_labels_too_long"] == 1
-    assert summary["pseudo_labels_unmappable"] == summary["pseudo_labels_over_max_wer"] == 0
+    assert summary["pseudo_labels_unmappable"] == 0
+    assert summary["pseudo_labels_over_max_wer"] is None  # distill.max_pseudo_wer off
     texts = trainer.teacher_source.caches[0].texts
     assert texts[loop_id] is None and texts[long_id] is None
+    assert texts[edge_id] == record["texts"][edge_id]
     assert sum(t is None for t in texts.values()) == 2
     listed = (tmp_path / "run" / LEFT_OUT_FILE).read_text().splitlines()[1:]
     rows = {r.split("\t")[0]: r.split("\t")[1:] for r in listed}

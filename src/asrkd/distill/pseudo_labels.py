@@ -11,7 +11,10 @@ left out when it is
   zeroed without a word;
 and, with `distill.max_pseudo_wer` > 0, when its word error rate against the utterance's own
 transcript exceeds it (distil-whisper keeps pseudo-labels within 10 % WER). SequenceKD leaves
-None out of its term. Each transcript left out is named in the run's log and list.
+None out of its term. Each transcript left out is named in the run's list
+(`teacher_transcripts_left_out.tsv`); the log names the unmappable, repetitive and too long
+ones and counts the others. The checks run on cached transcripts (teacher.cache, which a
+Whisper teacher needs); a count of None in summary.json is a check that did not run.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class PseudoLabelStats:
     # cut id -> (WER or None, teacher transcript, the utterance's own or "") of each left out
     # but the unmappable (which have no text)
     texts: dict[str, tuple[float | None, str, str]] = field(default_factory=dict)
+    applied: set[str] = field(default_factory=set)  # the reasons checked for
 
     @property
     def unmappable(self) -> list[str]:
@@ -56,14 +60,19 @@ class PseudoLabelStats:
         return sum(len(ids) for ids in self.left_out.values())
 
     def summary(self) -> dict:
+        """Counts for summary.json: None for a check that did not run (off, or no cache)."""
         return {
             "pseudo_labels_checked": self.n_checked,
-            **{f"pseudo_labels_{r}": len(ids) for r, ids in self.left_out.items()},
+            **{
+                f"pseudo_labels_{r}": len(ids) if r in self.applied else None
+                for r, ids in self.left_out.items()
+            },
         }
 
     def merge(self, other: PseudoLabelStats) -> None:
         """Add another filter's counts and lists (one manifest's) to these."""
         self.n_checked += other.n_checked
+        self.applied |= other.applied
         for reason, ids in other.left_out.items():
             self.left_out[reason] += ids
         self.texts |= other.texts
@@ -111,6 +120,10 @@ def filter_pseudo_labels(
     loop filter; `fits(cut id, text)`: whether the student's CTC can align `text` to that cut
     (None: not checked)."""
     stats = PseudoLabelStats()
+    stats.applied = {"unmappable"}
+    stats.applied |= {"repetitive"} if max_compression > 0 else set()
+    stats.applied |= {"too_long"} if fits is not None else set()
+    stats.applied |= {"over_max_wer"} if max_wer > 0 else set()
     kept: dict[str, str | None] = {}
     for cut_id, text in texts.items():
         ref = references.get(cut_id)

@@ -62,7 +62,8 @@ class SequenceKD(nn.Module):
 
     def forward(self, student: ModelOutput, teacher: TeacherOutput, batch: Batch):
         # An empty teacher transcript is a legitimate target (silence) and counts; None is one
-        # left out (not mappable into the student's units, or over distill.max_pseudo_wer).
+        # left out (asrkd.distill.pseudo_labels.REASONS: not mappable into the student's units,
+        # a loop, too long for CTC, or over distill.max_pseudo_wer).
         kept = torch.tensor([t is not None for t in teacher.transcripts])
         ids = [self.tokenizer.encode(t or "") for t in teacher.transcripts]
         lens = torch.tensor([len(x) for x in ids])

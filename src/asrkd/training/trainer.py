@@ -21,6 +21,7 @@ from tqdm import tqdm
 from asrkd.config import Config, ConfigError, save_config, to_dict
 from asrkd.data.dataset import (
     Batch,
+    batch_frames,
     collate,
     feature_config_of,
     make_sampler,
@@ -121,14 +122,8 @@ class Trainer:
         )
         self.distiller.to(self.device)
         if self.teacher_source is not None:
-            frames = self.model.output_lengths(
-                torch.tensor([c.num_frames for c in self.train_cuts])
-            )
             self.teacher_source.attach(
-                self.distiller.request,
-                self.device,
-                self.train_cuts,
-                dict(zip((c.id for c in self.train_cuts), frames.tolist())),
+                self.distiller.request, self.device, self.train_cuts, self._ctc_frames()
             )
             stats = self.teacher_source.pseudo_labels
             if self.distiller.request.transcripts and world.is_main:  # sequence KD's, by name
@@ -177,6 +172,19 @@ class Trainer:
                 seed = cfg.train.seed + 7919 * world.rank + self.state.step
                 torch.manual_seed(seed)
                 self.aug_gen.manual_seed(seed + 1)
+
+    def _ctc_frames(self) -> dict[str, int] | None:
+        """Cut id -> the student's output frames for it at its shortest (data.tempo_range's
+        fastest tempo), which a teacher transcript must fit for CTC; None when no cached
+        transcripts are asked for."""
+        if not (self.distiller.request.transcripts and self.cfg.teacher.cache):
+            return None
+        frames = torch.tensor([batch_frames(c) for c in self.train_cuts])
+        fastest = max(1.0, self.cfg.data.tempo_range[1])
+        if fastest > 1.0:  # as tempo_stretch shortens them
+            frames = torch.clamp(torch.round(frames.double() / fastest).long(), min=1)
+        out = self.model.output_lengths(frames)
+        return dict(zip((c.id for c in self.train_cuts), out.tolist()))
 
     def _check_out_dir(self, resume: bool) -> None:
         has_ckpt = latest_checkpoint(self.out / "checkpoints") is not None
