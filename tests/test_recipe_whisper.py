@@ -37,7 +37,7 @@ def scaled_variants(head_steps: int) -> list:
 
 
 @pytest.mark.slow
-def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
+def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys, monkeypatch):
     corpus = write_librispeech_tree(tmp_path / "ls", {"train-clean-5": 24, "test-other": 6})
     extra = write_librispeech_tree(tmp_path / "audio", {"mine": 6}, n_speakers=2, seed=1)
     out = tmp_path / "recipe"
@@ -65,9 +65,32 @@ def test_scaled_down_whisper_recipe(tmp_path, tiny_whisper, capsys):
     ]
     sets = [a for o in overrides for a in ("--set", o)]
     args = ["demo", "configs/librispeech-whisper.yaml", "--librispeech", str(corpus), *sets]
+    from asrkd import demo_scoring
+
+    timed = []  # what runs in a fresh process of its own
+
+    def fresh(fn, *args):
+        timed.append((fn.__name__, *(a if isinstance(a, str) else None for a in args[:2])))
+        return in_fresh_process(fn, *args)
+
+    in_fresh_process = demo_scoring.in_fresh_process
+    monkeypatch.setattr("asrkd.demo_scoring.in_fresh_process", fresh)
     assert main(args) == 0
     printed = capsys.readouterr().out
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())}
+    # each teacher runtime is transcribed, then timed with the students after all the scoring
+    # (a run that reuses its WER still times it), each model in a fresh process
+    runtimes = [(name, rt) for name, _, rt in timed if name in ("evaluate_teacher", "time_teacher")]
+    assert runtimes == [
+        ("evaluate_teacher", "faster-whisper-int8"),
+        ("evaluate_teacher", "pytorch"),
+        ("time_teacher", "faster-whisper-int8"),
+        ("time_teacher", "pytorch"),
+    ]
+    assert [name for name, *_ in timed].count("_time") == len(rows) - 2
+    for rt in ("faster-whisper-int8", "pytorch"):
+        stored = json.loads((out / "eval" / f"teacher-{rt}" / "summary.json").read_text())
+        assert stored["speed"]["rtf"] == rows[f"teacher-{rt}"]["rtf"]
     student = "whisper-test-student"
     expected = {
         "teacher-faster-whisper-int8",

@@ -38,33 +38,36 @@ def evaluate_runs(
     training run's best (greedy)."""
     from asrkd.evaluation import write_summary
     from asrkd.scoring import hyps_path
+    from asrkd.teacher_eval import time_teacher
 
     dev_wer = dev_wer or {}
 
     tests = [data["test"], *([data["test_noisy"]] if "test_noisy" in data else [])]
     models = [(spec, spec.name, out / "runs" / spec.name / "model.safetensors") for spec in specs]
-    teacher_rows = []
+    runtimes = {}  # runtime -> an external teacher's summary
     if cfg.external_teacher:  # scored by its own runtimes below, not as an asrkd model file
         teacher_spec = models.pop(0)[0]
         # the noisy set with the first runtime only: the same weights, and the others are slow
-        teacher_rows = [
-            _row(
-                teacher_spec,
-                f"teacher-{runtime}",
-                evaluate_teacher_runtime(cfg, runtime, tests if i == 0 else tests[:1], out),
-            )
+        runtimes = {
+            runtime: evaluate_teacher_runtime(cfg, runtime, tests if i == 0 else tests[:1], out)
             for i, runtime in enumerate(cfg.teacher_runtimes)
-        ]
+        }
     if delivered is not None:
         spec, path = delivered
         models.append((spec, f"{spec.name}-int8", path))
     score_cfg = scoring_config(cfg)  # the timing below uses cfg.eval's threads
     jobs = [(model, tests, out / "eval" / n, score_cfg, cfg.eval) for _, n, model in models]
     summaries = in_processes(_score, jobs, cfg.parallel_runs)
-    rows = list(teacher_rows)
+    rows = []
+    # Every model is timed here, in this run, one after another after all the scoring: the
+    # speed ratios compare times taken minutes apart, never a teacher's time reused from an
+    # earlier run (its WER is reused while its inputs are unchanged; its time is not).
+    for runtime, summary in runtimes.items():
+        speed = in_fresh_process(time_teacher, cfg.run.teacher.path, runtime, tests[0], cfg.eval)
+        summary = write_summary({**summary, "speed": speed}, out / "eval" / f"teacher-{runtime}")
+        rows.append(_row(teacher_spec, f"teacher-{runtime}", summary))
     for (spec, name, model), summary in zip(models, summaries):
-        # timed one model at a time on a quiet machine, after all the scoring, each alone in a
-        # fresh process as a device runs `asrkd transcribe`
+        # each alone in a fresh process, as a device runs `asrkd transcribe`
         summary.update(in_fresh_process(_time, model, data["test"], cfg.eval))
         run_summary = out / "runs" / spec.name / "summary.json"
         trained = json.loads(run_summary.read_text())
@@ -90,7 +93,8 @@ def evaluate_runs(
 
 
 def evaluate_teacher_runtime(cfg: DemoConfig, runtime: str, tests: list[Path], out: Path) -> dict:
-    """An external teacher's summary for one runtime, reused while its inputs are unchanged."""
+    """An external teacher's summary for one runtime, reused while its inputs are unchanged
+    (its speed is measured again by every run: evaluate_runs)."""
     from asrkd.distill.teachers import file_sha256
     from asrkd.evaluation import MEMORY_PROBE
     from asrkd.teacher_eval import evaluate_teacher
@@ -102,7 +106,7 @@ def evaluate_teacher_runtime(cfg: DemoConfig, runtime: str, tests: list[Path], o
     done = eval_dir / "inputs.json"
     if done.is_file() and json.loads(done.read_text()) == stamp:
         return json.loads((eval_dir / "summary.json").read_text())
-    # transcribed and timed in a fresh process, as the students are timed (evaluate_runs)
+    # transcribed in a fresh process, as the students are scored in theirs
     summary = in_fresh_process(
         evaluate_teacher, cfg.run.teacher.path, runtime, tests, eval_dir, cfg.eval
     )

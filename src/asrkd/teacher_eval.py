@@ -78,23 +78,42 @@ def evaluate_teacher(
                      "sets": {}}  # fmt: skip
     for i, cuts_path in enumerate(cuts_paths):
         utts = _utterances(cuts_path)
-        transcribe(utts[0][2])  # warm-up
-        results, seconds = [], 0.0
-        for cut_id, ref, audio in utts:
-            t0 = time.perf_counter()
-            raw = transcribe(audio)
-            seconds += time.perf_counter() - t0
-            results.append((cut_id, ref, normalize_english(raw) or ""))
+        texts, seconds = _transcribe_timed(transcribe, utts)
+        results = [(cut_id, ref, normalize_english(raw) or "")
+                   for (cut_id, ref, _), raw in zip(utts, texts)]  # fmt: skip
         name = Path(cuts_path).name.split(".")[0].removeprefix("cuts_")
         summary["sets"][name] = write_results(results, out_dir, name, f"{runtime}-greedy")
         if i == 0:
-            audio_s = sum(len(a) for _, _, a in utts) / 16000
-            summary["speed"] = {"latency_ms": 1000 * seconds / len(utts),
-                                "rtf": seconds / audio_s, "latency_utterances": len(utts),
-                                "threads": cfg.threads}  # fmt: skip
+            summary["speed"] = _speed(seconds, utts, cfg)
     if cuts_paths:
         summary["memory"] = measure_teacher_memory(path, runtime, cuts_paths[0], cfg)
     return write_summary(summary, out_dir)
+
+
+def time_teacher(path: str | Path, runtime: str, cuts_path: str | Path, cfg: EvalConfig) -> dict:
+    """evaluate_teacher's speed figures alone: every utterance of `cuts_path` transcribed one at
+    a time with `runtime` after a warm-up, timed, not scored (a run that reuses the teacher's
+    WER still times it beside its students)."""
+    utts = _utterances(cuts_path)
+    _, seconds = _transcribe_timed(open_teacher(path, runtime, cfg.threads).transcribe, utts)
+    return _speed(seconds, utts, cfg)
+
+
+def _transcribe_timed(transcribe, utts: list[tuple[str, str, np.ndarray]]) -> tuple[list, float]:
+    """(raw text of each utterance, seconds spent transcribing them), after one warm-up."""
+    transcribe(utts[0][2])
+    texts, seconds = [], 0.0
+    for _, _, audio in utts:
+        t0 = time.perf_counter()
+        texts.append(transcribe(audio))
+        seconds += time.perf_counter() - t0
+    return texts, seconds
+
+
+def _speed(seconds: float, utts: list[tuple[str, str, np.ndarray]], cfg: EvalConfig) -> dict:
+    audio_s = sum(len(a) for _, _, a in utts) / 16000
+    return {"latency_ms": 1000 * seconds / len(utts), "rtf": seconds / audio_s,
+            "latency_utterances": len(utts), "threads": cfg.threads}  # fmt: skip
 
 
 def _folder_bytes(path: str | Path) -> int:
