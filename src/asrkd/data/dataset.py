@@ -207,11 +207,17 @@ def tempo_stretch(feats: Tensor, feat_lens: Tensor, factor: float) -> tuple[Tens
     Every utterance's n frames become round(n / factor) (at least 1), interpolated along time: the
     spectral shape of each frame, i.e. the pitch, is kept (sox's `tempo`, not `speed`).
     """
+    new_lens = stretched_lengths(feat_lens, factor)
+    return resample_frames(feats, feat_lens, new_lens), new_lens
+
+
+def stretched_lengths(feat_lens: Tensor, factor: float) -> Tensor:
+    """(B,) frame counts -> those of tempo_stretch at `factor`: round(n / factor), at least 1
+    (0 stays 0)."""
     import torch
 
     new_lens = torch.clamp(torch.round(feat_lens.double() / factor).long(), min=1)
-    new_lens = torch.where(feat_lens > 0, new_lens, feat_lens)
-    return resample_frames(feats, feat_lens, new_lens), new_lens
+    return torch.where(feat_lens > 0, new_lens, feat_lens)
 
 
 def feature_config_of(cuts: CutSet) -> FeatureConfig:

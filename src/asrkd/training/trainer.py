@@ -27,6 +27,7 @@ from asrkd.data.dataset import (
     make_sampler,
     resample_frames,
     spec_augment,
+    stretched_lengths,
     tempo_stretch,
 )
 from asrkd.distill.pseudo_labels import LEFT_OUT_FILE
@@ -181,9 +182,7 @@ class Trainer:
             return None
         frames = torch.tensor([batch_frames(c) for c in self.train_cuts])
         fastest = max(1.0, self.cfg.data.tempo_range[1])
-        if fastest > 1.0:  # as tempo_stretch shortens them
-            frames = torch.clamp(torch.round(frames.double() / fastest).long(), min=1)
-        out = self.model.output_lengths(frames)
+        out = self.model.output_lengths(stretched_lengths(frames, fastest))
         return dict(zip((c.id for c in self.train_cuts), out.tolist()))
 
     def _check_out_dir(self, resume: bool) -> None:
